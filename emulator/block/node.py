@@ -1,0 +1,188 @@
+"""BlockNode: a node of the block graph (QEMU's BlockDriverState).
+
+A node has a driver ("file", "raw", "qcow2", "blkdebug", "null-co"), a node name, children by
+role ("file", "backing", "image"), dirty bitmaps, before-write notifiers (copy-before-write
+hooks of backup jobs) and op blockers.  Drivers subclass it and implement the `_`-prefixed
+hooks; the public I/O methods add what QEMU's generic block layer (block/io.c) adds around a
+driver: request checks, write notifiers and dirty-bitmap marking.
+
+BlockNode implements the Storage protocol, so a format driver can sit on any node.
+"""
+
+from __future__ import annotations
+
+import errno
+from typing import Any, Callable
+
+from emulator.error import QemuError
+
+from .dirty_bitmap import DirtyBitmapSet
+
+# Block status flags (as QEMU's BDRV_BLOCK_*).
+BLOCK_DATA = 0x01
+BLOCK_ZERO = 0x02
+BLOCK_ALLOCATED = 0x10
+
+BeforeWriteNotifier = Callable[["BlockNode", int, int], None]
+
+
+class BlockNode:
+    """Base class of every block driver node."""
+
+    driver: str = ""
+    #: True for format drivers (qcow2, raw), whose `file` child is a protocol node.
+    is_format: bool = False
+    #: True for filters (blkdebug) that pass I/O through to a single child.
+    is_filter: bool = False
+
+    def __init__(self, node_name: str, *, read_only: bool = False, auto_named: bool = False) -> None:
+        self.node_name = node_name
+        self.auto_named = auto_named
+        self.read_only = read_only
+        self.children: dict[str, BlockNode] = {}
+        self.parents: list[Any] = []  # BlockNodes, backends or jobs holding a reference
+        self.dirty_bitmaps = DirtyBitmapSet()
+        self.before_write_notifiers: list[BeforeWriteNotifier] = []
+        self.op_blockers: dict[str, list[str]] = {}
+        self.monitor_owned = False  # created by blockdev-add
+        self.options: dict[str, Any] = {}  # the options it was opened with (for query output)
+
+    # ---- graph --------------------------------------------------------------------------------
+    def attach_child(self, role: str, child: BlockNode) -> None:
+        self.children[role] = child
+        child.parents.append(self)
+
+    def detach_child(self, role: str) -> None:
+        child = self.children.pop(role, None)
+        if child is not None and self in child.parents:
+            child.parents.remove(self)
+
+    @property
+    def file(self) -> BlockNode | None:
+        return self.children.get("file")
+
+    @property
+    def backing(self) -> BlockNode | None:
+        return self.children.get("backing")
+
+    def filtered_child(self) -> BlockNode | None:
+        """The child that carries the data of a filter node (QEMU's bdrv_filter_child)."""
+        return self.children.get("image") or self.children.get("file") if self.is_filter else None
+
+    def iter_subtree(self) -> list[BlockNode]:
+        seen: list[BlockNode] = []
+
+        def walk(n: BlockNode) -> None:
+            if n in seen:
+                return
+            seen.append(n)
+            for c in n.children.values():
+                walk(c)
+
+        walk(self)
+        return seen
+
+    # ---- op blockers (QEMU's bdrv_op_block / bdrv_op_is_blocked) -------------------------------
+    def op_block(self, op: str, reason: str) -> None:
+        self.op_blockers.setdefault(op, []).append(reason)
+
+    def op_unblock(self, op: str, reason: str) -> None:
+        reasons = self.op_blockers.get(op, [])
+        if reason in reasons:
+            reasons.remove(reason)
+
+    def op_check(self, op: str) -> None:
+        reasons = self.op_blockers.get(op)
+        if reasons:
+            raise QemuError(f"Node '{self.node_name}' is busy: {reasons[0]}")
+
+    # ---- driver hooks ---------------------------------------------------------------------------
+    def _length(self) -> int:
+        raise NotImplementedError
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        raise NotImplementedError
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        raise OSError(errno.EACCES, "Permission denied")
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        self._pwrite(offset, bytes(length))
+
+    def _discard(self, offset: int, length: int) -> None:
+        pass
+
+    def _flush(self) -> None:
+        pass
+
+    def _truncate(self, size: int) -> None:
+        raise QemuError("Image format driver does not support resize")
+
+    def _block_status(self, offset: int, length: int) -> tuple[int, int]:
+        """Return (bytes, flags) for the extent starting at `offset` (BLOCK_* flags)."""
+        return length, BLOCK_DATA | BLOCK_ALLOCATED
+
+    # ---- public I/O (QEMU's block/io.c around the driver) ---------------------------------------
+    def length(self) -> int:
+        return self._length()
+
+    def _check_request(self, offset: int, length: int) -> None:
+        if offset < 0 or length < 0:
+            raise OSError(errno.EIO, "Input/output error")
+
+    def pread(self, offset: int, length: int) -> bytes:
+        self._check_request(offset, length)
+        if length == 0:
+            return b""
+        return self._pread(offset, length)
+
+    def _before_write(self, offset: int, length: int) -> None:
+        if self.read_only:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        for notifier in list(self.before_write_notifiers):
+            notifier(self, offset, length)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        self._check_request(offset, len(data))
+        if not data:
+            return
+        self._before_write(offset, len(data))
+        self._pwrite(offset, data)
+        self.dirty_bitmaps.mark_dirty(offset, len(data))
+
+    def pwrite_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
+        self._check_request(offset, length)
+        if not length:
+            return
+        self._before_write(offset, length)
+        self._pwrite_zeroes(offset, length, may_unmap)
+        self.dirty_bitmaps.mark_dirty(offset, length)
+
+    def discard(self, offset: int, length: int) -> None:
+        self._check_request(offset, length)
+        if not length:
+            return
+        self._before_write(offset, length)
+        self._discard(offset, length)
+        self.dirty_bitmaps.mark_dirty(offset, length)
+
+    def flush(self) -> None:
+        self._flush()
+
+    def truncate(self, size: int) -> None:
+        self._truncate(size)
+        self.dirty_bitmaps.truncate(size)
+
+    def block_status(self, offset: int, length: int) -> tuple[int, int]:
+        return self._block_status(offset, length)
+
+    def debug_event(self, event: str) -> None:
+        """blkdebug hook: a no-op except on blkdebug nodes."""
+
+    def close(self) -> None:
+        """Release host resources (file descriptors, locks)."""
+        for role in list(self.children):
+            self.detach_child(role)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.node_name!r}>"

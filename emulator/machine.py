@@ -1,0 +1,60 @@
+"""Machine: the emulator's state root (QEMU's global block and job state, minus the guest).
+
+Holds the block graph and the jobs, fans events out to listeners (the QMP server subscribes),
+and carries the shutdown request and the stdout that HMP qemu-io prints to.  Nothing here knows
+the QMP wire format.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable, TextIO
+
+EventListener = Callable[[str, dict[str, Any] | None, tuple[int, int]], None]
+
+
+class Machine:
+    """One emulated QEMU instance."""
+
+    def __init__(self, stdout: TextIO | None = None) -> None:
+        from emulator.block.graph import BlockGraph  # noqa: PLC0415  (import cost on start-up only)
+        from emulator.jobs.manager import JobManager  # noqa: PLC0415
+
+        self.stdout: TextIO = stdout if stdout is not None else sys.stdout
+        self.block = BlockGraph()
+        self.jobs = JobManager()
+        self._listeners: list[EventListener] = []
+        self.shutdown_requested = False
+        self.shutdown_reason: str | None = None
+        self._shutdown_callbacks: list[Callable[[], None]] = []
+
+    # ---- events -------------------------------------------------------------------------------
+    def subscribe(self, listener: EventListener) -> Callable[[], None]:
+        """Call `listener(name, data, (seconds, microseconds))` for every event; returns unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def emit_event(self, name: str, data: dict[str, Any] | None = None) -> None:
+        now = time.time()
+        stamp = (int(now), int((now % 1) * 1_000_000))
+        for listener in list(self._listeners):
+            listener(name, data, stamp)
+
+    # ---- lifecycle ----------------------------------------------------------------------------
+    def on_shutdown(self, callback: Callable[[], None]) -> None:
+        self._shutdown_callbacks.append(callback)
+
+    def request_shutdown(self, reason: str = "host-qmp-quit") -> None:
+        """Ask the process (or in-process instance) to stop, as QEMU's qemu_system_shutdown_request."""
+        if self.shutdown_requested:
+            return
+        self.shutdown_requested = True
+        self.shutdown_reason = reason
+        for callback in list(self._shutdown_callbacks):
+            callback()
+
+    def close(self) -> None:
+        """Cancel jobs and close every node (flushing images), as QEMU does on exit."""
+        self.jobs.cancel_all_sync()
+        self.block.close_all()
