@@ -1,0 +1,25 @@
+"""BlockBackend: the named device a `-drive id=X` creates (QEMU's BlockBackend).
+
+Its name is the *device name*; I/O addressed to the device goes to its root node.  Nodes added with
+blockdev-add have no backend, so their device name is "".
+"""
+
+from __future__ import annotations
+
+from .node import BlockNode
+
+
+class BlockBackend:
+    """A device with a root node."""
+
+    def __init__(self, name: str, root: BlockNode) -> None:
+        self.name = name
+        self.root = root
+        root.parents.append(self)
+
+    def detach(self) -> None:
+        if self in self.root.parents:
+            self.root.parents.remove(self)
+
+    def __repr__(self) -> str:
+        return f"<BlockBackend {self.name!r} root={self.root.node_name!r}>"

@@ -1,0 +1,223 @@
+"""Block drivers as graph nodes: file (protocol), raw and qcow2 (formats), null-co.
+
+Each class puts a BlockNode face on a codec: FileStorage for host files, Qcow2Image for qcow2.
+The generic behaviour (bitmaps, write notifiers, blkdebug event plumbing) lives in BlockNode.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from emulator.error import QemuError
+
+from .file import FileStorage
+from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
+from .qcow2 import Qcow2Image
+
+
+class FileNode(BlockNode):
+    """Protocol driver "file": a host file (QEMU's file-posix)."""
+
+    driver = "file"
+
+    def __init__(self, node_name: str, filename: str, *, read_only: bool = False,
+                 auto_named: bool = False) -> None:
+        super().__init__(node_name, read_only=read_only, auto_named=auto_named)
+        self.filename = filename
+        self.storage = FileStorage(filename, read_only=read_only)
+
+    def _length(self) -> int:
+        return self.storage.length()
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return self.storage.pread(offset, length)
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        self.storage.pwrite(offset, data)
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        self.storage.pwrite(offset, bytes(length))
+
+    def _flush(self) -> None:
+        self.storage.flush()
+
+    def _truncate(self, size: int) -> None:
+        self.storage.truncate(size)
+
+    def _block_status(self, offset: int, length: int) -> tuple[int, int]:
+        return length, BLOCK_DATA | BLOCK_ALLOCATED
+
+    def actual_size(self) -> int:
+        try:
+            return os.stat(self.filename).st_blocks * 512
+        except OSError:
+            return 0
+
+    def close(self) -> None:
+        self.storage.close()
+        super().close()
+
+
+class _FormatNode(BlockNode):
+    """A format driver over a `file` child."""
+
+    is_format = True
+
+    def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False,
+                 auto_named: bool = False) -> None:
+        super().__init__(node_name, read_only=read_only, auto_named=auto_named)
+        self.attach_child("file", file)
+
+    @property
+    def filename(self) -> str:
+        return _protocol_filename(self.children["file"])
+
+    def _flush(self) -> None:
+        file = self.children["file"]
+        file.debug_event("flush_to_disk")
+        file.flush()
+
+
+class RawNode(_FormatNode):
+    """Format driver "raw": the guest sees its file child as is."""
+
+    driver = "raw"
+
+    def _length(self) -> int:
+        return self.children["file"].length()
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        self.children["file"].debug_event("read_aio")
+        return self.children["file"].pread(offset, length)
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        self.children["file"].debug_event("write_aio")
+        self.children["file"].pwrite(offset, data)
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        self.children["file"].pwrite_zeroes(offset, length, may_unmap)
+
+    def _discard(self, offset: int, length: int) -> None:
+        self.children["file"].discard(offset, length)
+
+    def _truncate(self, size: int) -> None:
+        self.children["file"].truncate(size)
+
+    def _block_status(self, offset: int, length: int) -> tuple[int, int]:
+        return self.children["file"].block_status(offset, length)
+
+
+class Qcow2Node(_FormatNode):
+    """Format driver "qcow2" over a Qcow2Image codec; its backing is a child node."""
+
+    driver = "qcow2"
+
+    def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False,
+                 auto_named: bool = False) -> None:
+        super().__init__(node_name, file, read_only=read_only, auto_named=auto_named)
+        self.image = Qcow2Image.open(file, read_only=read_only)
+
+    def set_backing(self, backing: BlockNode | None) -> None:
+        if "backing" in self.children:
+            self.detach_child("backing")
+        if backing is not None:
+            self.attach_child("backing", backing)
+        self.image.set_backing(backing)
+
+    @property
+    def cluster_size(self) -> int:
+        return self.image.cluster_size
+
+    def _length(self) -> int:
+        return self.image.size
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return self.image.pread(offset, length)
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        self.image.pwrite(offset, data)
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        self.image.pwrite_zeroes(offset, length, may_unmap)
+
+    def _discard(self, offset: int, length: int) -> None:
+        self.image.discard(offset, length)
+
+    def _flush(self) -> None:
+        self.image.flush()
+        file = self.children["file"]
+        file.debug_event("flush_to_disk")
+        file.flush()
+
+    def _truncate(self, size: int) -> None:
+        self.image.truncate(size)
+
+    def _block_status(self, offset: int, length: int) -> tuple[int, int]:
+        return self.image.block_status(offset, length)
+
+    def close(self) -> None:
+        try:
+            self.image.close()
+        finally:
+            super().close()
+
+
+class NullCoNode(BlockNode):
+    """Protocol driver "null-co": discards writes, reads zeros (QEMU's block/null.c)."""
+
+    driver = "null-co"
+
+    def __init__(self, node_name: str, size: int = 1 << 30, *, read_zeroes: bool = False,
+                 auto_named: bool = False) -> None:
+        super().__init__(node_name, auto_named=auto_named)
+        self.size = size
+        self.read_zeroes = read_zeroes
+
+    def _length(self) -> int:
+        return self.size
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return bytes(length)
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        pass
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        pass
+
+    def _block_status(self, offset: int, length: int) -> tuple[int, int]:
+        flags = BLOCK_ALLOCATED | (BLOCK_ZERO if self.read_zeroes else 0)
+        return length, flags
+
+    def _truncate(self, size: int) -> None:
+        self.size = size
+
+
+def _protocol_filename(node: BlockNode) -> str:
+    """The host file name under a node, as QEMU reports `file` in BlockDeviceInfo."""
+    seen = 0
+    while node is not None and seen < 64:
+        if isinstance(node, FileNode):
+            return node.filename
+        if isinstance(node, NullCoNode):
+            return "null-co://"
+        child = node.children.get("file") or node.children.get("image")
+        if child is None:
+            break
+        node = child
+        seen += 1
+    return ""
+
+
+def protocol_filename(node: BlockNode) -> str:
+    """Public wrapper: host file name below `node` (through filters and formats)."""
+    return _protocol_filename(node)
+
+
+def io_error(code: int = errno.EIO) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def unsupported(driver: str) -> QemuError:
+    return QemuError(f"Unknown driver '{driver}'")

@@ -1,0 +1,271 @@
+"""BlockGraph: every node and device of one emulator, and how they are opened and found.
+
+Mirrors QEMU's block.c / blockdev.c: blockdev-add and -blockdev open a tree of nodes from
+BlockdevOptions; -drive creates a BlockBackend over a format node over a file node; lookups go
+device name first, then node name (bdrv_lookup_bs).  Auto-generated node names follow QEMU's
+id_generate(): "#block" + a counter + two random digits.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from typing import Any
+
+from emulator.error import QemuError
+
+from .backend import BlockBackend
+from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode
+from .image import probe_format
+from .node import BlockNode
+
+_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
+
+
+def id_wellformed(name: str) -> bool:
+    """QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'."""
+    return bool(_ID_RE.match(name))
+
+
+class BlockGraph:
+    """All nodes (in name-assignment order) and all devices of one emulator."""
+
+    def __init__(self, seed: int | None = None) -> None:
+        self.nodes: list[BlockNode] = []
+        self.backends: dict[str, BlockBackend] = {}
+        self._id_counter = 0
+        self._random = random.Random(seed)
+
+    # ---- names --------------------------------------------------------------------------------
+    def _generate_node_name(self) -> str:
+        name = f"#block{self._id_counter}{self._random.randrange(100):02d}"
+        self._id_counter += 1
+        return name
+
+    def _check_node_name(self, name: str) -> None:
+        if not id_wellformed(name):
+            raise QemuError(f"Invalid node-name: '{name}'")
+        if name in self.backends:
+            raise QemuError(f"node-name={name} is conflicting with a device id")
+        if self.find_node(name) is not None:
+            raise QemuError(f"Duplicate nodes with node-name='{name}'")
+
+    def _register(self, node: BlockNode) -> BlockNode:
+        self.nodes.append(node)
+        return node
+
+    # ---- lookup -------------------------------------------------------------------------------
+    def find_node(self, name: str) -> BlockNode | None:
+        for node in self.nodes:
+            if node.node_name == name:
+                return node
+        return None
+
+    def find_backend(self, name: str) -> BlockBackend | None:
+        return self.backends.get(name)
+
+    def lookup_bs(self, name: str) -> BlockNode:
+        """Device name first, then node name (QEMU's bdrv_lookup_bs with device == node_name)."""
+        backend = self.backends.get(name)
+        if backend is not None:
+            return backend.root
+        node = self.find_node(name)
+        if node is None:
+            raise QemuError(f"Cannot find device='{name}' nor node-name='{name}'")
+        return node
+
+    def device_name(self, node: BlockNode) -> str:
+        """The name of the backend whose root is `node`, or "" (QEMU's bdrv_get_device_name)."""
+        for backend in self.backends.values():
+            if backend.root is node:
+                return backend.name
+        return ""
+
+    def backend_of(self, node: BlockNode) -> BlockBackend | None:
+        for backend in self.backends.values():
+            if backend.root is node:
+                return backend
+        return None
+
+    # ---- opening ------------------------------------------------------------------------------
+    def blockdev_add(self, options: dict[str, Any]) -> BlockNode:
+        """Open a tree of nodes from BlockdevOptions (QMP blockdev-add / -blockdev)."""
+        if not options.get("node-name"):
+            raise QemuError("'node-name' must be specified for the root node")
+        added_before = len(self.nodes)
+        try:
+            node = self._open(options, read_only=bool(options.get("read-only", False)))
+        except BaseException:
+            self._forget_nodes_after(added_before)
+            raise
+        node.monitor_owned = True
+        return node
+
+    def _forget_nodes_after(self, count: int) -> None:
+        for node in self.nodes[count:]:
+            try:
+                node.close()
+            except Exception:  # noqa: BLE001 - best-effort cleanup of a half-opened tree
+                pass
+        del self.nodes[count:]
+
+    def _child(self, ref: Any, *, read_only: bool, what: str) -> BlockNode:
+        """A BlockdevRef: an inline BlockdevOptions dict or a reference to an existing node."""
+        if isinstance(ref, str):
+            node = self.find_node(ref)
+            if node is None:
+                raise QemuError(f"Cannot find device='{ref}' nor node-name='{ref}'")
+            return node
+        return self._open(ref, read_only=read_only)
+
+    def _name_for(self, options: dict[str, Any]) -> tuple[str, bool]:
+        name = options.get("node-name")
+        if name:
+            self._check_node_name(name)
+            return name, False
+        return "", True
+
+    def _open(self, options: dict[str, Any], *, read_only: bool) -> BlockNode:
+        driver = options.get("driver")
+        read_only = bool(options.get("read-only", read_only))
+        name, auto = self._name_for(options)
+        node: BlockNode
+        if driver == "file":
+            filename = options["filename"]
+            node = FileNode(name, filename, read_only=read_only, auto_named=auto)
+        elif driver == "null-co":
+            node = NullCoNode(name, int(options.get("size", 1 << 30)),
+                              read_zeroes=bool(options.get("read-zeroes", False)), auto_named=auto)
+        elif driver == "blkdebug":
+            from .blkdebug import BlkdebugNode  # noqa: PLC0415
+
+            image = self._child(options["image"], read_only=read_only, what="image")
+            node = BlkdebugNode(name, image, inject_errors=list(options.get("inject-error", [])),
+                                set_states=list(options.get("set-state", [])),
+                                align=options.get("align"), auto_named=auto)
+        elif driver in ("raw", "qcow2"):
+            file = self._child(options["file"], read_only=read_only, what="file")
+            if driver == "raw":
+                node = RawNode(name, file, read_only=read_only, auto_named=auto)
+            else:
+                qnode = Qcow2Node(name, file, read_only=read_only, auto_named=auto)
+                self._open_backing(qnode, options.get("backing", ...))
+                node = qnode
+        else:
+            raise QemuError(f"Unknown driver '{driver}'")
+        if auto:
+            node.node_name = self._generate_node_name()
+        node.options = options
+        return self._register(node)
+
+    def _open_backing(self, node: Qcow2Node, backing: Any) -> None:
+        """Open the backing chain named in the image header unless options override it."""
+        if backing is None:
+            return
+        if backing is not ...:
+            node.set_backing(self._child(backing, read_only=True, what="backing"))
+            return
+        name = node.image.backing_file
+        if not name:
+            return
+        path = name if os.path.isabs(name) else os.path.join(os.path.dirname(node.filename), name)
+        fmt = node.image.backing_format
+        try:
+            backing_node = self._open_file_and_format(path, fmt, read_only=True)
+        except QemuError as exc:
+            raise QemuError(f"Could not open backing file: {exc.desc}") from exc
+        node.set_backing(backing_node)
+
+    def _open_file_and_format(self, filename: str, fmt: str | None, *, read_only: bool,
+                              node_name: str | None = None) -> BlockNode:
+        file_opts: dict[str, Any] = {"driver": "file", "filename": filename}
+        if filename.startswith("blkdebug:"):
+            file_opts = self._legacy_blkdebug_options(filename)
+        if fmt is None:
+            probe_node = self._open(file_opts, read_only=True)
+            try:
+                fmt = probe_format(probe_node)
+            finally:
+                self.nodes.remove(probe_node)
+                probe_node.close()
+        opts: dict[str, Any] = {"driver": fmt, "file": file_opts}
+        if node_name:
+            opts["node-name"] = node_name
+        if fmt not in ("raw", "qcow2"):
+            raise QemuError(f"Unknown driver '{fmt}'")
+        return self._open(opts, read_only=read_only)
+
+    @staticmethod
+    def _legacy_blkdebug_options(filename: str) -> dict[str, Any]:
+        from .blkdebug import parse_blkdebug_config, parse_blkdebug_filename  # noqa: PLC0415
+
+        config, image = parse_blkdebug_filename(filename)
+        inject, states = parse_blkdebug_config(config) if config else ([], [])
+        return {"driver": "blkdebug", "image": {"driver": "file", "filename": image},
+                "inject-error": inject, "set-state": states}
+
+    def drive_add(self, opts: dict[str, str]) -> BlockBackend:
+        """-drive if=none,id=ID,file=F,format=FMT[,node-name=N]: a device over format and file nodes."""
+        drive_id = opts.get("id")
+        if not drive_id:
+            drive_id = self._default_drive_id(opts)
+        if drive_id in self.backends:
+            raise QemuError(f"Duplicate ID '{drive_id}' for drive")
+        filename = opts.get("file")
+        if not filename:
+            raise QemuError("A block device must be specified for \"file\"")
+        read_only = opts.get("readonly", opts.get("read-only", "off")) in ("on", "true", "yes")
+        before = len(self.nodes)
+        try:
+            root = self._open_file_and_format(filename, opts.get("format"), read_only=read_only,
+                                              node_name=opts.get("node-name"))
+        except BaseException:
+            self._forget_nodes_after(before)
+            raise
+        backend = BlockBackend(drive_id, root)
+        self.backends[drive_id] = backend
+        return backend
+
+    def _default_drive_id(self, opts: dict[str, str]) -> str:
+        interface = opts.get("if", "ide")
+        index = sum(1 for name in self.backends if name.startswith(interface))
+        return f"{interface}{index}-hd0" if interface == "ide" else f"{interface}{index}"
+
+    # ---- removal ------------------------------------------------------------------------------
+    def blockdev_del(self, node_name: str) -> None:
+        node = self.find_node(node_name)
+        if node is None:
+            raise QemuError(f"Failed to find node with node-name='{node_name}'")
+        if not node.monitor_owned:
+            raise QemuError(f"Node {node_name} is not owned by the monitor")
+        if node.parents:
+            raise QemuError(f"Node {node_name} is in use")
+        node.op_check("drive_del")
+        self._close_tree(node)
+
+    def _close_tree(self, node: BlockNode) -> None:
+        children = list(node.children.values())
+        node.close()
+        if node in self.nodes:
+            self.nodes.remove(node)
+        for child in children:
+            if not child.parents and not child.monitor_owned:
+                self._close_tree(child)
+
+    def close_all(self) -> None:
+        """Flush and close everything (QEMU's bdrv_close_all at exit)."""
+        for backend in list(self.backends.values()):
+            backend.detach()
+        self.backends.clear()
+        for node in reversed(self.nodes):
+            try:
+                node.flush()
+            except OSError:
+                pass
+        for node in reversed(list(self.nodes)):
+            try:
+                node.close()
+            except Exception:  # noqa: BLE001 - closing must go on for the other nodes
+                pass
+        self.nodes.clear()

@@ -1,0 +1,147 @@
+"""Block graph QMP commands: blockdev-add/-del, query-block, query-named-block-nodes, block_resize."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode, protocol_filename
+from emulator.block.node import BlockNode
+from emulator.error import QemuError
+from emulator.machine import Machine
+
+from . import block_schema  # noqa: F401  (registers the BlockdevOptions types)
+from .registry import qmp_command
+
+
+# ---- BlockDeviceInfo / ImageInfo as QEMU 7.2 builds them (block/qapi.c) ------------------------
+def _image_format(node: BlockNode) -> str:
+    return node.driver
+
+
+def _virtual_size(node: BlockNode) -> int:
+    return node.length()
+
+
+def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str, Any]:
+    """ImageInfo of `node` (bdrv_query_image_info)."""
+    info: dict[str, Any] = {
+        "virtual-size": _virtual_size(node),
+        "filename": protocol_filename(node) if not isinstance(node, FileNode) else node.filename,
+        "format": _image_format(node),
+        "dirty-flag": False,
+    }
+    file = node.children.get("file")
+    if isinstance(node, FileNode):
+        info["actual-size"] = node.actual_size()
+    elif file is not None and isinstance(file, FileNode):
+        info["actual-size"] = file.actual_size()
+    if isinstance(node, Qcow2Node):
+        info["cluster-size"] = node.cluster_size
+        info["format-specific"] = {"type": "qcow2", "data": node.image.format_specific()}
+        backing_name = node.image.backing_file
+        if backing_name:
+            info["backing-filename"] = backing_name
+            backing = node.backing
+            if backing is not None:
+                info["full-backing-filename"] = protocol_filename(backing)
+            if node.image.backing_format:
+                info["backing-filename-format"] = node.image.backing_format
+    backing = node.backing
+    if with_backing_image and backing is not None:
+        info["backing-image"] = image_info(backing, with_backing_image=True)
+    return info
+
+
+def _backing_depth(node: BlockNode) -> int:
+    depth = 0
+    current = node.backing
+    while current is not None:
+        depth += 1
+        current = current.backing
+    return depth
+
+
+def device_info(machine: Machine, node: BlockNode, *, flat: bool = False) -> dict[str, Any]:
+    """BlockDeviceInfo of `node` (bdrv_block_device_info)."""
+    info: dict[str, Any] = {
+        "file": protocol_filename(node),
+        "node-name": node.node_name,
+        "ro": node.read_only,
+        "drv": node.driver,
+        "encrypted": False,
+        "detect_zeroes": "off",
+        "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
+        "image": image_info(node, with_backing_image=not flat),
+        "cache": {"writeback": True, "direct": False, "no-flush": False},
+        "write_threshold": 0,
+        "backing_file_depth": 0 if flat else _backing_depth(node),
+    }
+    backing = node.backing
+    if backing is not None:
+        info["backing_file"] = protocol_filename(backing)
+    bitmaps = [node.dirty_bitmaps.info(bm) for bm in node.dirty_bitmaps]
+    if bitmaps:
+        info["dirty-bitmaps"] = bitmaps
+    return info
+
+
+@qmp_command("query-block")
+def qmp_query_block(machine: Machine) -> list[dict[str, Any]]:
+    result = []
+    for backend in machine.block.backends.values():
+        entry: dict[str, Any] = {
+            "device": backend.name,
+            "locked": False,
+            "removable": True,
+            "type": "unknown",
+        }
+        entry["inserted"] = device_info(machine, backend.root)
+        result.append(entry)
+    return result
+
+
+@qmp_command("query-named-block-nodes", {"*flat": "bool"})
+def qmp_query_named_block_nodes(machine: Machine, flat: bool = False) -> list[dict[str, Any]]:
+    # QEMU builds this list by prepending, so the newest node comes first.
+    return [device_info(machine, node, flat=flat) for node in reversed(machine.block.nodes)]
+
+
+@qmp_command("blockdev-add", "BlockdevOptions")
+def qmp_blockdev_add(machine: Machine, **options: Any) -> None:
+    # Arguments arrive with Python names at the top level; BlockdevOptions wants QAPI names.
+    machine.block.blockdev_add({key.replace("_", "-") if key != "new_state" else key: value
+                                for key, value in options.items()})
+
+
+@qmp_command("blockdev-del", {"node-name": "str"})
+def qmp_blockdev_del(machine: Machine, node_name: str) -> None:
+    machine.block.blockdev_del(node_name)
+
+
+@qmp_command("block_resize", {"*device": "str", "*node-name": "str", "size": "int"})
+def qmp_block_resize(machine: Machine, size: int, device: str | None = None,
+                     node_name: str | None = None) -> None:
+    node = _lookup_resize_target(machine, device, node_name)
+    if size < 0:
+        raise QemuError("Parameter 'size' expects a >0 size")
+    node.op_check("resize")
+    if node.read_only:
+        raise QemuError(f"Node '{node.node_name}' is read only")
+    node.truncate(size)
+
+
+def _lookup_resize_target(machine: Machine, device: str | None, node_name: str | None) -> BlockNode:
+    if device is not None:
+        backend = machine.block.find_backend(device)
+        if backend is not None:
+            return backend.root
+    if node_name is not None:
+        node = machine.block.find_node(node_name)
+        if node is not None:
+            return node
+    dev = device or ""
+    name = node_name or ""
+    raise QemuError(f"Cannot find device='{dev}' nor node-name='{name}'")
+
+
+__all__ = ["device_info", "image_info", "NullCoNode", "RawNode"]

@@ -1,0 +1,64 @@
+"""human-monitor-command: the HMP commands block tests use (qemu-io), answered as QEMU's HMP does.
+
+QEMU prints qemu-io's output on its own stdout, not in the reply: the reply is "" on success and
+carries only HMP-level errors ("Error: ...\\r\\n").  We do the same, printing to machine.stdout.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from emulator.block.qemu_io import run_command
+from emulator.error import QemuError
+from emulator.machine import Machine
+
+from .registry import qmp_command
+
+
+def _hmp_output(text: str) -> str:
+    """HMP output goes through a terminal-style monitor: newlines become CRLF."""
+    return text.replace("\n", "\r\n")
+
+
+def _hmp_qemu_io(machine: Machine, args: str) -> str:
+    try:
+        words = shlex.split(args)
+    except ValueError:
+        return _hmp_output("Error: qemu-io: unbalanced quotes\n")
+    if words and words[0] == "-d":
+        words = words[1:]
+    if len(words) != 2:
+        return _hmp_output("Parameter 'command' is missing\n" if len(words) < 2 else
+                           "qemu-io: too many arguments\n")
+    device, command = words
+    backend = machine.block.find_backend(device)
+    if backend is not None:
+        target = backend.root
+    else:
+        target = machine.block.find_node(device)
+        if target is None:
+            return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
+    run_command(target, command, machine.stdout)
+    try:
+        machine.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    return ""
+
+
+HMP_COMMANDS = {"qemu-io": _hmp_qemu_io}
+
+
+@qmp_command("human-monitor-command", {"command-line": "str", "*cpu-index": "int"})
+def qmp_human_monitor_command(machine: Machine, command_line: str, cpu_index: int | None = None) -> str:
+    line = command_line.strip()
+    if not line:
+        return ""
+    name, _, rest = line.partition(" ")
+    handler = HMP_COMMANDS.get(name)
+    if handler is None:
+        return _hmp_output(f"unknown command: '{name}'\n")
+    try:
+        return handler(machine, rest)
+    except QemuError as exc:
+        return _hmp_output(f"Error: {exc.desc}\n")

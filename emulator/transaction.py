@@ -1,0 +1,66 @@
+"""The transaction mechanism behind QMP `transaction` (QEMU 7.2's qmp_transaction, blockdev.c).
+
+An action has prepare / commit / abort / clean phases.  Every action is prepared in list order; the
+first failure rolls back every action registered so far — the failing one included — in reverse
+order, and its error is the command's error.  Otherwise every action commits in list order.  Clean
+runs for every registered action in list order either way.  Nothing is ever half-done.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class TransactionAction(Protocol):
+    """One action of a transaction (QEMU's BlkActionOps + BlkActionState)."""
+
+    def prepare(self) -> None:
+        """Do the work that can be undone; raise QemuError to fail the whole transaction."""
+        ...
+
+    def commit(self) -> None:
+        """Make the prepared work final (cannot fail)."""
+        ...
+
+    def abort(self) -> None:
+        """Undo what prepare did (also called for the action whose prepare failed)."""
+        ...
+
+    def clean(self) -> None:
+        """Release what prepare took, after commit or abort."""
+        ...
+
+
+def run_transaction(actions: list[TransactionAction]) -> None:
+    """Prepare all, then commit all; on the first prepare error abort all and re-raise it."""
+    registered: list[TransactionAction] = []
+    try:
+        try:
+            for action in actions:
+                registered.append(action)
+                action.prepare()
+        except BaseException:
+            for action in reversed(registered):
+                action.abort()
+            raise
+        for action in registered:
+            action.commit()
+    finally:
+        for action in registered:
+            action.clean()
+
+
+class BaseAction:
+    """Convenience base: every phase a no-op."""
+
+    def prepare(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+    def abort(self) -> None:
+        pass
+
+    def clean(self) -> None:
+        pass
