@@ -172,12 +172,12 @@ class BlockGraph:
         path = name if os.path.isabs(name) else os.path.join(os.path.dirname(node.filename), name)
         fmt = node.image.backing_format
         try:
-            backing_node = self._open_file_and_format(path, fmt, read_only=True)
+            backing_node = self.open_file_and_format(path, fmt, read_only=True)
         except QemuError as exc:
             raise QemuError(f"Could not open backing file: {exc.desc}") from exc
         node.set_backing(backing_node)
 
-    def _open_file_and_format(self, filename: str, fmt: str | None, *, read_only: bool,
+    def open_file_and_format(self, filename: str, fmt: str | None, *, read_only: bool,
                               node_name: str | None = None) -> BlockNode:
         file_opts: dict[str, Any] = {"driver": "file", "filename": filename}
         if filename.startswith("blkdebug:"):
@@ -218,7 +218,7 @@ class BlockGraph:
         read_only = opts.get("readonly", opts.get("read-only", "off")) in ("on", "true", "yes")
         before = len(self.nodes)
         try:
-            root = self._open_file_and_format(filename, opts.get("format"), read_only=read_only,
+            root = self.open_file_and_format(filename, opts.get("format"), read_only=read_only,
                                               node_name=opts.get("node-name"))
         except BaseException:
             self._forget_nodes_after(before)
@@ -233,6 +233,15 @@ class BlockGraph:
         return f"{interface}{index}-hd0" if interface == "ide" else f"{interface}{index}"
 
     # ---- removal ------------------------------------------------------------------------------
+    def close_nodes(self, nodes: list[BlockNode]) -> None:
+        """Close nodes the emulator opened for itself (e.g. a drive-backup target), newest first."""
+        for node in reversed(nodes):
+            if node in self.nodes:
+                try:
+                    node.close()
+                finally:
+                    self.nodes.remove(node)
+
     def blockdev_del(self, node_name: str) -> None:
         node = self.find_node(node_name)
         if node is None:

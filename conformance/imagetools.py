@@ -1,0 +1,259 @@
+"""qemu-img and qemu-io behind one interface, for both targets.
+
+The qemu target runs the real binaries; the emulator target calls the emulator's own tools
+(``emulator.tools.img.main`` / ``emulator.tools.io.main``) in-process, or as
+``python -m emulator.tools.io`` for an interactive session.  Cases use the helpers here so that
+the same case checks images the same way on both targets.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import pexpect
+from pexpect.popen_spawn import PopenSpawn
+
+PROMPT = "qemu-io> "
+
+#: Called as observer(command, output) for each command of an interactive qemu-io session.
+SessionObserver = Callable[[str, str], None]
+DEFAULT_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    """Exit status and output of one tool run.  `program` is "qemu-img" or "qemu-io"."""
+
+    program: str
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def command_line(self) -> str:
+        return " ".join([self.program, *(_quote(arg) for arg in self.args)])
+
+    def check(self) -> ToolResult:
+        """Return self, or raise if the tool failed (for set-up steps that must succeed)."""
+        if self.returncode != 0:
+            raise AssertionError(
+                f"{self.command_line()} exited {self.returncode}:\n{self.output}"
+            )
+        return self
+
+
+def _quote(arg: str) -> str:
+    return f"'{arg}'" if (not arg or any(c in arg for c in " \"'$")) else arg
+
+
+class QemuIoSession:
+    """An interactive qemu-io (``qemu-io> `` prompt) driven over pipes by pexpect."""
+
+    def __init__(self, argv: Sequence[str], *, cwd: Path | None = None,
+                 env: dict[str, str] | None = None, timeout: float = DEFAULT_TIMEOUT,
+                 observer: SessionObserver | None = None) -> None:
+        self.observer = observer
+        self._spawn = PopenSpawn(list(argv), cwd=str(cwd) if cwd else None, env=env,
+                                 encoding="utf-8", timeout=timeout)
+        self._spawn.delaybeforesend = None
+        self.timeout = timeout
+        self._spawn.expect_exact(PROMPT)
+        self.banner = self._spawn.before or ""
+
+    def run(self, command: str) -> str:
+        """Send one qemu-io command; return its output (everything before the next prompt)."""
+        self._spawn.sendline(command)
+        self._spawn.expect_exact(PROMPT)
+        output = str(self._spawn.before or "")
+        if self.observer is not None:
+            self.observer(command, output)
+        return output
+
+    def close(self) -> int:
+        """Quit qemu-io; return its exit status (1 when any command failed)."""
+        try:
+            self._spawn.sendline("quit")
+            self._spawn.expect(pexpect.EOF)
+        finally:
+            status = self._spawn.wait()
+        code = int(status if status is not None else -1)
+        if self.observer is not None:
+            self.observer(f"quit  # exit {code}", "")
+        return code
+
+    def kill(self) -> None:
+        with contextlib.suppress(Exception):
+            self._spawn.kill(9)
+            self._spawn.wait()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.kill()
+
+
+class ImageTools(ABC):
+    """Common qemu-img / qemu-io operations; subclasses say how a tool is run."""
+
+    def __init__(self, cwd: Path | None = None) -> None:
+        self.cwd = cwd
+        #: Called with every result, e.g. to record tool runs in a case's log.
+        self.observer: Callable[[ToolResult], None] | None = None
+        #: Called for every interactive-session command (and once with the session's argv).
+        self.session_observer: SessionObserver | None = None
+
+    @abstractmethod
+    def _run_img(self, args: list[str]) -> tuple[int, str, str]: ...
+
+    @abstractmethod
+    def _run_io(self, args: list[str]) -> tuple[int, str, str]: ...
+
+    @abstractmethod
+    def io_session_argv(self, args: list[str]) -> list[str]: ...
+
+    def io_session_env(self) -> dict[str, str] | None:
+        return None
+
+    def _finish(self, program: str, args: list[str], outcome: tuple[int, str, str]) -> ToolResult:
+        result = ToolResult(program, tuple(args), *outcome)
+        if self.observer is not None:
+            self.observer(result)
+        return result
+
+    # ---- raw access -------------------------------------------------------------------------
+    def img(self, *args: str) -> ToolResult:
+        return self._finish("qemu-img", list(args), self._run_img(list(args)))
+
+    def io(self, *args: str) -> ToolResult:
+        return self._finish("qemu-io", list(args), self._run_io(list(args)))
+
+    # ---- qemu-img ---------------------------------------------------------------------------
+    def create(self, path: Path | str, fmt: str, size: str | int | None = None, *,
+               backing: Path | str | None = None, backing_fmt: str | None = None,
+               options: str | None = None) -> ToolResult:
+        args = ["create", "-f", fmt]
+        if options:
+            args += ["-o", options]
+        if backing is not None:
+            args += ["-b", str(backing), "-F", backing_fmt or fmt]
+        args.append(str(path))
+        if size is not None:
+            args.append(str(size))
+        return self.img(*args)
+
+    def info(self, path: Path | str, fmt: str | None = None, *, json_output: bool = False,
+             force_share: bool = False) -> ToolResult:
+        args = ["info"] + (["-f", fmt] if fmt else []) + (["-U"] if force_share else [])
+        args += (["--output=json"] if json_output else []) + [str(path)]
+        return self.img(*args)
+
+    def check(self, path: Path | str, fmt: str) -> ToolResult:
+        return self.img("check", "-f", fmt, str(path))
+
+    def compare(self, first: Path | str, second: Path | str, fmt1: str, fmt2: str | None = None,
+                *, strict: bool = False, force_share: bool = False) -> ToolResult:
+        """``qemu-img compare``: rc 0 "Images are identical.", rc 1 on a content mismatch."""
+        args = ["compare", "-f", fmt1, "-F", fmt2 or fmt1] + (["-s"] if strict else [])
+        args += (["-U"] if force_share else []) + [str(first), str(second)]
+        return self.img(*args)
+
+    def map(self, path: Path | str, fmt: str, *, json_output: bool = True) -> ToolResult:
+        args = ["map", "-f", fmt] + (["--output=json"] if json_output else []) + [str(path)]
+        return self.img(*args)
+
+    # ---- qemu-io ----------------------------------------------------------------------------
+    def qemu_io(self, path: Path | str, fmt: str, commands: Sequence[str], *,
+                read_only: bool = False, force_share: bool = False) -> ToolResult:
+        """Offline ``qemu-io -f FMT [-r] [-U] -c CMD... IMG``."""
+        args = ["-f", fmt] + (["-r"] if read_only else []) + (["-U"] if force_share else [])
+        for command in commands:
+            args += ["-c", command]
+        return self.io(*args, str(path))
+
+    def io_session(self, path: Path | str, fmt: str, *, read_only: bool = False,
+                   timeout: float = DEFAULT_TIMEOUT) -> QemuIoSession:
+        """An interactive qemu-io on `path` (close it, or use it as a context manager)."""
+        args = ["-f", fmt] + (["-r"] if read_only else []) + [str(path)]
+        if self.session_observer is not None:
+            self.session_observer("", " ".join(["qemu-io", *(_quote(arg) for arg in args)]))
+        return QemuIoSession(self.io_session_argv(args), cwd=self.cwd, env=self.io_session_env(),
+                             timeout=timeout, observer=self.session_observer)
+
+
+class QemuImageTools(ImageTools):
+    """The real qemu-img and qemu-io binaries."""
+
+    def __init__(self, qemu_img: str, qemu_io: str, cwd: Path | None = None,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
+        super().__init__(cwd)
+        self.img_binary = qemu_img
+        self.io_binary = qemu_io
+        self.timeout = timeout
+
+    def _run(self, argv: list[str]) -> tuple[int, str, str]:
+        done = subprocess.run(argv, cwd=self.cwd, capture_output=True, text=True,
+                              timeout=self.timeout, check=False, stdin=subprocess.DEVNULL)
+        return done.returncode, done.stdout, done.stderr
+
+    def _run_img(self, args: list[str]) -> tuple[int, str, str]:
+        return self._run([self.img_binary, *args])
+
+    def _run_io(self, args: list[str]) -> tuple[int, str, str]:
+        return self._run([self.io_binary, *args])
+
+    def io_session_argv(self, args: list[str]) -> list[str]:
+        return [self.io_binary, *args]
+
+
+class EmulatorImageTools(ImageTools):
+    """The emulator's qemu-img/qemu-io, called in-process with their output captured.
+
+    In-process runs share the working directory with everything else, so give absolute paths.
+    """
+
+    def _call(self, module_name: str, args: list[str]) -> tuple[int, str, str]:
+        import importlib
+
+        entry = importlib.import_module(module_name).main
+        out, err = io.StringIO(), io.StringIO()
+        # No chdir here: an embedded emulator may be running in another thread, so cases pass
+        # absolute paths.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = entry(list(args))
+            except SystemExit as exit_:  # argparse-style exits
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        return int(code or 0), out.getvalue(), err.getvalue()
+
+    def _run_img(self, args: list[str]) -> tuple[int, str, str]:
+        return self._call("emulator.tools.img", args)
+
+    def _run_io(self, args: list[str]) -> tuple[int, str, str]:
+        return self._call("emulator.tools.io", args)
+
+    def io_session_argv(self, args: list[str]) -> list[str]:
+        return [sys.executable, "-m", "emulator.tools.io", *args]
+
+    def io_session_env(self) -> dict[str, str] | None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        env["PYTHONUNBUFFERED"] = "1"
+        return env

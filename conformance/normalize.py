@@ -1,0 +1,256 @@
+"""Turn a recorded QMP session into the stable text that goldens store and compare.
+
+Real QEMU is not deterministic across independent jobs, so a golden may only contain what QEMU
+guarantees.  This module is the one place where that rule is written down.  The rules, and why:
+
+Filters (applied to every message, tool line and output line; modelled on iotests' filters):
+
+F1. Event ``timestamp`` members are removed: host wall-clock time.
+F2. The ``id`` that qemu.qmp attaches to each command (``__qmp#00003``) and QEMU echoes in the
+    reply is removed: it is client bookkeeping, not behaviour.
+F3. Paths: the case's private directory becomes ``TEST_DIR`` and the socket directory becomes
+    ``SOCK_DIR``, wherever they occur inside a string.
+F4. The QEMU version (greeting and ``query-version``): ``micro`` becomes ``"MICRO"`` and
+    ``package`` becomes ``"PACKAGE"``.  Major and minor stay: the goldens describe QEMU 7.2.  The
+    exact version of the recording QEMU goes in the golden's header comment only.
+F5. Auto-generated node names (``#block123``) become ``#blockNNN``: the number is a counter of
+    internal allocations that differs between QEMU builds.
+F6. Host-dependent fields are masked: ``actual-size`` (the file system's allocation) becomes
+    ``"MASKED"``, as does qemu-img's human ``disk size:`` line.
+F8. The ``virtual-size`` of a protocol node's image info (``"format": "file"``) is masked: it is
+    the host file's length, which depends on where the qcow2 driver placed its clusters and
+    metadata — an implementation choice, not behaviour (the format node above reports the guest
+    size, which is compared).
+F7. qemu-io's timing line (``64 KiB, 1 ops; 00.00 sec (387 MiB/sec and 6192 ops/sec)``) keeps
+    the size and op count and masks the time and rates, as iotests' filter_qemu_io does.
+
+Ordering (what is compared, and in which order):
+
+O1. The conversation is compared in order: the greeting, every command (``->``), its reply
+    (``<-``), text QEMU printed on stdout while the command ran (``..``, e.g. HMP qemu-io output),
+    and image-tool runs (``$``).  Commands run strictly in order, so this order is guaranteed.
+O2. Events are not interleaved with the conversation: whether an event is sent before or after
+    a reply depends on timing (e.g. the reply to ``block-job-cancel`` races the job's events).
+O3. Job events (``JOB_STATUS_CHANGE`` keyed by ``data.id``; ``BLOCK_JOB_*`` keyed by
+    ``data.device`` or ``data.id``) are grouped per job id, in arrival order within the job,
+    groups sorted by id.  QEMU orders one job's events but interleaves independent jobs'
+    events differently run to run.  A job id reused after dismissal just continues its group:
+    the new job's ``created`` always follows the old one's ``null``.
+O4. All other events keep their arrival order relative to each other, in one list.
+
+Per-job rules (QEMU 7.2 behaviour that varies run to run; qemu-7.2-observed.md section 4):
+
+J1. Drain-induced pause pairs are dropped: a ``paused`` status immediately followed (within the
+    job) by ``running``.  Every drain (each transaction-class command, a node-name HMP qemu-io)
+    pauses every running job, so the count depends on how far the job got.  A user pause is
+    still visible through the conversation (``job-pause`` and the ``paused``/``status`` fields of
+    query-jobs / query-block-jobs); a ``paused`` that is not followed by ``running`` is kept.
+J2. A ``waiting`` status immediately followed by ``aborting`` is dropped: in a grouped
+    transaction a partner reaches ``waiting`` only if it finished copying before the failure.
+J3. ``offset`` of ``BLOCK_JOB_CANCELLED``, and of ``BLOCK_JOB_COMPLETED`` carrying ``error``,
+    becomes ``"MASKED"``: how far a failed or cancelled job got depends on timing.  The
+    ``offset`` of a successful ``BLOCK_JOB_COMPLETED`` is kept (it must equal ``len``).
+
+Everything else is compared exactly, so a real difference (another status, a missing event,
+another error text or class, another reply value) still shows up in the diff.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from conformance.qmplog import LogEntry, QmpLog
+
+MASKED = "MASKED"
+
+_NODE_NAME = re.compile(r"#block\d+")
+_QEMU_IO_TIMING = re.compile(
+    r"^(?P<size>[0-9.]+ (?:bytes|[KMGTPE]iB)), (?P<ops>\d+) ops; [0-9:.]+ sec "
+    r"\((?:[0-9.]+|inf) [KMGTPE]?i?B/sec and (?:[0-9.]+|inf) ops/sec\)$"
+)
+_DISK_SIZE = re.compile(r"^disk size: .*$")
+
+#: BLOCK_JOB_* events whose job is named by data.device; BLOCK_JOB_PENDING uses data.id.
+_JOB_EVENTS_BY_DEVICE = frozenset(
+    {"BLOCK_JOB_COMPLETED", "BLOCK_JOB_CANCELLED", "BLOCK_JOB_ERROR", "BLOCK_JOB_READY"}
+)
+_JOB_EVENTS_BY_ID = frozenset({"JOB_STATUS_CHANGE", "BLOCK_JOB_PENDING"})
+
+
+@dataclass(frozen=True)
+class PathMap:
+    """Host paths of one case and the placeholders they become (rule F3); longest first."""
+
+    replacements: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def of(cls, **placeholders: str | None) -> PathMap:
+        pairs = [(path.rstrip("/"), name) for name, path in placeholders.items() if path]
+        pairs.sort(key=lambda pair: len(pair[0]), reverse=True)
+        return cls(tuple(pairs))
+
+    def apply(self, text: str) -> str:
+        for path, name in self.replacements:
+            text = text.replace(path, name)
+        return text
+
+
+def filter_text(text: str, paths: PathMap) -> str:
+    """Apply the string filters (F3, F5, F6, F7) to one line of text."""
+    text = _NODE_NAME.sub("#blockNNN", paths.apply(text))
+    text = _QEMU_IO_TIMING.sub(
+        r"\g<size>, \g<ops> ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)", text
+    )
+    return _DISK_SIZE.sub(f"disk size: {MASKED}", text)
+
+
+def filter_value(value: Any, paths: PathMap) -> Any:
+    """Apply F3, F5 and F6 recursively to a JSON value."""
+    if isinstance(value, dict):
+        protocol_image = value.get("format") == "file" and "virtual-size" in value
+        return {
+            key: MASKED if key == "actual-size" or (protocol_image and key == "virtual-size")
+            else filter_value(item, paths)
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [filter_value(item, paths) for item in value]
+    if isinstance(value, str):
+        return filter_text(value, paths)
+    return value
+
+
+def mask_version(version: Any) -> Any:
+    """Rule F4 on a VersionInfo value ({"qemu": {major, minor, micro}, "package"})."""
+    if not isinstance(version, dict) or "qemu" not in version:
+        return version
+    masked = dict(version)
+    triple = dict(masked["qemu"]) if isinstance(masked["qemu"], dict) else masked["qemu"]
+    if isinstance(triple, dict) and "micro" in triple:
+        triple["micro"] = "MICRO"
+    masked["qemu"] = triple
+    if "package" in masked:
+        masked["package"] = "PACKAGE"
+    return masked
+
+
+def dump(value: Any) -> str:
+    """Compact, key-sorted, ASCII JSON: one stable line per message."""
+    return json.dumps(value, sort_keys=True, separators=(", ", ": "), ensure_ascii=True)
+
+
+def job_id_of(event: dict[str, Any]) -> str | None:
+    """The job an event belongs to (rule O3), or None for a non-job event."""
+    name = event.get("event")
+    data = event.get("data") or {}
+    if name in _JOB_EVENTS_BY_ID:
+        return str(data.get("id"))
+    if name in _JOB_EVENTS_BY_DEVICE:
+        return str(data.get("device"))
+    return None
+
+
+def _render_job_event(event: dict[str, Any], paths: PathMap) -> tuple[str, str]:
+    """(kind, line) of one job event; kind is the status for JOB_STATUS_CHANGE, else the name."""
+    name = str(event.get("event"))
+    data = dict(event.get("data") or {})
+    if name == "JOB_STATUS_CHANGE":
+        return str(data.get("status")), f"JOB_STATUS_CHANGE {data.get('status')}"
+    if "offset" in data and (
+        name == "BLOCK_JOB_CANCELLED" or (name == "BLOCK_JOB_COMPLETED" and "error" in data)
+    ):
+        data["offset"] = MASKED  # J3
+    return name, f"{name} {dump(filter_value(data, paths))}"
+
+
+def normalize_job_events(events: Iterable[dict[str, Any]], paths: PathMap) -> list[str]:
+    """One job's events as lines, with rules J1-J3 applied."""
+    rendered = [_render_job_event(event, paths) for event in events]
+    kept: list[str] = []
+    index = 0
+    while index < len(rendered):
+        kind, line = rendered[index]
+        following = rendered[index + 1][0] if index + 1 < len(rendered) else None
+        is_status = line.startswith("JOB_STATUS_CHANGE ")
+        if is_status and kind == "paused" and following == "running":  # J1
+            index += 2
+            continue
+        if is_status and kind == "waiting" and following == "aborting":  # J2
+            index += 1
+            continue
+        kept.append(line)
+        index += 1
+    return kept
+
+
+@dataclass
+class NormalizedLog:
+    """The comparable form of one case's session."""
+
+    case: str
+    conversation: list[str] = field(default_factory=list)
+    jobs: dict[str, list[str]] = field(default_factory=dict)
+    other_events: list[str] = field(default_factory=list)
+
+    def render(self) -> str:
+        lines = [f"case: {self.case}", "", "== conversation"]
+        lines += self.conversation
+        for job_id in sorted(self.jobs):
+            lines += ["", f"== events of job {job_id}"]
+            lines += self.jobs[job_id]
+        lines += ["", "== other events"]
+        lines += self.other_events
+        return "\n".join(lines) + "\n"
+
+
+def _conversation_line(entry: LogEntry, paths: PathMap, last_command: str | None) -> list[str]:
+    if entry.kind == "greeting":
+        greeting = dict(entry.message)  # type: ignore[arg-type]
+        qmp = dict(greeting.get("QMP", {}))
+        if "version" in qmp:
+            qmp["version"] = mask_version(qmp["version"])
+        greeting["QMP"] = qmp
+        return [f"<= {dump(filter_value(greeting, paths))}"]
+    if entry.kind == "command":
+        command = {key: value for key, value in entry.message.items() if key != "id"}  # type: ignore[union-attr]
+        return [f"-> {dump(filter_value(command, paths))}"]
+    if entry.kind == "reply":
+        reply = {key: value for key, value in entry.message.items() if key != "id"}  # type: ignore[union-attr]
+        if last_command == "query-version" and "return" in reply:
+            reply["return"] = mask_version(reply["return"])
+        return [f"<- {dump(filter_value(reply, paths))}"]
+    if entry.kind == "output":
+        return [f".. {filter_text(line, paths)}".rstrip() for line in str(entry.message).splitlines()]
+    if entry.kind == "tool":
+        return [f"$ {filter_text(str(entry.message), paths)}"]
+    raise ValueError(f"not a conversation entry: {entry.kind}")
+
+
+def normalize(log: QmpLog, paths: PathMap) -> NormalizedLog:
+    """Apply every rule of this module to a recorded session."""
+    result = NormalizedLog(case=log.case)
+    job_events: dict[str, list[dict[str, Any]]] = {}
+    last_command: str | None = None
+    for entry in log.entries:
+        if entry.kind == "event":
+            event: dict[str, Any] = entry.message  # type: ignore[assignment]
+            job_id = job_id_of(event)
+            if job_id is None:
+                other = {key: value for key, value in event.items() if key != "timestamp"}
+                result.other_events.append(
+                    " ".join(filter(None, [str(other.pop("event", "?")),
+                                           dump(filter_value(other["data"], paths))
+                                           if "data" in other else ""]))
+                )
+            else:
+                job_events.setdefault(job_id, []).append(event)
+            continue
+        if entry.kind == "command":
+            last_command = str(entry.message.get("execute"))  # type: ignore[union-attr]
+        result.conversation += _conversation_line(entry, paths, last_command)
+    result.jobs = {job_id: normalize_job_events(events, paths) for job_id, events in job_events.items()}
+    return result

@@ -1,0 +1,212 @@
+"""drive-backup and blockdev-backup, as one-action transactions (QEMU 7.2's blockdev.c).
+
+The argument checks follow do_backup_common() and backup_job_create() in QEMU's order, so the
+first failing rule gives QEMU's message.  drive-backup creates (mode absolute-paths) and opens the
+target before those checks, as QEMU does: the target file stays behind when a check fails.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from emulator.block.image import create_image
+from emulator.block.node import BlockNode
+from emulator.error import QemuError
+from emulator.jobs.backup import BackupJob
+from emulator.jobs.txn import JobTxn
+from emulator.machine import Machine
+from emulator.transaction import BaseAction
+
+from .registry import qapi_types, qmp_command
+
+qapi_types(
+    {"enum": "MirrorSyncMode", "data": ["top", "full", "none", "incremental", "bitmap"]},
+    {"enum": "BitmapSyncMode", "data": ["on-success", "never", "always"]},
+    {"enum": "BlockdevOnError", "data": ["report", "ignore", "enospc", "stop", "auto"]},
+    {"enum": "NewImageMode", "data": ["existing", "absolute-paths"]},
+    {"struct": "BackupPerf", "data": {"*use-copy-range": "bool", "*max-workers": "int",
+                                      "*max-chunk": "int64"}},
+    {"struct": "BackupCommon", "data": {
+        "*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
+        "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode", "*compress": "bool",
+        "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
+        "*auto-finalize": "bool", "*auto-dismiss": "bool", "*filter-node-name": "str",
+        "*x-perf": "BackupPerf"}},
+    {"struct": "DriveBackup", "base": "BackupCommon",
+     "data": {"target": "str", "*format": "str", "*mode": "NewImageMode"}},
+    {"struct": "BlockdevBackup", "base": "BackupCommon", "data": {"target": "str"}},
+)
+
+
+class BackupAction(BaseAction):
+    """The drive-backup / blockdev-backup transaction action."""
+
+    supports_grouped = True
+
+    def __init__(self, machine: Machine, kind: str, args: dict[str, Any], txn: JobTxn | None) -> None:
+        self.machine = machine
+        self.kind = kind
+        self.args = args
+        self.txn = txn
+        self.job: BackupJob | None = None
+
+    def prepare(self) -> None:
+        args = self.args
+        source = self.machine.block.lookup_bs(args["device"])
+        release = None
+        if self.kind == "drive-backup":
+            target, release = self._open_drive_target(source)
+        else:
+            target = self.machine.block.lookup_bs(args["target"])
+        try:
+            self.job = do_backup_common(self.machine, args, source, target, self.txn, release)
+        except BaseException:
+            if release is not None:
+                release()
+            raise
+
+    def _open_drive_target(self, source: BlockNode) -> tuple[BlockNode, Any]:
+        args = self.args
+        mode = args.get("mode", "absolute-paths")
+        fmt = args.get("format")
+        if fmt is None and mode != "existing":
+            fmt = source.driver if source.is_format else "raw"
+        sync = args["sync"]
+        backing: BlockNode | None = None
+        if sync == "top":
+            backing = source.backing
+            if backing is None:
+                sync = "full"
+        elif sync == "none":
+            backing = source
+        size = source.length()
+        target_name: str = args["target"]
+        if mode != "existing":
+            assert fmt is not None
+            backing_file = _filename_of(backing) if backing is not None else None
+            backing_fmt = backing.driver if backing is not None else None
+            message = create_image(target_name, fmt, size, backing_file=backing_file,
+                                   backing_fmt=backing_fmt)
+            if message:
+                self.machine.stdout.write(message if message.endswith("\n") else message + "\n")
+                _flush(self.machine)
+        graph = self.machine.block
+        before = len(graph.nodes)
+        target = graph.open_file_and_format(target_name, fmt, read_only=False)
+        added = graph.nodes[before:]
+
+        def release() -> None:
+            graph.close_nodes(added)
+
+        return target, release
+
+    def commit(self) -> None:
+        assert self.job is not None
+        self.job.start()
+
+    def abort(self) -> None:
+        if self.job is not None:
+            self.job.cancel_sync(force=True)
+
+
+def _filename_of(node: BlockNode) -> str:
+    from emulator.block.drivers import protocol_filename  # noqa: PLC0415
+
+    return protocol_filename(node)
+
+
+def _flush(machine: Machine) -> None:
+    try:
+        machine.stdout.flush()
+    except (OSError, ValueError):
+        pass
+
+
+def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, target: BlockNode,
+                     txn: JobTxn | None, release: Any) -> BackupJob:
+    """QEMU's do_backup_common + backup_job_create: validate, freeze the bitmap, create the job."""
+    sync = args["sync"]
+    bitmap_name = args.get("bitmap")
+    bitmap_mode = args.get("bitmap-mode")
+    if sync in ("bitmap", "incremental") and bitmap_name is None:
+        raise QemuError(f"must provide a valid bitmap name for '{sync}' sync mode")
+    if sync == "incremental":
+        if bitmap_mode is not None and bitmap_mode != "on-success":
+            raise QemuError("Bitmap sync mode must be 'on-success' when using sync mode 'incremental'")
+        sync, bitmap_mode = "bitmap", "on-success"
+    bitmaps = source.dirty_bitmaps
+    bitmap = None
+    if bitmap_name is not None:
+        bitmap = bitmaps.find(bitmap_name)
+        if bitmap is None:
+            raise QemuError(f"Bitmap '{bitmap_name}' could not be found")
+        if bitmap_mode is None:
+            raise QemuError("Bitmap sync mode must be given when providing a bitmap")
+        bitmaps.check(bitmap, "allow_ro")
+        if sync == "none":
+            raise QemuError(f"sync mode '{sync}' does not produce meaningful bitmap outputs")
+        if bitmap_mode == "never" and sync != "bitmap":
+            raise QemuError(f"Bitmap sync mode 'never' has no meaningful effect when combined "
+                            f"with sync mode '{sync}'")
+    if bitmap_name is None and bitmap_mode is not None:
+        raise QemuError("Cannot specify bitmap sync mode without a bitmap")
+    if args.get("compress"):
+        raise QemuError(f"Compression is not supported for this drive {_device_or_node(machine, target)}")
+
+    # backup_job_create()
+    if source is target:
+        raise QemuError("Source and target cannot be the same")
+    source.op_check("backup-source")
+    target.op_check("backup-target")
+    if sync == "top" and source.backing is None:
+        sync = "full"
+    if source.length() != target.length():
+        raise QemuError("Source and target image have different sizes")
+    job_id = args.get("job-id")
+    if job_id is None:
+        job_id = machine.block.device_name(source)
+    speed = args.get("speed", 0)
+    machine.jobs.check_new_job_id(job_id)
+    if speed < 0:
+        raise QemuError("Parameter 'speed' expects a non-negative value")
+    if bitmap is not None:
+        if bitmap_mode != "never":
+            bitmaps.check(bitmap, "default")
+        bitmaps.create_successor(bitmap)
+    try:
+        return BackupJob(
+            manager=machine.jobs, job_id=job_id, txn=txn, speed=speed,
+            auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
+            source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
+            on_source_error=args.get("on-source-error", "report"),
+            on_target_error=args.get("on-target-error", "report"), release=release)
+    except BaseException:
+        if bitmap is not None:
+            bitmaps.reclaim(bitmap)
+        raise
+
+
+def _device_or_node(machine: Machine, node: BlockNode) -> str:
+    return machine.block.device_name(node) or node.node_name
+
+
+def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {key.replace("_", "-"): value for key, value in kwargs.items()}
+
+
+@qmp_command("drive-backup", "DriveBackup")
+def qmp_drive_backup(machine: Machine, **kwargs: Any) -> None:
+    from .transaction import run_actions  # noqa: PLC0415
+
+    run_actions(machine, [BackupAction(machine, "drive-backup", _qapi_names(kwargs), None)])
+
+
+@qmp_command("blockdev-backup", "BlockdevBackup")
+def qmp_blockdev_backup(machine: Machine, **kwargs: Any) -> None:
+    from .transaction import run_actions  # noqa: PLC0415
+
+    run_actions(machine, [BackupAction(machine, "blockdev-backup", _qapi_names(kwargs), None)])
+
+
+__all__ = ["BackupAction", "do_backup_common", "os"]
