@@ -39,7 +39,7 @@ class FileNode(BlockNode):
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         self.storage.pwrite(offset, bytes(length))
 
-    def _flush(self) -> None:
+    def _flush_to_disk(self) -> None:
         self.storage.flush()
 
     def _truncate(self, size: int) -> None:
@@ -72,11 +72,6 @@ class _FormatNode(BlockNode):
     @property
     def filename(self) -> str:
         return _protocol_filename(self.children["file"])
-
-    def _flush(self) -> None:
-        file = self.children["file"]
-        file.debug_event("flush_to_disk")
-        file.flush()
 
 
 class RawNode(_FormatNode):
@@ -143,12 +138,6 @@ class Qcow2Node(_FormatNode):
 
     def _discard(self, offset: int, length: int) -> None:
         self.image.discard(offset, length)
-
-    def _flush(self) -> None:
-        self.image.flush()
-        file = self.children["file"]
-        file.debug_event("flush_to_disk")
-        file.flush()
 
     def _truncate(self, size: int) -> None:
         self.image.truncate(size)

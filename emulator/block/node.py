@@ -46,6 +46,9 @@ class BlockNode:
         self.op_blockers: dict[str, list[str]] = {}
         self.monitor_owned = False  # created by blockdev-add
         self.options: dict[str, Any] = {}  # the options it was opened with (for query output)
+        # QEMU's bs->write_gen / bs->flushed_gen: a flush with nothing written since is cheap.
+        self.write_gen = 0
+        self.flushed_gen = 0
 
     # ---- graph --------------------------------------------------------------------------------
     def attach_child(self, role: str, child: BlockNode) -> None:
@@ -112,8 +115,15 @@ class BlockNode:
     def _discard(self, offset: int, length: int) -> None:
         pass
 
+    def _flush_to_os(self) -> None:
+        """Write cached driver data (e.g. qcow2 metadata) down to the child."""
+
+    def _flush_to_disk(self) -> None:
+        """Make this node's own data durable (fsync for a host file)."""
+
     def _flush(self) -> None:
-        pass
+        """Drivers that flush everything in one call (QEMU's .bdrv_co_flush) override this."""
+        raise NotImplementedError
 
     def _truncate(self, size: int) -> None:
         raise QemuError("Image format driver does not support resize")
@@ -148,6 +158,7 @@ class BlockNode:
             return
         self._before_write(offset, len(data))
         self._pwrite(offset, data)
+        self.write_gen += 1
         self.dirty_bitmaps.mark_dirty(offset, len(data))
 
     def pwrite_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
@@ -156,6 +167,7 @@ class BlockNode:
             return
         self._before_write(offset, length)
         self._pwrite_zeroes(offset, length, may_unmap)
+        self.write_gen += 1
         self.dirty_bitmaps.mark_dirty(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
@@ -164,10 +176,35 @@ class BlockNode:
             return
         self._before_write(offset, length)
         self._discard(offset, length)
+        self.write_gen += 1
         self.dirty_bitmaps.mark_dirty(offset, length)
 
+    def primary_child(self) -> BlockNode | None:
+        return self.children.get("file") or self.children.get("image")
+
     def flush(self) -> None:
-        self._flush()
+        """QEMU's bdrv_co_flush: flush_to_os, then (if written since) flush_to_disk, then children.
+
+        blkdebug sees "flush_to_os" and, only when something was written since the last flush,
+        "flush_to_disk" on the primary child — iotest 124's set-state rule depends on that.
+        """
+        current = self.write_gen
+        if type(self)._flush is not BlockNode._flush:
+            self._flush()
+            self.flushed_gen = current
+            return
+        primary = self.primary_child()
+        if primary is not None:
+            primary.debug_event("flush_to_os")
+        self._flush_to_os()
+        if self.flushed_gen != current:
+            if primary is not None:
+                primary.debug_event("flush_to_disk")
+            self._flush_to_disk()
+        for child in list(self.children.values()):
+            if not child.read_only:
+                child.flush()
+        self.flushed_gen = current
 
     def truncate(self, size: int) -> None:
         self._truncate(size)

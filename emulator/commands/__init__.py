@@ -18,3 +18,26 @@ for _name in _MODULES:
             raise
 
 __all__ = ["COMMANDS", "TYPES", "CommandDef", "qapi_types", "qmp_command"]
+
+
+def attach(machine: "Machine") -> "Machine":
+    """Wire a Machine to the QMP command layer (job events become QMP events)."""
+    from .jobs import install_job_events  # noqa: PLC0415
+
+    install_job_events(machine)
+    return machine
+
+
+def new_machine(**kwargs: "Any") -> "Machine":
+    """A Machine ready to serve QMP: what the CLI and the in-process launcher build."""
+    from emulator.machine import Machine  # noqa: PLC0415
+
+    return attach(Machine(**kwargs))
+
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import Any
+
+    from emulator.machine import Machine

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
@@ -143,7 +144,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             raise QemuError(f"Bitmap '{bitmap_name}' could not be found")
         if bitmap_mode is None:
             raise QemuError("Bitmap sync mode must be given when providing a bitmap")
-        bitmaps.check(bitmap, "allow_ro")
+        bitmaps.check(bitmap, BITMAP_ALLOW_RO)
         if sync == "none":
             raise QemuError(f"sync mode '{sync}' does not produce meaningful bitmap outputs")
         if bitmap_mode == "never" and sync != "bitmap":
@@ -168,15 +169,13 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         job_id = machine.block.device_name(source)
     speed = args.get("speed", 0)
     machine.jobs.check_new_job_id(job_id)
-    if speed < 0:
-        raise QemuError("Parameter 'speed' expects a non-negative value")
     if bitmap is not None:
         if bitmap_mode != "never":
-            bitmaps.check(bitmap, "default")
+            bitmaps.check(bitmap, BITMAP_DEFAULT)
         bitmaps.create_successor(bitmap)
     try:
         return BackupJob(
-            manager=machine.jobs, job_id=job_id, txn=txn, speed=speed,
+            machine.jobs, job_id, txn=txn, speed=speed,
             auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
             source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
             on_source_error=args.get("on-source-error", "report"),

@@ -17,6 +17,7 @@ from emulator.block.dirty_bitmap import DirtyBitmap
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
 
 from .blockjob import BlockJob
+from .manager import JobManager
 
 BACKUP_CLUSTER_SIZE_DEFAULT = 64 * 1024
 #: Bytes copied per step when unthrottled (QEMU's block-copy uses up to 1 MiB chunks).
@@ -38,6 +39,8 @@ class BackupJob(BlockJob):
 
     def __init__(
         self,
+        manager: JobManager,
+        job_id: str | None,
         *,
         source: BlockNode,
         target: BlockNode,
@@ -49,7 +52,7 @@ class BackupJob(BlockJob):
         release: Callable[[], None] | None = None,
         **job_args: Any,
     ) -> None:
-        super().__init__(**job_args)
+        """backup_job_create after its argument checks: the job goes `created` here."""
         self.source = source
         self.target = target
         self.sync = sync
@@ -58,14 +61,18 @@ class BackupJob(BlockJob):
         self.on_source_error = on_source_error
         self.on_target_error = on_target_error
         self._release = release
+        self._notifier_installed = False
         self.len = source.length()
         self.cluster_size = backup_cluster_size(target)
+        self.copy_bitmap: DirtyBitmap | None = None
+        super().__init__(manager, job_id, source, **job_args)
+        # A second backup of the same source is allowed (QEMU unblocks BACKUP_SOURCE).
+        source.op_unblock("backup-source", self.blocker)
+        self.add_node(target)
         self.copy_bitmap = source.dirty_bitmaps.create(
             None, self.cluster_size, self.len, disabled=True)
         self._init_copy_bitmap()
-        self.progress_total = self.copy_bitmap.count()
-        self.hold_node(source)
-        self.hold_node(target)
+        self.progress_set_remaining(self.copy_bitmap.count())
         source.before_write_notifiers.append(self._copy_before_write)
         self._notifier_installed = True
 
@@ -90,7 +97,7 @@ class BackupJob(BlockJob):
                 if end > start:
                     self.copy_bitmap.reset_dirty(start, end - start)
             offset += n
-        self.progress_total = self.progress_current + self.copy_bitmap.count()
+        self.progress_set_remaining(self.copy_bitmap.count())
 
     # ---- copying ------------------------------------------------------------------------------
     def _copy_range(self, offset: int, length: int) -> None:
@@ -121,7 +128,7 @@ class BackupJob(BlockJob):
         self._copy_range(offset, length)
         self.copy_bitmap.reset_dirty(offset, length)
         done = min(offset + length, self.len) - offset
-        self.progress_current += done
+        self.progress_update(done)
         return done
 
     def _copy_before_write(self, node: BlockNode, offset: int, length: int) -> None:
@@ -190,7 +197,7 @@ class BackupJob(BlockJob):
         if self._notifier_installed:
             self.source.before_write_notifiers.remove(self._copy_before_write)
             self._notifier_installed = False
-        if self.copy_bitmap in list(self.source.dirty_bitmaps):
+        if self.copy_bitmap is not None and self.copy_bitmap in list(self.source.dirty_bitmaps):
             self.source.dirty_bitmaps.remove(self.copy_bitmap)
         try:
             self.target.flush()

@@ -1,0 +1,277 @@
+"""Offline image helpers: probe, create and open raw/qcow2 images with their backing chains.
+
+Used by `blocktxn img` / `blocktxn io` and by code that creates backup targets.  An OpenedImage
+is a whole chain (top image plus its backing images, opened read-only) seen through the top
+image, the way a BlockBackend sees it in qemu-img and qemu-io.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from typing import Self
+
+from emulator.error import QemuError
+
+from .file import FileStorage
+from .node import BLOCK_ALLOCATED, BLOCK_ZERO
+from .qcow2 import QCOW_MAGIC, Qcow2Image
+from .storage import Storage
+
+FORMATS = ("qcow2", "raw")
+MAX_BACKING_DEPTH = 64
+
+
+def probe_format(storage: Storage) -> str:
+    """Guess the format from the contents, as bdrv_probe_all does for the formats we know."""
+    head = storage.pread(0, 8)
+    if head[:4] == QCOW_MAGIC and int.from_bytes(head[4:8], "big") >= 2:
+        return "qcow2"
+    return "raw"
+
+
+def backing_path(image_filename: str, backing: str) -> str:
+    """Resolve a backing file name relative to the image's directory (QEMU's path_combine)."""
+    if os.path.isabs(backing) or ":" in backing.split("/", 1)[0]:
+        return backing
+    base = os.path.dirname(image_filename)
+    return os.path.join(base, backing) if base else backing
+
+
+def creation_message(filename: str, fmt: str, size: int, *, backing_file: str | None = None,
+                     backing_fmt: str | None = None, cluster_size: int | None = None) -> str:
+    """The "Formatting ..." line qemu-img create (and QEMU's drive-backup) prints."""
+    if fmt == "raw":
+        return f"Formatting '{filename}', fmt=raw size={size}"
+    parts = [f"Formatting '{filename}', fmt=qcow2", f"cluster_size={cluster_size or 65536}",
+             "extended_l2=off", "compression_type=zlib", f"size={size}"]
+    if backing_file:
+        parts.append(f"backing_file={backing_file}")
+    if backing_fmt:
+        parts.append(f"backing_fmt={backing_fmt}")
+    parts += ["lazy_refcounts=off", "refcount_bits=16"]
+    return " ".join(parts)
+
+
+def create_image(filename: str, fmt: str, size: int, *, backing_file: str | None = None,
+                 backing_fmt: str | None = None, cluster_size: int | None = None) -> str:
+    """Create (or overwrite) an image file; returns the "Formatting ..." line to print.
+
+    Does not open the backing file (like `qemu-img create -u`); callers that want the size or a
+    validity check from the backing use open_image_chain first.
+    """
+    if fmt not in FORMATS:
+        raise QemuError(f"Unknown file format '{fmt}'")
+    if fmt == "raw" and backing_file:
+        raise QemuError("Backing file not supported for file format 'raw'")
+    if fmt == "raw" and cluster_size is not None:
+        raise QemuError("Invalid parameter 'cluster_size'")
+    if size < 0:
+        raise QemuError("Image size must be less than 8 EiB!")
+    message = creation_message(filename, fmt, size, backing_file=backing_file, backing_fmt=backing_fmt,
+                               cluster_size=cluster_size)
+    rounded = (size + 511) // 512 * 512
+    storage = FileStorage(filename, create=True)
+    try:
+        if fmt == "raw":
+            storage.truncate(rounded)
+        else:
+            Qcow2Image.create(storage, rounded, cluster_size=cluster_size or 65536,
+                              backing_file=backing_file, backing_fmt=backing_fmt)
+        storage.flush()
+    finally:
+        storage.close()
+    return message
+
+
+class OpenedImage:
+    """An image and its opened backing chain, with Storage-style guest I/O on the top image."""
+
+    def __init__(self, filename: str, fmt: str, file: FileStorage, qcow2: Qcow2Image | None,
+                 backing: OpenedImage | None, *, read_only: bool, discard: bool = False) -> None:
+        self.filename = filename
+        self.format = fmt
+        self.file = file
+        self.qcow2 = qcow2
+        self.backing = backing
+        self.read_only = read_only
+        #: Whether guest discards reach the image (QEMU's discard=unmap); off by default as in QEMU.
+        self.discard_enabled = discard
+        if qcow2 is not None:
+            qcow2.set_backing(backing)
+
+    # ---- metadata -----------------------------------------------------------------------------
+    @property
+    def backing_filename(self) -> str | None:
+        return self.qcow2.backing_file if self.qcow2 else None
+
+    @property
+    def backing_format(self) -> str | None:
+        return self.qcow2.backing_format if self.qcow2 else None
+
+    @property
+    def cluster_size(self) -> int | None:
+        return self.qcow2.cluster_size if self.qcow2 else None
+
+    def chain(self) -> list[OpenedImage]:
+        """This image and its backing images, top first."""
+        out: list[OpenedImage] = []
+        img: OpenedImage | None = self
+        while img is not None:
+            out.append(img)
+            img = img.backing
+        return out
+
+    # ---- guest I/O ----------------------------------------------------------------------------
+    def length(self) -> int:
+        return self.qcow2.size if self.qcow2 else self.file.length()
+
+    def _check(self, offset: int, length: int, write: bool) -> None:
+        if write and self.read_only:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        if offset < 0 or length < 0 or offset + length > self.length():
+            raise OSError(errno.EIO, "Input/output error")
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if self.qcow2:
+            return self.qcow2.pread(offset, length)
+        return self.file.pread(offset, length)
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        self._check(offset, len(data), True)
+        if self.qcow2:
+            self.qcow2.pwrite(offset, data)
+        else:
+            self.file.pwrite(offset, data)
+
+    def pwrite_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
+        self._check(offset, length, True)
+        if self.qcow2:
+            self.qcow2.pwrite_zeroes(offset, length, may_unmap)
+        else:
+            self.file.pwrite(offset, bytes(length))
+
+    def discard(self, offset: int, length: int) -> None:
+        self._check(offset, length, True)
+        if not self.discard_enabled:
+            return
+        if self.qcow2:
+            self.qcow2.discard(offset, length)
+
+    def flush(self) -> None:
+        if self.read_only:
+            return
+        if self.qcow2:
+            self.qcow2.flush()
+        else:
+            self.file.flush()
+
+    def truncate(self, size: int) -> None:
+        if self.read_only:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        if self.qcow2:
+            self.qcow2.truncate(size)
+        else:
+            self.file.truncate(size)
+
+    def debug_event(self, event: str) -> None:
+        """Storage protocol hook (no blkdebug offline)."""
+
+    def block_status(self, offset: int, length: int) -> tuple[int, int]:
+        """(bytes, flags) of the top image only; flags 0 means "look in the backing image"."""
+        if offset >= self.length() or length <= 0:
+            return 0, 0
+        if self.qcow2:
+            return self.qcow2.block_status(offset, length)
+        return self.file.block_status(offset, min(length, self.length() - offset))
+
+    def mapping(self, offset: int, length: int) -> tuple[int, int, int | None]:
+        """(bytes, flags, host offset) of the top image, for qemu-img map."""
+        if self.qcow2:
+            return self.qcow2.mapping(offset, length)
+        n, flags = self.block_status(offset, length)
+        return n, flags, offset
+
+    def layer_status(self, offset: int, length: int) -> tuple[int, int, int | None]:
+        """(bytes, flags, host offset) of this image alone, as bdrv_block_status reports it:
+        an unallocated range reads as ZERO (not ALLOCATED) when there is no backing image or the
+        range lies past the backing image's end."""
+        n, flags, host = self.mapping(offset, length)
+        if n and not flags & BLOCK_ALLOCATED:
+            if self.backing is None:
+                flags |= BLOCK_ZERO
+            else:
+                blen = self.backing.length()
+                if offset >= blen:
+                    flags |= BLOCK_ZERO
+                else:
+                    n = min(n, blen - offset)
+        return n, flags, host
+
+    def status_above(self, offset: int, length: int) -> tuple[int, int]:
+        """(bytes, flags) through the whole chain (bdrv_block_status_above with base NULL)."""
+        img = self
+        while True:
+            n, flags, _host = img.layer_status(offset, length)
+            if not n or flags & BLOCK_ALLOCATED or img.backing is None:
+                return n, flags
+            if flags & BLOCK_ZERO:  # past the end of the backing image: zeros "allocated" here
+                return n, flags | BLOCK_ALLOCATED
+            length = n
+            img = img.backing
+
+    def is_zero_fast(self, offset: int, length: int) -> bool:
+        """True if the chain's metadata alone says [offset, offset+length) reads as zeros."""
+        if self.qcow2:
+            return self.qcow2.is_zero_fast(offset, length)
+        end = min(offset + length, self.length())
+        while offset < end:
+            n, flags = self.file.block_status(offset, end - offset)
+            if not n or not flags & BLOCK_ZERO:
+                return False
+            offset += n
+        return True
+
+    def close(self) -> None:
+        """Close the whole chain."""
+        for img in self.chain():
+            if img.qcow2:
+                img.qcow2.close()
+            img.file.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_image_chain(filename: str, fmt: str | None = None, *, read_only: bool = True,
+                     backing: bool = True, discard: bool = False, _depth: int = 0,
+                     _seen: frozenset[str] = frozenset()) -> OpenedImage:
+    """Open `filename` (format `fmt` or probed) and, unless backing=False, its backing chain.
+
+    Errors are QemuErrors with QEMU's inner texts (callers add "Could not open 'F': " as qemu-img
+    does); a missing backing file is "Could not open backing file: Could not open 'B': ...".
+    """
+    if fmt is not None and fmt not in FORMATS:
+        raise QemuError(f"Unknown driver '{fmt}'")
+    real = os.path.realpath(filename)
+    if real in _seen or _depth > MAX_BACKING_DEPTH:
+        raise QemuError(f"Backing file loop detected at '{filename}'")
+    file = FileStorage(filename, read_only=read_only)
+    try:
+        fmt = fmt or probe_format(file)
+        qcow2 = Qcow2Image.open(file, read_only=read_only) if fmt == "qcow2" else None
+        back: OpenedImage | None = None
+        if qcow2 is not None and qcow2.backing_file and backing:
+            path = backing_path(filename, qcow2.backing_file)
+            try:
+                back = open_image_chain(path, qcow2.backing_format, read_only=True, _depth=_depth + 1,
+                                        _seen=_seen | {real})
+            except QemuError as e:
+                raise QemuError(f"Could not open backing file: {e.desc}") from None
+        return OpenedImage(filename, fmt, file, qcow2, back, read_only=read_only, discard=discard)
+    except BaseException:
+        file.close()
+        raise
