@@ -232,6 +232,40 @@ class BlockGraph:
         index = sum(1 for name in self.backends if name.startswith(interface))
         return f"{interface}{index}-hd0" if interface == "ide" else f"{interface}{index}"
 
+    # ---- filters ------------------------------------------------------------------------------
+    def insert_cbw_filter(self, source: BlockNode, target: BlockNode, copy_hook: Any,
+                          node_name: str | None = None) -> BlockNode:
+        """bdrv_cbw_append: put a copy-before-write filter above `source` for its devices."""
+        from .copy_before_write import CopyBeforeWriteNode  # noqa: PLC0415
+
+        if node_name:
+            self._check_node_name(node_name)
+        node = CopyBeforeWriteNode(node_name or "", source, target, copy_hook,
+                                   auto_named=not node_name)
+        if not node_name:
+            node.node_name = self._generate_node_name()
+        self._register(node)
+        for backend in self.backends.values():
+            if backend.root is source:
+                self._set_backend_root(backend, node)
+        return node
+
+    def remove_filter(self, node: BlockNode) -> None:
+        """bdrv_cbw_drop: give the filter's devices back to its child and close the filter."""
+        child = node.children.get("file")
+        for backend in self.backends.values():
+            if backend.root is node and child is not None:
+                self._set_backend_root(backend, child)
+        node.close()
+        if node in self.nodes:
+            self.nodes.remove(node)
+
+    @staticmethod
+    def _set_backend_root(backend: BlockBackend, root: BlockNode) -> None:
+        backend.detach()
+        backend.root = root
+        root.parents.append(backend)
+
     # ---- removal ------------------------------------------------------------------------------
     def close_nodes(self, nodes: list[BlockNode]) -> None:
         """Close nodes the emulator opened for itself (e.g. a drive-backup target), newest first."""

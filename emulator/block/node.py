@@ -45,6 +45,7 @@ class BlockNode:
         self.before_write_notifiers: list[BeforeWriteNotifier] = []
         self.op_blockers: dict[str, list[str]] = {}
         self.monitor_owned = False  # created by blockdev-add
+        self.implicit = False  # an automatically inserted filter the user did not name
         self.options: dict[str, Any] = {}  # the options it was opened with (for query output)
         # QEMU's bs->write_gen / bs->flushed_gen: a flush with nothing written since is cheap.
         self.write_gen = 0

@@ -173,17 +173,29 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         if bitmap_mode != "never":
             bitmaps.check(bitmap, BITMAP_DEFAULT)
         bitmaps.create_successor(bitmap)
+    graph = machine.block
+    filter_box: list[BlockNode] = []
+
+    def release_all() -> None:
+        for cbw in filter_box:
+            graph.remove_filter(cbw)
+        if release is not None:
+            release()
+
     try:
-        return BackupJob(
+        job = BackupJob(
             machine.jobs, job_id, txn=txn, speed=speed,
             auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
             source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
             on_source_error=args.get("on-source-error", "report"),
-            on_target_error=args.get("on-target-error", "report"), release=release)
+            on_target_error=args.get("on-target-error", "report"), release=release_all)
     except BaseException:
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
         raise
+    filter_box.append(graph.insert_cbw_filter(source, target, job.copy_before_write,
+                                              args.get("filter-node-name")))
+    return job
 
 
 def _device_or_node(machine: Machine, node: BlockNode) -> str:

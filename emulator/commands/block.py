@@ -95,7 +95,10 @@ def qmp_query_block(machine: Machine) -> list[dict[str, Any]]:
             "removable": True,
             "type": "unknown",
         }
-        entry["inserted"] = device_info(machine, backend.root)
+        root = backend.root
+        while root.implicit and root.filtered_child() is not None:  # bdrv_skip_implicit_filters
+            root = root.filtered_child()  # type: ignore[assignment]
+        entry["inserted"] = device_info(machine, root)
         result.append(entry)
     return result
 

@@ -2,9 +2,10 @@
 
 What it copies is a *copy bitmap* at job-cluster granularity, made at job creation: every cluster
 (full), the clusters allocated in the top layer (top), the sync bitmap's dirty clusters (bitmap),
-or nothing (none: only copy-before-write).  A before-write notifier on the source copies a cluster's
-old data to the target before a guest write lands on it (point-in-time semantics), so the target is
-the image as it was when the job started.  The sync bitmap, if any, is frozen at creation (its
+or nothing (none: only copy-before-write).  The copy-before-write filter the command layer puts
+above the source calls copy_before_write() before a guest write lands, which copies the old data
+of not-yet-copied clusters to the target (point-in-time semantics): the target is the image as it
+was when the job started.  The sync bitmap, if any, is frozen at creation (its
 successor records new writes) and settled by commit/abort according to the bitmap mode.
 """
 
@@ -61,7 +62,6 @@ class BackupJob(BlockJob):
         self.on_source_error = on_source_error
         self.on_target_error = on_target_error
         self._release = release
-        self._notifier_installed = False
         self.len = source.length()
         self.cluster_size = backup_cluster_size(target)
         self.copy_bitmap: DirtyBitmap | None = None
@@ -73,8 +73,6 @@ class BackupJob(BlockJob):
             None, self.cluster_size, self.len, disabled=True)
         self._init_copy_bitmap()
         self.progress_set_remaining(self.copy_bitmap.count())
-        source.before_write_notifiers.append(self._copy_before_write)
-        self._notifier_installed = True
 
     # ---- setup --------------------------------------------------------------------------------
     def _init_copy_bitmap(self) -> None:
@@ -131,7 +129,7 @@ class BackupJob(BlockJob):
         self.progress_update(done)
         return done
 
-    def _copy_before_write(self, node: BlockNode, offset: int, length: int) -> None:
+    def copy_before_write(self, offset: int, length: int) -> None:
         """Before-write notifier: copy old data of not-yet-copied clusters the write touches."""
         start = _align_down(offset, self.cluster_size)
         end = min(_align_up(offset + length, self.cluster_size), self.len)
@@ -194,9 +192,6 @@ class BackupJob(BlockJob):
         self._cleanup_sync_bitmap(-1)
 
     def clean(self) -> None:
-        if self._notifier_installed:
-            self.source.before_write_notifiers.remove(self._copy_before_write)
-            self._notifier_installed = False
         if self.copy_bitmap is not None and self.copy_bitmap in list(self.source.dirty_bitmaps):
             self.source.dirty_bitmaps.remove(self.copy_bitmap)
         try:

@@ -151,7 +151,7 @@ class Tool:
                 elif (key, value) in _DEFAULT_OPTIONS:
                     pass
                 else:
-                    raise self.fail(f"Invalid parameter '{key}'")
+                    raise self.fail(f"{args[0] + ': ' if args else ''}Invalid parameter '{key}'")
         if not args:
             self.err.write(f"{PROG}: Expecting image file name\nTry '{PROG} --help' for more information\n")
             return 1
@@ -186,7 +186,7 @@ class Tool:
                 return 1
             if backing_fmt is None:
                 self.error(f"{filename}: Backing file specified without backing format")
-                self.err.write(f"Detected format of {detected}.\n")
+                self.err.write(f"Detected format of {detected}.")  # qemu-img prints no newline
                 return 1
             if size is None:
                 size = back_size
@@ -359,7 +359,7 @@ class Tool:
         if len(args) != 2:
             self.err.write(f"{PROG}: Expecting two image file names\n"
                            f"Try '{PROG} --help' for more information\n")
-            return 2
+            return 1
 
         def say(text: str) -> None:
             if not quiet:

@@ -1,0 +1,61 @@
+"""The copy-before-write filter (QEMU 7.2's block/copy-before-write.c), as a graph node.
+
+A backup job inserts it above its source: every write that reaches the source *through the
+filter* (the device's I/O) first lets the job copy the old data of the clusters it touches to the
+target, which makes the backup a point-in-time image.  It is an implicit filter: query-block skips
+it, query-named-block-nodes shows it, and lookups by device name reach it (as in QEMU).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from .node import BlockNode
+
+CopyHook = Callable[[int, int], None]
+
+
+class CopyBeforeWriteNode(BlockNode):
+    """Filter driver "copy-before-write": child "file" is the source, "target" the backup target."""
+
+    driver = "copy-before-write"
+    is_filter = True
+
+    def __init__(self, node_name: str, source: BlockNode, target: BlockNode, copy_hook: CopyHook,
+                 *, auto_named: bool = False) -> None:
+        super().__init__(node_name, auto_named=auto_named)
+        self.implicit = auto_named
+        self.copy_hook = copy_hook
+        self.attach_child("file", source)
+        self.attach_child("target", target)
+
+    @property
+    def source(self) -> BlockNode:
+        return self.children["file"]
+
+    def _length(self) -> int:
+        return self.source.length()
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return self.source.pread(offset, length)
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        self.copy_hook(offset, len(data))
+        self.source.pwrite(offset, data)
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        self.copy_hook(offset, length)
+        self.source.pwrite_zeroes(offset, length, may_unmap)
+
+    def _discard(self, offset: int, length: int) -> None:
+        self.copy_hook(offset, length)
+        self.source.discard(offset, length)
+
+    def _truncate(self, size: int) -> None:
+        self.source.truncate(size)
+
+    def _block_status(self, offset: int, length: int) -> tuple[int, int]:
+        return self.source.block_status(offset, length)
+
+    def flush(self) -> None:
+        self.source.flush()
