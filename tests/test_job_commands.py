@@ -291,3 +291,21 @@ def test_early_fail_on_negative_speed_emits_created_null() -> None:
         CopyJob(env.machine, "j4", speed=-1)
     assert env.statuses("j4") == ["created", "null"]
     assert env.qmp("query-jobs") == []
+
+
+def test_machine_close_cancels_jobs_after_loop_ended() -> None:
+    """QEMU's exit path (job_cancel_sync_all) also works once the event loop is gone."""
+    env = Env()
+
+    async def scenario() -> None:
+        CopyJob(env.machine, "j0", chunks=100, use_timer=True).start()
+        CopyJob(env.machine, "j1", chunks=100, auto_dismiss=False).start()
+        env.qmp("job-pause", id="j1")
+
+    asyncio.run(scenario())
+    env.machine.close()
+    assert len(env.machine.jobs) == 0
+    assert env.statuses("j0")[-4:] == ["running", "aborting", "concluded", "null"]
+    assert env.statuses("j1") == ["created", "running", "paused", "running", "aborting",
+                                  "concluded", "null"]  # kept concluded, then dismissed
+    assert [data["device"] for data in env.named("BLOCK_JOB_CANCELLED") if data] == ["j1", "j0"]

@@ -604,18 +604,41 @@ def test_ratelimit() -> None:
 def test_node_held_without_op_blockers_still_drains() -> None:
     """add_node(block_ops=False): no op blockers (backup's source), but drains reach the job."""
     async def scenario(manager: JobManager, events: Recorder) -> None:
+        class Yielder(BlockJob):
+            job_type = "backup"
+
+            async def run(self) -> int:
+                await self.yield_()
+                return 0
+
         source, target = NullCoNode("src"), NullCoNode("dst")
-        job = ErrorJob(manager, "job0", "report")
+        job = Yielder(manager, "job0")
         job.add_node(source, block_ops=False)
         job.add_node(target)
         source.op_check("backup-source")
         with pytest.raises(QemuError, match="^Node 'dst' is busy"):
             target.op_check("backup-target")
-        job.failures = 0
         job.start()
         with manager.drained([source]):
             assert job.status is JobStatus.PAUSED
+        job.enter()
         await manager.wait_until(lambda: job.status is JobStatus.NULL)
         assert not target.op_blockers["backup-target"] and job not in source.parents
 
     assert run(scenario).of("job0")[:4] == ["created", "running", "paused", "running"]
+
+
+def test_wait_idle_and_timeout() -> None:
+    async def scenario(manager: JobManager, events: Recorder) -> None:
+        parked = StepJob(manager, "parked", steps=3, use_timer=True)
+        pending = StepJob(manager, "pending", steps=2, use_timer=True, auto_finalize=False)
+        parked.start()
+        pending.start()
+        parked.user_pause()
+        await manager.wait_idle(timeout=2)
+        assert parked.status is JobStatus.PAUSED and pending.status is JobStatus.PENDING
+        with pytest.raises(TimeoutError):
+            await manager.wait_until(lambda: False, timeout=0.05)
+        manager.cancel_all_sync()
+
+    run(scenario)

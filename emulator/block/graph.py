@@ -102,6 +102,15 @@ class BlockGraph:
         node.monitor_owned = True
         return node
 
+    def open_options(self, options: dict[str, Any]) -> BlockNode:
+        """Open a node tree for the emulator's own use (not monitor-owned); all or nothing."""
+        before = len(self.nodes)
+        try:
+            return self._open(options, read_only=bool(options.get("read-only", False)))
+        except BaseException:
+            self._forget_nodes_after(before)
+            raise
+
     def _forget_nodes_after(self, count: int) -> None:
         for node in self.nodes[count:]:
             try:
@@ -247,7 +256,7 @@ class BlockGraph:
         self._register(node)
         for backend in self.backends.values():
             if backend.root is source:
-                self._set_backend_root(backend, node)
+                self.set_backend_root(backend, node)
         return node
 
     def remove_filter(self, node: BlockNode) -> None:
@@ -255,13 +264,13 @@ class BlockGraph:
         child = node.children.get("file")
         for backend in self.backends.values():
             if backend.root is node and child is not None:
-                self._set_backend_root(backend, child)
+                self.set_backend_root(backend, child)
         node.close()
         if node in self.nodes:
             self.nodes.remove(node)
 
     @staticmethod
-    def _set_backend_root(backend: BlockBackend, root: BlockNode) -> None:
+    def set_backend_root(backend: BlockBackend, root: BlockNode) -> None:
         backend.detach()
         backend.root = root
         root.parents.append(backend)
@@ -284,7 +293,7 @@ class BlockGraph:
             raise QemuError(f"Node {node_name} is not owned by the monitor")
         if node.parents:
             raise QemuError(f"Node {node_name} is in use")
-        node.op_check("drive_del")
+        node.op_check("drive-del")
         self._close_tree(node)
 
     def _close_tree(self, node: BlockNode) -> None:

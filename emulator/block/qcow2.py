@@ -1089,6 +1089,11 @@ def _check_image(img: Qcow2Image) -> dict:
     def inc(offset: int, size: int) -> None:
         if size <= 0:
             return
+        if offset + size - file_len >= cs:
+            messages.append("ERROR: counting reference for region exceeding the end of the file by one "
+                            f"cluster or more: offset {offset:#x} size {size:#x}")
+            res["corruptions"] += 1
+            return
         for c in range(offset >> bits, ((offset + size - 1) >> bits) + 1):
             refs[c] = refs.get(c, 0) + 1
 

@@ -193,8 +193,9 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
         raise
-    filter_box.append(graph.insert_cbw_filter(source, target, job.copy_before_write,
-                                              args.get("filter-node-name")))
+    cbw = graph.insert_cbw_filter(source, target, job.copy_before_write, args.get("filter-node-name"))
+    filter_box.append(cbw)
+    job.add_node(cbw)
     return job
 
 

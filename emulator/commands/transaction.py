@@ -120,6 +120,10 @@ def build_action(machine: Machine, action: dict[str, Any], mode: str, txn: JobTx
         return AbortAction()
     if kind in ("drive-backup", "blockdev-backup"):
         return BackupAction(machine, kind, data, txn)
+    if kind in ("blockdev-snapshot-sync", "blockdev-snapshot"):
+        from .snapshot import ExternalSnapshotAction  # noqa: PLC0415
+
+        return CompletionModeCheck(kind, mode, ExternalSnapshotAction(machine, kind, data))
     if kind.startswith("block-dirty-bitmap-"):
         factory = _bitmap_action_factory(kind)
         return CompletionModeCheck(kind, mode, factory(machine, data) if factory else None)

@@ -65,9 +65,10 @@ class BackupJob(BlockJob):
         self.len = source.length()
         self.cluster_size = backup_cluster_size(target)
         self.copy_bitmap: DirtyBitmap | None = None
-        super().__init__(manager, job_id, source, **job_args)
-        # A second backup of the same source is allowed (QEMU unblocks BACKUP_SOURCE).
-        source.op_unblock("backup-source", self.blocker)
+        super().__init__(manager, job_id, None, **job_args)
+        # QEMU holds the source only through the copy-before-write filter (whose ops it blocks):
+        # a second backup of the same source is accepted.
+        self.add_node(source, block_ops=False)
         self.add_node(target)
         self.copy_bitmap = source.dirty_bitmaps.create(
             None, self.cluster_size, self.len, disabled=True)
