@@ -70,6 +70,8 @@ def create_image(filename: str, fmt: str, size: int, *, backing_file: str | None
         raise QemuError("Image size must be less than 8 EiB!")
     message = creation_message(filename, fmt, size, backing_file=backing_file, backing_fmt=backing_fmt,
                                cluster_size=cluster_size)
+    if fmt == "qcow2":
+        Qcow2Image.validate_cluster_size(cluster_size or 65536)  # before the file is created
     rounded = (size + 511) // 512 * 512
     storage = FileStorage(filename, create=True)
     try:

@@ -24,6 +24,7 @@ from array import array
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from emulator.error import QemuError
 
@@ -193,10 +194,8 @@ class Qcow2Image:
     def create(cls, file: Storage, size: int, *, cluster_size: int = 65536,
                backing_file: str | None = None, backing_fmt: str | None = None) -> None:
         """Write an empty qcow2 v3 image of `size` bytes into `file` (which is truncated first)."""
+        cls.validate_cluster_size(cluster_size)
         cluster_bits = cluster_size.bit_length() - 1
-        if (cluster_size & (cluster_size - 1) or not MIN_CLUSTER_BITS <= cluster_bits <= MAX_CLUSTER_BITS):
-            raise QemuError(f"Cluster size must be a power of two between {1 << MIN_CLUSTER_BITS} and "
-                            f"{1 << (MAX_CLUSTER_BITS - 10)}k")
         if size < 0:
             raise QemuError("Image size must be a multiple of 512 bytes")
         if backing_fmt and not backing_file:
@@ -229,6 +228,14 @@ class Qcow2Image:
             img.truncate((size + 511) // 512 * 512)
         finally:
             img.close()
+
+    @staticmethod
+    def validate_cluster_size(cluster_size: int) -> None:
+        """validate_cluster_size: a power of two in [512, 2 MiB]."""
+        bits = cluster_size.bit_length() - 1
+        if cluster_size <= 0 or cluster_size & (cluster_size - 1) or not MIN_CLUSTER_BITS <= bits <= MAX_CLUSTER_BITS:
+            raise QemuError(f"Cluster size must be a power of two between {1 << MIN_CLUSTER_BITS} and "
+                            f"{1 << (MAX_CLUSTER_BITS - 10)}k")
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
@@ -391,14 +398,15 @@ class Qcow2Image:
     def _initial_end_cluster(self, file_len: int) -> int:
         """First cluster index past every allocation: the file end or the last refcount > 0."""
         end = (file_len + self.cluster_size - 1) >> self.cluster_bits
-        for ri in range(len(self.reftable) - 1, -1, -1):
-            if self.reftable[ri] & REFT_OFFSET_MASK:
-                block = self._refblock(ri)
-                if block is not None:
-                    for bi in range(len(block) - 1, -1, -1):
-                        if block[bi]:
-                            return max(end, ri * self._rb_entries + bi + 1)
-                break
+        used = len(self.reftable.tobytes().rstrip(b"\0"))
+        if not used:
+            return end
+        ri = (used - 1) // 8
+        block = self._refblock(ri)
+        if block is not None:
+            used = len(block.tobytes().rstrip(b"\0"))
+            if used:
+                end = max(end, ri * self._rb_entries + (used - 1) // block.itemsize + 1)
         return end
 
     # ---- public properties ----------------------------------------------------------------------
@@ -458,28 +466,36 @@ class Qcow2Image:
 
     def _find_free(self, n: int) -> int:
         """First index of `n` consecutive free clusters (first fit from the free hint)."""
+        E = self._rb_entries
         idx = self._free_hint
         start, run = idx, 0
+        first_free: int | None = None
         while run < n:
-            if idx >= self._end_cluster:
-                # Everything past the end is free except the reserved first cluster of a range.
-                if idx % self._rb_entries == 0 and self._refblock(idx // self._rb_entries) is None:
-                    idx += 1
-                    start, run = idx, 0
+            ri, bi = divmod(idx, E)
+            block = self._refblock(ri)
+            if block is None:
+                if bi == 0:  # reserved for this range's future refcount block
+                    idx, run = idx + 1, 0
                     continue
-                remaining = n - run
-                next_reserved = (idx // self._rb_entries + 1) * self._rb_entries
-                take = min(remaining, next_reserved - idx)
-                run += take
-                idx += take
+                take = min(n - run, E - bi)  # the rest of a block-less range is free
+            elif block[bi]:
+                try:
+                    idx = ri * E + block.index(0, bi)
+                except ValueError:
+                    idx = (ri + 1) * E
+                run = 0
                 continue
-            if self._is_free(idx):
-                run += 1
             else:
-                start, run = idx + 1, 0
-            idx += 1
-        if n == 1 or start == self._free_hint:
-            self._free_hint = start + n
+                # Count the zero refcounts from bi in C: the first nonzero byte ends the run.
+                raw = block[bi:min(E, bi + n - run)].tobytes()
+                take = (len(raw) - len(raw.lstrip(b"\0"))) // block.itemsize
+            if run == 0:
+                start = idx
+            if first_free is None:
+                first_free = idx
+            run += take
+            idx += take
+        self._free_hint = start + n if first_free in (None, start) else first_free
         return start
 
     def _alloc_clusters(self, n: int) -> int:
@@ -578,9 +594,9 @@ class Qcow2Image:
             self._rb_cache[table[ri]] = block
         for idx in existing:
             ri, bi = divmod(idx, E)
-            block = self._refblock(ri)
-            assert block is not None
-            block[bi] = 1
+            old_block = self._refblock(ri)
+            assert old_block is not None
+            old_block[bi] = 1
             self.file.pwrite((table[ri] & REFT_OFFSET_MASK) + bi * 2, struct.pack(">H", 1))
         new_offset = (s + k) << self.cluster_bits
         self.file.debug_event("reftable_grow")
@@ -854,7 +870,7 @@ class Qcow2Image:
                 end += len(writes[i][1])
                 i += 1
             self.file.debug_event("write_aio")
-            self.file.pwrite(start, group[0] if len(group) == 1 else b"".join(group))
+            self.file.pwrite(start, bytes(group[0]) if len(group) == 1 else b"".join(group))
 
     def is_zero_fast(self, offset: int, length: int) -> bool:
         """True if [offset, offset+length) is known to read as zeros from metadata alone
@@ -958,8 +974,8 @@ class Qcow2Image:
             l1_index = pos // span
             t_end = min(end, (l1_index + 1) * span)
             pos_next = t_end
-            if self._l2_table(l1_index) is None:
-                pos = pos_next
+            if self._l2_table(l1_index) is None and (full or self._backing is None):
+                pos = pos_next  # nothing allocated here and nothing to hide
                 continue
             table, l2_off = self._l2_for_write(l1_index)
             base = l1_index * span
@@ -1083,7 +1099,7 @@ def _check_image(img: Qcow2Image) -> dict:
     nb_clusters = (file_len + cs - 1) >> bits
     refs: dict[int, int] = {}
     messages: list[str] = []
-    res = {"check-errors": 0, "corruptions": 0, "leaks": 0, "allocated-clusters": 0,
+    res: dict[str, Any] = {"check-errors": 0, "corruptions": 0, "leaks": 0, "allocated-clusters": 0,
            "fragmented-clusters": 0, "compressed-clusters": 0}
 
     def inc(offset: int, size: int) -> None:
@@ -1126,15 +1142,17 @@ def _check_image(img: Qcow2Image) -> dict:
             continue
         l2_tables.append((i, l1e, table))
         next_contiguous = 0
-        for j, e in enumerate(table):
-            t = _l2_type(e)
+        for entry in table:
+            if not entry:
+                continue
+            t = _l2_type(entry)
             if t == COMPRESSED:
                 res["compressed-clusters"] += 1
                 res["allocated-clusters"] += 1
                 continue
             if t not in (NORMAL, ZERO_ALLOC):
                 continue
-            off = e & L2E_OFFSET_MASK
+            off = entry & L2E_OFFSET_MASK
             if off & (cs - 1):
                 messages.append(f"ERROR offset={off:x}: Cluster is not properly aligned; L2 entry corrupted")
                 res["corruptions"] += 1
@@ -1166,7 +1184,7 @@ def _check_image(img: Qcow2Image) -> dict:
             res["corruptions"] += 1
     # compare_refcounts
     highest = -1
-    limit = max([nb_clusters, img._end_cluster] + [c + 1 for c in refs])
+    limit = max([nb_clusters] + [c + 1 for c in refs])
     for c in range(limit):
         stored = refcount_or_error(c)
         if stored is None:
@@ -1185,11 +1203,11 @@ def _check_image(img: Qcow2Image) -> dict:
         if rc is not None and (rc == 1) != bool(l1e & QCOW_OFLAG_COPIED):
             messages.append(f"ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={l1e:x} refcount={rc}")
             res["corruptions"] += 1
-        for e in table:
-            if _l2_type(e) in (NORMAL, ZERO_ALLOC) and not e & L2E_OFFSET_MASK & (cs - 1):
-                rc = refcount_or_error((e & L2E_OFFSET_MASK) >> bits)
-                if rc is not None and (rc == 1) != bool(e & QCOW_OFLAG_COPIED):
-                    messages.append(f"ERROR OFLAG_COPIED data cluster: l2_entry={e:x} refcount={rc}")
+        for entry in table:
+            if entry and _l2_type(entry) in (NORMAL, ZERO_ALLOC) and not entry & L2E_OFFSET_MASK & (cs - 1):
+                rc = refcount_or_error((entry & L2E_OFFSET_MASK) >> bits)
+                if rc is not None and (rc == 1) != bool(entry & QCOW_OFLAG_COPIED):
+                    messages.append(f"ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}")
                     res["corruptions"] += 1
     res["image-end-offset"] = (highest + 1) * cs
     res["total-clusters"] = (img.size + cs - 1) >> bits

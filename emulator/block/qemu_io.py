@@ -628,14 +628,13 @@ class QemuIo:
                             else f"{c.name} -- {c.oneline}\n")
             self._print("\nUse 'help commandname' for extended help.\n")
             return True
-        name = _ALTNAMES.get(argv[1], argv[1])
-        c = COMMANDS.get(name)
-        if c is None:
+        found = COMMANDS.get(_ALTNAMES.get(argv[1], argv[1]))
+        if found is None:
             self._print(f"command {argv[1]} not found\n")
             return False
-        self._print(f"{argv[1]} {c.args} -- {c.oneline}\n" if c.args or c.name == "map"
-                    else f"{argv[1]} -- {c.oneline}\n")
-        self._print(c.help)
+        self._print(f"{argv[1]} {found.args} -- {found.oneline}\n" if found.args or found.name == "map"
+                    else f"{argv[1]} -- {found.oneline}\n")
+        self._print(found.help)
         return True
 
     def _cmd_quit(self, cmd: Command, argv: list[str]) -> bool:

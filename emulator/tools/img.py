@@ -106,6 +106,12 @@ class Tool:
             parsed.setdefault(o, []).append(a)
         return parsed, args
 
+    @staticmethod
+    def option(opts: dict[str, list[str]], *names: str) -> str | None:
+        """The last value given for any of `names`, or None."""
+        values = [v for n in names for v in opts.get(n, [])]
+        return values[-1] if values else None
+
     def output_format(self, opts: dict[str, list[str]]) -> str:
         fmt = opts.get("--output", ["human"])[-1]
         if fmt not in ("human", "json"):
@@ -238,7 +244,7 @@ class Tool:
         opts, args = self.parse(argv, "f:hU", ["help", "format=", "output=", "backing-chain", "force-share",
                                                "image-opts", "object="])
         ofmt = self.output_format(opts)
-        fmt = (opts.get("-f") or opts.get("--format") or [None])[-1]
+        fmt = self.option(opts, "-f", "--format")
         filename = self.one_file(args)
         chain = "--backing-chain" in opts
         img = self.open(filename, fmt, backing=chain)
@@ -287,10 +293,10 @@ class Tool:
         opts, args = self.parse(argv, "hf:r:TqU", ["help", "format=", "repair=", "output=", "force-share",
                                                    "image-opts", "object="])
         ofmt = self.output_format(opts)
-        fmt = (opts.get("-f") or opts.get("--format") or [None])[-1]
+        fmt = self.option(opts, "-f", "--format")
         quiet = "-q" in opts
         if "-r" in opts or "--repair" in opts:
-            mode = (opts.get("-r") or opts.get("--repair"))[-1]
+            mode = self.option(opts, "-r", "--repair")
             if mode not in ("leaks", "all"):
                 raise self.fail(f"Unknown option value for -r (expecting 'leaks' or 'all'): {mode}")
             raise self.fail("Repairing images is not supported by the emulator")
@@ -313,7 +319,7 @@ class Tool:
             if result[key]:
                 check[key] = result[key]
         if ofmt == "json":
-            ordered = {k: check[k] for k in ("filename", "format", "check-errors", "image-end-offset",
+            ordered: dict[str, Any] = {k: check[k] for k in ("filename", "format", "check-errors", "image-end-offset",
                                               "corruptions", "leaks", "total-clusters", "allocated-clusters",
                                               "fragmented-clusters", "compressed-clusters") if k in check}
             self.out.write(qobject_json(ordered) + "\n")
@@ -441,7 +447,7 @@ class Tool:
         opts, args = self.parse(argv, "f:hU", ["help", "format=", "output=", "object=", "image-opts",
                                                "force-share", "start-offset=", "max-length="])
         ofmt = self.output_format(opts)
-        fmt = (opts.get("-f") or opts.get("--format") or [None])[-1]
+        fmt = self.option(opts, "-f", "--format")
         filename = self.one_file(args)
         img = self.open(filename, fmt)
         try:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None, out: Tex
     commands: list[str] = []
     fmt: str | None = None
     read_only = force_share = False
-    discard = False
+    discard = True  # qemu-io opens with BDRV_O_UNMAP (discard=unmap) unless -d says otherwise
     for o, a in opts:
         if o in ("-c", "--cmd"):
             commands.append(a)
