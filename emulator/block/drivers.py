@@ -11,7 +11,7 @@ import os
 
 from emulator.error import QemuError
 
-from .file import FileStorage
+from .file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
 from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
 from .qcow2 import Qcow2Image
 
@@ -26,6 +26,14 @@ class FileNode(BlockNode):
         super().__init__(node_name, read_only=read_only, auto_named=auto_named)
         self.filename = filename
         self.storage = FileStorage(filename, read_only=read_only)
+        # QEMU's image locks: we read consistently (and write), others may only read or
+        # write-unchanged — so a real qemu-img needs -U on an image the emulator holds, as with QEMU.
+        try:
+            self.storage.set_perm(PERM_CONSISTENT_READ | (0 if read_only else PERM_WRITE),
+                                  PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED)
+        except BaseException:
+            self.storage.close()
+            raise
 
     def _length(self) -> int:
         return self.storage.length()
@@ -46,7 +54,7 @@ class FileNode(BlockNode):
         self.storage.truncate(size)
 
     def _block_status(self, offset: int, length: int) -> tuple[int, int]:
-        return length, BLOCK_DATA | BLOCK_ALLOCATED
+        return self.storage.block_status(offset, length)
 
     def actual_size(self) -> int:
         try:
@@ -144,6 +152,9 @@ class Qcow2Node(_FormatNode):
 
     def _block_status(self, offset: int, length: int) -> tuple[int, int]:
         return self.image.block_status(offset, length)
+
+    def is_zero_fast(self, offset: int, length: int) -> bool:
+        return self.image.is_zero_fast(offset, length)
 
     def close(self) -> None:
         try:

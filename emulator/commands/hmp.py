@@ -38,12 +38,14 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
         target = machine.block.find_node(device)
         if target is None:
             return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
-    run_command(target, command, machine.stdout)
+    # qemu-io's normal output goes to QEMU's stdout; its error_report() lines come back in the reply.
+    reported: list[str] = []
+    run_command(target, command, machine.stdout, report=reported.append)
     try:
         machine.stdout.flush()
     except (OSError, ValueError):
         pass
-    return ""
+    return _hmp_output("".join(line + "\n" for line in reported))
 
 
 HMP_COMMANDS = {"qemu-io": _hmp_qemu_io}
