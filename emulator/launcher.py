@@ -1,0 +1,154 @@
+"""Running an emulator instance: the shared start-up sequence, and the in-process launcher.
+
+run_machine() is what `python -m emulator` and EmbeddedEmulator both do: create the start-up
+block nodes and drives, open the QMP endpoints, serve until quit or stop, then close the
+machine (cancel jobs, flush and close images) and remove the sockets.
+
+EmbeddedEmulator runs that on a private asyncio loop in a daemon thread, so a test process can
+host many instances at once (pytest-xdist workers run many cases): no global state, no signal
+handlers, no sys.exit.  Command-line errors become EmulatorStartError with QEMU's text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from typing import TextIO
+
+from emulator.commands import attach
+from emulator.commands.control import set_runstate
+from emulator.error import QemuError
+from emulator.machine import Machine
+
+from .cmdline import CmdlineError, Config, apply_block_options, parse_args
+from .qmp.server import EndpointError, QmpServer
+
+START_TIMEOUT = 30.0
+
+
+class EmulatorStartError(RuntimeError):
+    """The emulator could not start; the message is what QEMU would print on stderr."""
+
+
+async def open_machine(config: Config, machine: Machine) -> QmpServer:
+    """Apply start-up options and open the QMP endpoints; CmdlineError on failure."""
+    if config.start_paused:
+        set_runstate(machine, "prelaunch")
+    apply_block_options(config, machine)
+    server = QmpServer(machine, config.monitors)
+    try:
+        await server.start()
+    except EndpointError as exc:
+        raise CmdlineError(exc.desc, exc.endpoint.origin or None) from exc
+    return server
+
+
+async def run_machine(config: Config, machine: Machine,
+                      ready: Callable[[QmpServer], None] | None = None) -> None:
+    """Start, serve until shut down, then close the machine.  Raises CmdlineError at start-up."""
+    try:
+        server = await open_machine(config, machine)
+    except BaseException:
+        machine.close()
+        raise
+    try:
+        if ready is not None:
+            ready(server)
+        await server.serve_forever()
+    finally:
+        await server.close()
+        machine.close()
+
+
+class EmbeddedEmulator:
+    """An emulator instance inside this process, serving QMP from its own thread and loop."""
+
+    def __init__(self, argv: list[str], *, stdout: TextIO | None = None) -> None:
+        self.argv = list(argv)
+        self.stdout = stdout
+        self.machine: Machine | None = None
+        self.server: QmpServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._run_error: BaseException | None = None
+
+    def start(self) -> None:
+        """Parse argv, build the machine, and return once every QMP socket listens."""
+        if self._thread is not None:
+            raise RuntimeError("EmbeddedEmulator.start() called twice")
+        try:
+            config = parse_args(self.argv)
+        except CmdlineError as exc:
+            raise EmulatorStartError(exc.format().rstrip("\n")) from exc
+        if config.action != "run":
+            raise EmulatorStartError(f"-{config.action} does not start an emulator")
+        self.machine = attach(Machine(stdout=self.stdout))
+        self._thread = threading.Thread(target=self._thread_main, args=(config, self.machine),
+                                        name="blocktxn-emulator", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(START_TIMEOUT):
+            raise EmulatorStartError("the emulator did not start in time")
+        if self._start_error is not None:
+            self._thread.join(START_TIMEOUT)
+            error = self._start_error
+            if isinstance(error, CmdlineError):
+                raise EmulatorStartError(error.format().rstrip("\n")) from error
+            raise EmulatorStartError(f"the emulator failed to start: {error}") from error
+
+    def _thread_main(self, config: Config, machine: Machine) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(self._main(config, machine))
+        finally:
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+                self._ready.set()
+
+    async def _main(self, config: Config, machine: Machine) -> None:
+        def ready(server: QmpServer) -> None:
+            self.server = server
+            self._ready.set()
+
+        try:
+            await run_machine(config, machine, ready)
+        except (CmdlineError, QemuError, OSError) as exc:
+            if not self._ready.is_set():
+                self._start_error = exc
+            else:
+                self._run_error = exc
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._start_error = exc
+            self._run_error = exc
+            raise
+
+    @property
+    def stopped(self) -> bool:
+        """True once the instance has ended (after quit or stop())."""
+        return self._thread is not None and not self._thread.is_alive()
+
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Shut down (like SIGTERM without the event) and wait; harmless if already stopped."""
+        thread = self._thread
+        if thread is None:
+            return
+        server = self.server
+        if server is not None and thread.is_alive():
+            server.request_stop()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"the emulator did not stop within {timeout} s")
+
+    def __enter__(self) -> EmbeddedEmulator:  # noqa: PYI034
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
