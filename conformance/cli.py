@@ -1,12 +1,14 @@
 """The ``blocktxn`` command: run the conformance suite, the unit tests, or the emulator.
 
 Subcommands:
-  conform [pytest args]        conformance cases on the emulator target
-  test [--require-qemu] [...]  unit tests + conformance on the emulator + on real QEMU if found
+  conform [--report DIR] [pytest args]  conformance cases (on the emulator unless --target given)
+  test [--require-qemu] [--report DIR] [...]  unit tests + conformance on the emulator + on real
+                               QEMU if found
   emulate [QEMU-like args]     run the emulator in the foreground (emulator.__main__.main)
   record-golden [-k EXPR] [...] record goldens from real QEMU (--target qemu --update-golden)
 
-pytest runs in a child process (a fresh interpreter per run), and its exit status is returned
+``--report DIR`` (conform, test, record-golden) writes DIR/report.html and DIR/junit.xml (it
+becomes the plugin's ``--blocktxn-report DIR``).  pytest runs in a child process (a fresh interpreter per run), and its exit status is returned
 unchanged, including 5 ("no tests collected").  Extra arguments such as ``-n auto`` go to pytest.
 """
 
@@ -25,7 +27,8 @@ CASES_DIR = ROOT / "conformance" / "cases"
 UNIT_DIR = ROOT / "tests"
 
 
-def _pytest_argv(paths: Sequence[Path], extra: Sequence[str]) -> list[str]:
+def pytest_argv(paths: Sequence[Path], extra: Sequence[str]) -> list[str]:
+    """The argv of a pytest child that loads our plugin explicitly (also used by scripts/)."""
     argv = [sys.executable, "-m", "pytest", "--rootdir", str(ROOT)]
     if (ROOT / "pyproject.toml").is_file():
         argv += ["-c", str(ROOT / "pyproject.toml")]
@@ -37,14 +40,34 @@ def _pytest_argv(paths: Sequence[Path], extra: Sequence[str]) -> list[str]:
 
 def run_pytest(paths: Sequence[Path], extra: Sequence[str]) -> int:
     """Run pytest on `paths` with `extra` arguments; return pytest's exit status."""
-    return subprocess.run(_pytest_argv(paths, extra), cwd=ROOT, check=False).returncode
+    return subprocess.run(pytest_argv(paths, extra), cwd=ROOT, check=False).returncode
+
+
+def translate_report_option(extra: Sequence[str]) -> list[str]:
+    """``--report DIR`` / ``--report=DIR`` become the plugin's ``--blocktxn-report DIR``."""
+    result: list[str] = []
+    args = iter(extra)
+    for arg in args:
+        if arg == "--report":
+            directory = next(args, None)
+            if directory is None:
+                raise SystemExit("blocktxn: --report needs a directory")
+            result += ["--blocktxn-report", directory]
+        elif arg.startswith("--report="):
+            result += ["--blocktxn-report", arg.removeprefix("--report=")]
+        else:
+            result.append(arg)
+    return result
 
 
 def _conform(extra: list[str]) -> int:
-    return run_pytest([CASES_DIR], ["--target", "emulator", *extra])
+    extra = translate_report_option(extra)
+    targets = [] if "--target" in extra else ["--target", "emulator"]
+    return run_pytest([CASES_DIR], [*targets, *extra])
 
 
 def _test(extra: list[str]) -> int:
+    extra = translate_report_option(extra)
     require = "--require-qemu" in extra
     extra = [arg for arg in extra if arg != "--require-qemu"]
     qemu = QemuBinaries.find()
@@ -63,6 +86,7 @@ def _test(extra: list[str]) -> int:
 
 
 def _record_golden(extra: list[str]) -> int:
+    extra = translate_report_option(extra)
     return run_pytest([CASES_DIR], ["--target", "qemu", "--update-golden", "--require-qemu", *extra])
 
 

@@ -5,6 +5,20 @@ target (``test_x[qemu]``), gives it a ``vm`` (conformance.vm.VM) in a private di
 the body with asyncio, shuts the target down, and compares the normalized session with the
 golden recorded from real QEMU (or records it, with ``--update-golden``).  Registered as the
 ``blocktxn`` entry point; disable with ``-p no:blocktxn``.
+
+Markers:
+  ``@pytest.mark.emulator_only(reason="...")``: the case runs on the emulator only; on the qemu
+  target it is skipped with that reason and counted as "emulator-only".  Its log is not compared
+  with a golden (none is needed): the case's own assertions are the check.
+  ``@pytest.mark.upstream("iotest 124: test_incremental_simple")``: the upstream test the case
+  ports, shown in the HTML report (without it, a docstring starting ``Ports 124 ``test_x````
+  is read; see conformance.report).
+
+Outputs:
+  ``--blocktxn-report DIR`` writes DIR/report.html (conformance.report) and DIR/junit.xml (via
+  pytest's own junitxml unless --junitxml is given); works with pytest-xdist.
+  ``--blocktxn-dump-logs DIR`` writes each case's normalized log to
+  DIR/<target>/<module>/<case>.log (used by scripts/repeat_runs.py to spot nondeterminism).
 """
 
 from __future__ import annotations
@@ -21,7 +35,23 @@ from typing import Any
 import pytest
 
 from conformance.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing
-from conformance.summary import TARGET_PROPERTY, Tally
+from conformance.report import (
+    JUNIT_NAME,
+    CaseRecord,
+    ReportCollector,
+    TargetInfo,
+    docstring_summary,
+    timeline_from_log,
+    upstream_of,
+)
+from conformance.summary import (
+    CASE_PROPERTY,
+    EMULATOR_ONLY_PROPERTY,
+    RECORD_PROPERTY,
+    TARGET_PROPERTY,
+    UPSTREAM_PROPERTY,
+    Tally,
+)
 from conformance.targets import (
     INSTALL_HINT,
     TARGET_NAMES,
@@ -48,6 +78,8 @@ class Settings:
     qmp_timeout: float
     tally: Tally
     explicit_targets: bool = False
+    report_dir: Path | None = None
+    dump_logs_dir: Path | None = None
 
 
 SETTINGS = pytest.StashKey[Settings]()
@@ -73,10 +105,28 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"directory of golden logs (default {DEFAULT_GOLDEN_DIR})")
     group.addoption("--qmp-timeout", dest="blocktxn_qmp_timeout", type=float,
                     default=DEFAULT_TIMEOUT, help="bound of every QMP wait, in seconds")
+    group.addoption("--blocktxn-report", dest="blocktxn_report", default=None, metavar="DIR",
+                    help="write DIR/report.html (case x target matrix, golden diffs, job "
+                         "timelines) and DIR/junit.xml")
+    group.addoption("--blocktxn-dump-logs", dest="blocktxn_dump_logs", default=None, metavar="DIR",
+                    help="write each case's normalized log to DIR/<target>/<module>/<case>.log")
 
 
+def _is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def _absolute(path: str | None) -> Path | None:
+    return Path(path).expanduser().resolve() if path else None
+
+
+@pytest.hookimpl(tryfirst=True)  # before junitxml's pytest_configure reads config.option.xmlpath
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "blocktxn_case: a conformance case run per target")
+    config.addinivalue_line("markers", "emulator_only(reason): run this case on the emulator "
+                            "only (skipped on qemu, no golden; its own assertions are the check)")
+    config.addinivalue_line("markers", "upstream(name): the upstream test this case ports, e.g. "
+                            "'iotest 124: test_incremental_simple' (shown in the HTML report)")
     targets = list(dict.fromkeys(config.getoption("blocktxn_targets") or ["emulator"]))
     update = bool(config.getoption("blocktxn_update_golden"))
     if update and targets != ["qemu"]:
@@ -96,8 +146,50 @@ def pytest_configure(config: pytest.Config) -> None:
         qmp_timeout=float(config.getoption("blocktxn_qmp_timeout")),
         tally=Tally(),
         explicit_targets=bool(config.getoption("blocktxn_targets")),
+        report_dir=_absolute(config.getoption("blocktxn_report")),
+        dump_logs_dir=_absolute(config.getoption("blocktxn_dump_logs")),
     )
-    config.pluginmanager.register(_Reporter(config.stash[SETTINGS]), "blocktxn-reporter")
+    settings = config.stash[SETTINGS]
+    collector = None
+    if settings.report_dir is not None:
+        if not config.option.xmlpath:
+            config.option.xmlpath = str(settings.report_dir / JUNIT_NAME)
+        if not _is_xdist_worker(config):
+            collector = ReportCollector(settings.report_dir, _target_infos(settings))
+            config.pluginmanager.register(collector, "blocktxn-report")
+    config.pluginmanager.register(_Reporter(settings, collector), "blocktxn-reporter")
+
+
+def _target_infos(settings: Settings) -> list[TargetInfo]:
+    infos = []
+    for name in settings.targets:
+        if name == "emulator":
+            infos.append(TargetInfo(name, EmulatorTarget(
+                separate_process=settings.emulator_process).describe()))
+        elif settings.qemu.complete:
+            infos.append(TargetInfo(name, f"real {settings.qemu.version} ({settings.qemu.system})"))
+        else:
+            missing = ", ".join(settings.qemu.missing()) or "a working qemu-system-x86_64"
+            infos.append(TargetInfo(name, f"QEMU not found ({missing}): {INSTALL_HINT}"))
+    return infos
+
+
+def _emulator_only_reason(item: pytest.Item) -> str | None:
+    marker = item.get_closest_marker("emulator_only")
+    if marker is None:
+        return None
+    reason = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+    return str(reason) or "no reason given"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip emulator-only cases on every target but the emulator, with their reason."""
+    for item in items:
+        reason = _emulator_only_reason(item)
+        callspec = getattr(item, "callspec", None)
+        if reason is None or callspec is None or callspec.params.get("target", "emulator") == "emulator":
+            continue
+        item.add_marker(pytest.mark.skip(reason=f"emulator-only: {reason}"))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -165,52 +257,150 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     names = pyfuncitem._fixtureinfo.argnames
     kwargs = {name: pyfuncitem.funcargs[name] for name in names}
     machine = pyfuncitem.stash.get(_VM_KEY, None)
+    verdict = _Verdict("not reached")
     try:
         asyncio.run(_run_case(pyfuncitem, kwargs, machine))
         if machine is not None:
-            _check_golden(pyfuncitem, machine)
+            _check_golden(pyfuncitem, machine, verdict)
     except BaseException:
         if machine is not None:
             pyfuncitem.add_report_section("call", "blocktxn log", machine.diagnostics())
         raise
+    finally:
+        if machine is not None:
+            _keep_outputs(pyfuncitem, machine, verdict)
     return True
 
 
-def _check_golden(item: pytest.Function, machine: VM) -> None:
+@dataclass
+class _Verdict:
+    """What the golden comparison concluded (see conformance.report.CaseRecord.golden)."""
+
+    golden: str
+    text: str = ""
+
+
+def _check_golden(item: pytest.Function, machine: VM, verdict: _Verdict) -> None:
     settings = item.config.stash[SETTINGS]
+    if _emulator_only_reason(item) is not None:
+        verdict.golden = "not compared"  # emulator-only: the case's assertions are the check
+        return
     module = item.module.__name__.rsplit(".", 1)[-1]
     golden = Golden.for_case(settings.golden_dir, module, item.originalname)
     normalized = machine.normalized()
     if settings.update_golden:
         golden.write(normalized, machine.target.describe())
+        verdict.golden = "recorded"
         return
     problem = None
     try:
         golden.check(normalized)
-    except (GoldenMissing, GoldenMismatch) as exc:
-        problem = str(exc)
+        verdict.golden = "equal"
+    except GoldenMissing as exc:
+        problem = verdict.text = str(exc)
+        verdict.golden = "missing"
+    except GoldenMismatch as exc:
+        problem = verdict.text = str(exc)
+        verdict.golden = "mismatch"
     if problem is not None:  # outside the except block: no chained traceback in the report
         pytest.fail(problem, pytrace=False)
 
 
+_RECORD_KEY = pytest.StashKey[dict[str, Any]]()
+
+
+def _keep_outputs(item: pytest.Function, machine: VM, verdict: _Verdict) -> None:
+    """Dump the normalized log and keep the report record; never masks the case's own error."""
+    settings = item.config.stash[SETTINGS]
+    if settings.dump_logs_dir is not None:
+        module = item.module.__name__.rsplit(".", 1)[-1]
+        path = settings.dump_logs_dir / machine.target.name / module / f"{_case_name(item)}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(machine.normalized(), encoding="utf-8")
+    if settings.report_dir is not None:
+        record = CaseRecord(
+            golden=verdict.golden,
+            golden_text=verdict.text,
+            timeline=timeline_from_log(machine.log, machine.paths).to_json(),
+            doc=docstring_summary(item.obj.__doc__),
+            module=item.module.__name__,
+            line=item.location[1] or 0,
+        )
+        item.stash[_RECORD_KEY] = record.to_json()
+
+
+def _case_name(item: pytest.Item) -> str:
+    """The case's name without its target: ``test_x`` or ``test_x[other-params]``."""
+    name = getattr(item, "originalname", item.name)
+    callspec = getattr(item, "callspec", None)
+    if callspec is None:
+        return name
+    ids = callspec.id.split("-")
+    target = callspec.params.get("target")
+    if target in ids:
+        ids.remove(target)
+    return f"{name}[{'-'.join(ids)}]" if ids else name
+
+
+def _case_key(item: pytest.Item) -> str:
+    module = getattr(getattr(item, "module", None), "__name__", "") or item.nodeid.split("::")[0]
+    return f"{module.rsplit('.', 1)[-1]}::{_case_name(item)}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
-    """Tag each report with its target, for the per-target summary (works through xdist)."""
+    """Tag each report with its target, case, emulator-only reason and upstream test, and the
+    call report (or a setup report that ends the test) with the report record.  Everything is
+    plain JSON data in user_properties, so it reaches the xdist controller."""
     outcome: Any = yield
     report = outcome.get_result()
     callspec = getattr(item, "callspec", None)
-    if callspec is not None and "target" in callspec.params:
-        report.user_properties.append((TARGET_PROPERTY, callspec.params["target"]))
+    if callspec is None or "target" not in callspec.params:
+        return
+    properties = report.user_properties
+    properties.append((TARGET_PROPERTY, callspec.params["target"]))
+    properties.append((CASE_PROPERTY, _case_key(item)))
+    reason = _emulator_only_reason(item)
+    if reason is not None:
+        properties.append((EMULATOR_ONLY_PROPERTY, reason))
+    marker = item.get_closest_marker("upstream")
+    upstream = upstream_of(str(marker.args[0]) if marker and marker.args else None,
+                           getattr(getattr(item, "obj", None), "__doc__", None))
+    if upstream:
+        properties.append((UPSTREAM_PROPERTY, upstream))
+    settings = item.config.stash[SETTINGS]
+    if settings.report_dir is None:
+        return
+    if call.when == "call":
+        record = item.stash.get(_RECORD_KEY, None)
+    elif call.when == "setup" and not report.passed:
+        record = None  # no call phase follows: still tell the report the case's docstring
+    else:
+        return
+    if record is None:
+        obj = getattr(item, "obj", None)
+        record = CaseRecord(golden="not reached", doc=docstring_summary(getattr(obj, "__doc__", None)),
+                            module=getattr(getattr(item, "module", None), "__name__", ""),
+                            line=item.location[1] or 0).to_json()
+        if reason is not None:
+            record["golden"] = "not compared"
+    properties.append((RECORD_PROPERTY, record))
 
 
 class _Reporter:
     """Collects outcomes per target and writes the terminal summary (controller side too)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, collector: ReportCollector | None = None) -> None:
         self.settings = settings
+        self.collector = collector
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.settings.tally.record(report)
+
+    @pytest.hookimpl(tryfirst=True)  # before the terminal summary, which names the file
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.collector is not None:
+            self.collector.write()
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         settings = self.settings
@@ -218,3 +408,7 @@ class _Reporter:
                 settings.tally.outcomes.get(name) for name in settings.targets):
             return  # not a conformance run (e.g. unit tests only)
         settings.tally.write(terminalreporter, settings.targets, settings.qemu.version, INSTALL_HINT)
+        if self.collector is not None and self.collector.written is not None:
+            terminalreporter.write_line(f"report: {self.collector.written}")
+        if settings.dump_logs_dir is not None:
+            terminalreporter.write_line(f"normalized logs: {settings.dump_logs_dir}")
