@@ -13,8 +13,8 @@ import signal
 import sys
 
 from emulator.cmdline import PROG, CmdlineError, Config, help_text, parse_args, version_text
-from emulator.launcher import run_machine
 from emulator.commands import attach
+from emulator.launcher import run_machine
 from emulator.machine import Machine
 
 

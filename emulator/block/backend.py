@@ -12,6 +12,8 @@ from .node import BlockNode
 class BlockBackend:
     """A device with a root node."""
 
+    is_backend = True
+
     def __init__(self, name: str, root: BlockNode) -> None:
         self.name = name
         self.root = root

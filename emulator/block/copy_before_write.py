@@ -22,12 +22,18 @@ class CopyBeforeWriteNode(BlockNode):
     is_filter = True
 
     def __init__(self, node_name: str, source: BlockNode, target: BlockNode, copy_hook: CopyHook,
-                 *, auto_named: bool = False) -> None:
+                 *, cluster_size: int, auto_named: bool = False) -> None:
         super().__init__(node_name, auto_named=auto_named)
         self.implicit = auto_named
         self.copy_hook = copy_hook
         self.attach_child("file", source)
         self.attach_child("target", target)
+        # cbw_open's done_bitmap and access_bitmap (the latter starts fully dirty): QEMU lists
+        # them on the filter node while the job runs.
+        size = source.length()
+        self.done_bitmap = self.dirty_bitmaps.create(None, cluster_size, size, disabled=True)
+        self.access_bitmap = self.dirty_bitmaps.create(None, cluster_size, size, disabled=True)
+        self.access_bitmap.set_dirty(0, size)
 
     @property
     def source(self) -> BlockNode:

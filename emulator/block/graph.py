@@ -149,21 +149,38 @@ class BlockGraph:
         elif driver == "blkdebug":
             from .blkdebug import BlkdebugNode  # noqa: PLC0415
 
+            # A protocol-style driver: QEMU names it before it opens its image child.
+            slot = len(self.nodes)
+            if auto:
+                name = self._generate_node_name()
             image = self._child(options["image"], read_only=read_only, what="image")
             node = BlkdebugNode(name, image, inject_errors=list(options.get("inject-error", [])),
                                 set_states=list(options.get("set-state", [])),
-                                align=options.get("align"), auto_named=auto)
+                                align=options.get("align"), config=options.get("config"),
+                                auto_named=auto)
+            node.options = options
+            self.nodes.insert(slot, node)
+            return node
         elif driver in ("raw", "qcow2"):
             file = self._child(options["file"], read_only=read_only, what="file")
             if driver == "raw":
                 node = RawNode(name, file, read_only=read_only, auto_named=auto)
             else:
                 qnode = Qcow2Node(name, file, read_only=read_only, auto_named=auto)
-                self._open_backing(qnode, options.get("backing", ...))
-                node = qnode
+                self._name_and_register(qnode, options)
+                try:
+                    self._open_backing(qnode, options.get("backing", ...))
+                except BaseException:
+                    self.nodes.remove(qnode)
+                    qnode.close()
+                    raise
+                return qnode
         else:
             raise QemuError(f"Unknown driver '{driver}'")
-        if auto:
+        return self._name_and_register(node, options)
+
+    def _name_and_register(self, node: BlockNode, options: dict[str, Any]) -> BlockNode:
+        if node.auto_named:
             node.node_name = self._generate_node_name()
         node.options = options
         return self._register(node)
@@ -187,7 +204,8 @@ class BlockGraph:
         node.set_backing(backing_node)
 
     def open_file_and_format(self, filename: str, fmt: str | None, *, read_only: bool,
-                              node_name: str | None = None) -> BlockNode:
+                              node_name: str | None = None,
+                              extra: dict[str, Any] | None = None) -> BlockNode:
         file_opts: dict[str, Any] = {"driver": "file", "filename": filename}
         if filename.startswith("blkdebug:"):
             file_opts = self._legacy_blkdebug_options(filename)
@@ -198,7 +216,7 @@ class BlockGraph:
             finally:
                 self.nodes.remove(probe_node)
                 probe_node.close()
-        opts: dict[str, Any] = {"driver": fmt, "file": file_opts}
+        opts: dict[str, Any] = {"driver": fmt, "file": file_opts, **(extra or {})}
         if node_name:
             opts["node-name"] = node_name
         if fmt not in ("raw", "qcow2"):
@@ -207,12 +225,13 @@ class BlockGraph:
 
     @staticmethod
     def _legacy_blkdebug_options(filename: str) -> dict[str, Any]:
-        from .blkdebug import parse_blkdebug_config, parse_blkdebug_filename  # noqa: PLC0415
+        from .blkdebug import parse_blkdebug_filename  # noqa: PLC0415
 
         config, image = parse_blkdebug_filename(filename)
-        inject, states = parse_blkdebug_config(config) if config else ([], [])
-        return {"driver": "blkdebug", "image": {"driver": "file", "filename": image},
-                "inject-error": inject, "set-state": states}
+        options: dict[str, Any] = {"driver": "blkdebug", "image": {"driver": "file", "filename": image}}
+        if config:
+            options["config"] = config
+        return options
 
     def drive_add(self, opts: dict[str, str]) -> BlockBackend:
         """-drive if=none,id=ID,file=F,format=FMT[,node-name=N]: a device over format and file nodes."""
@@ -243,14 +262,14 @@ class BlockGraph:
 
     # ---- filters ------------------------------------------------------------------------------
     def insert_cbw_filter(self, source: BlockNode, target: BlockNode, copy_hook: Any,
-                          node_name: str | None = None) -> BlockNode:
+                          node_name: str | None = None, *, cluster_size: int = 65536) -> BlockNode:
         """bdrv_cbw_append: put a copy-before-write filter above `source` for its devices."""
         from .copy_before_write import CopyBeforeWriteNode  # noqa: PLC0415
 
         if node_name:
             self._check_node_name(node_name)
         node = CopyBeforeWriteNode(node_name or "", source, target, copy_hook,
-                                   auto_named=not node_name)
+                                   cluster_size=cluster_size, auto_named=not node_name)
         if not node_name:
             node.node_name = self._generate_node_name()
         self._register(node)

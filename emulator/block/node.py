@@ -95,10 +95,17 @@ class BlockNode:
         if reason in reasons:
             reasons.remove(reason)
 
+    def device_or_node_name(self) -> str:
+        """bdrv_get_device_or_node_name: the name of a device whose root this is, else the node name."""
+        for parent in self.parents:
+            if getattr(parent, "is_backend", False):
+                return str(parent.name)
+        return self.node_name
+
     def op_check(self, op: str) -> None:
         reasons = self.op_blockers.get(op)
         if reasons:
-            raise QemuError(f"Node '{self.node_name}' is busy: {reasons[0]}")
+            raise QemuError(f"Node '{self.device_or_node_name()}' is busy: {reasons[0]}")
 
     # ---- driver hooks ---------------------------------------------------------------------------
     def _length(self) -> int:

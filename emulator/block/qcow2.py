@@ -1058,6 +1058,38 @@ class Qcow2Image:
         if not self.read_only:
             self.file.flush()
 
+    def change_backing_file(self, backing_file: str | None, backing_fmt: str | None) -> None:
+        """qcow2_change_backing_file: rewrite the header cluster with a new backing name/format.
+
+        Only the header changes (qemu-img rebase -u); the feature-name table is kept.
+        """
+        if self.read_only:
+            raise QemuError("Cannot change the backing file of a read-only image")
+        if backing_fmt and not backing_file:
+            raise QemuError("Backing format cannot be used without backing file")
+        name = backing_file.encode() if backing_file else b""
+        if len(name) > 1023:
+            raise QemuError("Backing file name too long")
+        h = self.header
+        exts = b""
+        if backing_fmt:
+            exts += _pack_ext(EXT_BACKING_FORMAT, backing_fmt.encode())
+        if self.feature_table:
+            table = b"".join(struct.pack(">BB46s", t, bit, fname.encode())
+                             for t, bit, fname in self.feature_table)
+            exts += _pack_ext(EXT_FEATURE_TABLE, table)
+        exts += struct.pack(">II", EXT_END, 0)
+        h.backing_file_offset = h.header_length + len(exts) if name else 0
+        h.backing_file_size = len(name)
+        cluster0 = h.pack() + exts + name
+        if len(cluster0) > self.cluster_size:
+            raise QemuError("Cannot change the backing file: header extensions do not fit into the "
+                            "first cluster")
+        self.file.pwrite(0, cluster0.ljust(self.cluster_size, b"\0"))
+        self.file.flush()
+        self.backing_file = backing_file
+        self.backing_format = backing_fmt
+
     def format_specific(self) -> dict:
         """ImageInfoSpecificQCow2 as QEMU fills it (qcow2_get_specific_info)."""
         h = self.header

@@ -78,7 +78,7 @@ class BackupAction(BaseAction):
         if sync == "top":
             backing = source.backing
             if backing is None:
-                sync = "full"
+                args["sync"] = sync = "full"  # QEMU rewrites it before the checks
         elif sync == "none":
             backing = source
         size = source.length()
@@ -94,7 +94,15 @@ class BackupAction(BaseAction):
                 _flush(self.machine)
         graph = self.machine.block
         before = len(graph.nodes)
-        target = graph.open_file_and_format(target_name, fmt, read_only=False)
+        # QEMU opens drive-backup targets with discard=unmap and detect-zeroes=unmap; for sync=none
+        # it opens them without a backing file and then attaches the source node itself as backing.
+        extra: dict[str, Any] = {"discard": "unmap", "detect-zeroes": "unmap"}
+        if sync == "none":
+            extra["backing"] = None
+        target = graph.open_file_and_format(target_name, fmt, read_only=False, extra=extra)
+        if sync == "none" and backing is not None:
+            del target.options["backing"]
+            target.set_backing(backing)  # type: ignore[attr-defined]
         added = graph.nodes[before:]
 
         def release() -> None:
@@ -153,7 +161,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     if bitmap_name is None and bitmap_mode is not None:
         raise QemuError("Cannot specify bitmap sync mode without a bitmap")
     if args.get("compress"):
-        raise QemuError(f"Compression is not supported for this drive {_device_or_node(machine, target)}")
+        raise QemuError(f"Compression is not supported for this drive {machine.block.device_name(target)}")
 
     # backup_job_create()
     if source is target:
@@ -193,14 +201,11 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
         raise
-    cbw = graph.insert_cbw_filter(source, target, job.copy_before_write, args.get("filter-node-name"))
+    cbw = graph.insert_cbw_filter(source, target, job.copy_before_write, args.get("filter-node-name"),
+                                  cluster_size=job.cluster_size)
     filter_box.append(cbw)
     job.add_node(cbw)
     return job
-
-
-def _device_or_node(machine: Machine, node: BlockNode) -> str:
-    return machine.block.device_name(node) or node.node_name
 
 
 def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode, protocol_filename
+from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode
+from emulator.block.filename import node_filename
+from emulator.block.image import backing_path
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
 from emulator.machine import Machine
@@ -14,36 +16,57 @@ from .registry import qmp_command
 
 
 # ---- BlockDeviceInfo / ImageInfo as QEMU 7.2 builds them (block/qapi.c) ------------------------
-def _image_format(node: BlockNode) -> str:
-    return node.driver
+def allocated_file_size(node: BlockNode) -> int | None:
+    """bdrv_get_allocated_file_size: host files report theirs, other protocols none (ENOTSUP),
+    filters their child's, formats the sum of their file children's (None if any is unknown)."""
+    if isinstance(node, FileNode):
+        return node.actual_size()
+    if node.driver in ("blkdebug", "null-co"):
+        return None
+    if node.is_filter:
+        child = node.primary_child()
+        return allocated_file_size(child) if child is not None else None
+    total = 0
+    for role, child in node.children.items():
+        if role == "backing":
+            continue
+        size = allocated_file_size(child)
+        if size is None:
+            return None
+        total += size
+    return total
 
 
-def _virtual_size(node: BlockNode) -> int:
-    return node.length()
+def cluster_size_of(node: BlockNode) -> int | None:
+    """bdrv_get_info's cluster_size: qcow2 knows it, filters pass their child's through."""
+    if isinstance(node, Qcow2Node):
+        return node.cluster_size
+    if node.is_filter:
+        child = node.primary_child()
+        return cluster_size_of(child) if child is not None else None
+    return None
 
 
 def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str, Any]:
     """ImageInfo of `node` (bdrv_query_image_info)."""
     info: dict[str, Any] = {
-        "virtual-size": _virtual_size(node),
-        "filename": protocol_filename(node) if not isinstance(node, FileNode) else node.filename,
-        "format": _image_format(node),
+        "virtual-size": node.length(),
+        "filename": node_filename(node),
+        "format": node.driver,
         "dirty-flag": False,
     }
-    file = node.children.get("file")
-    if isinstance(node, FileNode):
-        info["actual-size"] = node.actual_size()
-    elif file is not None and isinstance(file, FileNode):
-        info["actual-size"] = file.actual_size()
+    actual = allocated_file_size(node)
+    if actual is not None:
+        info["actual-size"] = actual
+    cluster = cluster_size_of(node)
+    if cluster is not None:
+        info["cluster-size"] = cluster
     if isinstance(node, Qcow2Node):
-        info["cluster-size"] = node.cluster_size
         info["format-specific"] = {"type": "qcow2", "data": node.image.format_specific()}
         backing_name = node.image.backing_file
         if backing_name:
             info["backing-filename"] = backing_name
-            backing = node.backing
-            if backing is not None:
-                info["full-backing-filename"] = protocol_filename(backing)
+            info["full-backing-filename"] = backing_path(node_filename(node), backing_name)
             if node.image.backing_format:
                 info["backing-filename-format"] = node.image.backing_format
     backing = node.backing
@@ -64,12 +87,12 @@ def _backing_depth(node: BlockNode) -> int:
 def device_info(machine: Machine, node: BlockNode, *, flat: bool = False) -> dict[str, Any]:
     """BlockDeviceInfo of `node` (bdrv_block_device_info)."""
     info: dict[str, Any] = {
-        "file": protocol_filename(node),
+        "file": node_filename(node),
         "node-name": node.node_name,
         "ro": node.read_only,
         "drv": node.driver,
         "encrypted": False,
-        "detect_zeroes": "off",
+        "detect_zeroes": node.options.get("detect-zeroes", "off"),
         "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
         "image": image_info(node, with_backing_image=not flat),
         "cache": {"writeback": True, "direct": False, "no-flush": False},
@@ -78,7 +101,7 @@ def device_info(machine: Machine, node: BlockNode, *, flat: bool = False) -> dic
     }
     backing = node.backing
     if backing is not None:
-        info["backing_file"] = protocol_filename(backing)
+        info["backing_file"] = node_filename(backing)
     bitmaps = [node.dirty_bitmaps.info(bm) for bm in node.dirty_bitmaps]
     if bitmaps:
         info["dirty-bitmaps"] = bitmaps

@@ -21,8 +21,10 @@ from .blockjob import BlockJob
 from .manager import JobManager
 
 BACKUP_CLUSTER_SIZE_DEFAULT = 64 * 1024
-#: Bytes copied per step when unthrottled (QEMU's block-copy uses up to 1 MiB chunks).
-MAX_CHUNK = 1024 * 1024
+#: Largest block-copy task (BLOCK_COPY_MAX_BUFFER: buffered read+write copies up to 1 MiB).
+COPY_SIZE = 1024 * 1024
+#: Tasks one block-copy call runs in parallel (BLOCK_COPY_MAX_WORKERS).
+MAX_WORKERS = 64
 
 
 def backup_cluster_size(target: BlockNode) -> int:
@@ -98,55 +100,111 @@ class BackupJob(BlockJob):
             offset += n
         self.progress_set_remaining(self.copy_bitmap.count())
 
-    # ---- copying ------------------------------------------------------------------------------
-    def _copy_range(self, offset: int, length: int) -> None:
-        """Copy [offset, offset+length) (cluster aligned) from source to target; raise on I/O error."""
-        end = min(offset + length, self.len)
-        pos = offset
-        while pos < end:
-            n, flags = self.source.block_status(pos, end - pos)
-            n = max(1, min(n, end - pos))
-            if flags & BLOCK_ZERO and not flags & BLOCK_DATA:
-                try:
-                    self.target.pwrite_zeroes(pos, n, may_unmap=True)
-                except OSError as exc:
-                    raise _TargetError(exc) from exc
+    # ---- copying (QEMU's block-copy) --------------------------------------------------------
+    def _task_extent(self, start: int, length: int) -> tuple[int, int]:
+        """block_copy_block_status: shrink a task to one status extent (whole clusters).
+
+        Returns (bytes, flags); flags tell whether the extent reads as zeros."""
+        n, flags = self.source.block_status(start, length)
+        if not flags & BLOCK_ALLOCATED and self.source.backing is None:
+            flags |= BLOCK_ZERO  # unallocated with nothing below reads as zeros
+        if n < self.cluster_size:
+            return self.cluster_size, BLOCK_DATA | BLOCK_ALLOCATED
+        if start + n >= self.len:
+            n = _align_up(n, self.cluster_size)
+        else:
+            n = _align_down(n, self.cluster_size)
+        return min(n, length), flags
+
+    def _do_copy(self, offset: int, length: int, zeroes: bool) -> None:
+        """block_copy_do_copy: read+write, or write zeroes; raise OSError / _TargetError."""
+        n = min(offset + length, self.len) - offset
+        if not zeroes:
+            data = self.source.pread(offset, n)
+            zeroes = data.count(0) == n  # the target is opened with detect-zeroes=unmap
+        try:
+            if zeroes:
+                self.target.pwrite_zeroes(offset, n, may_unmap=True)
             else:
-                data = self.source.pread(pos, n)
-                try:
-                    if data.count(0) == len(data):
-                        self.target.pwrite_zeroes(pos, n, may_unmap=True)
-                    else:
-                        self.target.pwrite(pos, data)
-                except OSError as exc:
-                    raise _TargetError(exc) from exc
-            pos += n
+                self.target.pwrite(offset, data)
+        except OSError as exc:
+            raise _TargetError(exc) from exc
 
-    def _copy_clusters(self, offset: int, length: int) -> int:
-        """Copy the dirty clusters of one chunk; clear them; return the bytes done."""
-        self._copy_range(offset, length)
+    def _run_task(self, offset: int, length: int, zeroes: bool) -> OSError | None:
+        """One block-copy task: its bits are cleared while it runs and set again if it fails."""
         self.copy_bitmap.reset_dirty(offset, length)
-        done = min(offset + length, self.len) - offset
-        self.progress_update(done)
-        return done
-
-    def copy_before_write(self, offset: int, length: int) -> None:
-        """Before-write notifier: copy old data of not-yet-copied clusters the write touches."""
-        start = _align_down(offset, self.cluster_size)
-        end = min(_align_up(offset + length, self.cluster_size), self.len)
-        for ext_start, ext_len in list(self.copy_bitmap.dirty_extents(start, end)):
-            try:
-                self._copy_clusters(ext_start, ext_len)
-            except _TargetError as exc:
-                raise exc.error from None
-
-    def _next_chunk(self) -> tuple[int, int] | None:
-        limit = self.cluster_size if self.speed else MAX_CHUNK
-        for start, length in self.copy_bitmap.dirty_extents(0, self.len):
-            return start, min(length, limit)
+        try:
+            self._do_copy(offset, length, zeroes)
+        except _TargetError as exc:
+            self.copy_bitmap.set_dirty(offset, length)
+            exc.error.is_read = False  # type: ignore[attr-defined]
+            return exc.error
+        except OSError as exc:
+            self.copy_bitmap.set_dirty(offset, length)
+            exc.is_read = True  # type: ignore[attr-defined]
+            return exc
+        self.progress_update(min(offset + length, self.len) - offset)
         return None
 
+    def copy_before_write(self, offset: int, length: int) -> None:
+        """Called by the copy-before-write filter before a guest write: copy the old data of the
+        not-yet-copied clusters it touches (block_copy with ignore_ratelimit), or fail the write."""
+        start = _align_down(offset, self.cluster_size)
+        end = min(_align_up(offset + length, self.cluster_size), self.len)
+        while True:
+            area = self.copy_bitmap.next_dirty_area(start, end, COPY_SIZE)
+            if area is None:
+                return
+            n, flags = self._task_extent(*area)
+            error = self._run_task(area[0], n, _reads_as_zeroes(flags))
+            if error is not None:
+                raise error
+            start = area[0] + n
+
+    async def _block_copy_call(self) -> OSError | None:
+        """One background block_copy call over the whole image (block_copy_dirty_clusters).
+
+        Tasks are started in bursts of up to MAX_WORKERS without waiting for each other, as
+        QEMU's aio task pool does: a failure stops only the creation of *later* bursts, so the
+        tasks of the burst it happened in still complete.  With a speed limit, the rate limiter
+        is asked before each task and the call sleeps until the limit allows the next one.
+        """
+        offset = 0
+        first_error: OSError | None = None
+        in_burst = 0
+        while offset < self.len and not self.is_cancelled():
+            if in_burst >= MAX_WORKERS:
+                in_burst = 0
+                if first_error is not None:
+                    break
+            area = self.copy_bitmap.next_dirty_area(offset, self.len, COPY_SIZE)
+            if area is None:
+                break
+            n, flags = self._task_extent(*area)
+            if self.sync == "top" and not flags & BLOCK_ALLOCATED:
+                self.copy_bitmap.reset_dirty(area[0], n)
+                self.progress_set_remaining(self.copy_bitmap.count())
+                offset = area[0] + n
+                continue
+            if self.speed:
+                delay = self.limit.calculate_delay(0)
+                if delay > 0:
+                    if first_error is not None:
+                        break
+                    in_burst = 0
+                    await self.sleep_ns(delay)
+                    continue
+                self.limit.calculate_delay(n)
+            error = self._run_task(area[0], n, _reads_as_zeroes(flags))
+            if error is not None and first_error is None:
+                first_error = error
+            in_burst += 1
+            offset = area[0] + n
+            await self.sleep_ns(0)
+        return first_error
+
     async def run(self) -> int:
+        """backup_run + backup_loop: copy until done; on an I/O error apply the error policy."""
         if self.sync == "none":
             while not self.is_cancelled():
                 await self.yield_()
@@ -157,22 +215,18 @@ class BackupJob(BlockJob):
             await self.pause_point()
             if self.is_cancelled():
                 return 0
-            chunk = self._next_chunk()
-            if chunk is None:
+            error = await self._block_copy_call()
+            if self.is_cancelled():
                 return 0
-            try:
-                done = self._copy_clusters(*chunk)
-            except _TargetError as exc:
-                action = self.error_action(self.on_target_error, False, exc.error.errno or errno_mod.EIO)
-                if action == "report":
-                    return -(exc.error.errno or errno_mod.EIO)
+            if error is None:
+                if self.copy_bitmap.count() == 0:
+                    return 0
                 continue
-            except OSError as exc:
-                action = self.error_action(self.on_source_error, True, exc.errno or errno_mod.EIO)
-                if action == "report":
-                    return -(exc.errno or errno_mod.EIO)
-                continue
-            await self.rate_limit(done)
+            is_read = getattr(error, "is_read", True)
+            code = error.errno or errno_mod.EIO
+            policy = self.on_source_error if is_read else self.on_target_error
+            if self.error_action(policy, is_read, code) == "report":
+                return -code
 
     # ---- completion (QEMU's backup_commit / backup_abort / backup_clean) -----------------------
     def _cleanup_sync_bitmap(self, ret: int) -> None:
@@ -203,6 +257,10 @@ class BackupJob(BlockJob):
         if self._release is not None:
             self._release()
             self._release = None
+
+
+def _reads_as_zeroes(flags: int) -> bool:
+    return bool(flags & BLOCK_ZERO) and not flags & BLOCK_DATA
 
 
 class _TargetError(Exception):

@@ -21,8 +21,11 @@ from emulator.block.image import (
     create_image,
     creation_message,
     open_image_chain,
+    probe_format,
 )
+from emulator.block.file import FileStorage
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
+from emulator.block.qcow2 import Qcow2Image
 from emulator.block.qemu_io import strtosz
 from emulator.error import QemuError
 
@@ -542,8 +545,41 @@ def _first_diff_sector(b1: bytes, b2: bytes) -> int:
     return len(b1)
 
 
+def cmd_rebase(tool: Tool, argv: list[str]) -> int:
+    """qemu-img rebase -u: change the backing file name in the header only (unsafe mode).
+
+    The safe mode (copying data that differs between the old and new backing) is not implemented
+    and is refused clearly rather than done wrong.
+    """
+    opts, args = tool.parse(argv, "F:b:f:hqut:T:pU", ["help", "object=", "quiet", "image-opts"])
+    if "-u" not in opts:
+        raise tool.fail("rebase without -u (safe mode) is not supported by blocktxn img")
+    if not args:
+        raise tool.fail("Expecting one image file name")
+    if len(args) > 1:
+        raise tool.fail(f"Unexpected argument: {args[1]}")
+    filename = args[0]
+    fmt = opts.get("-f", [None])[-1]
+    backing = opts.get("-b", [""])[-1]
+    backing_fmt = opts.get("-F", [None])[-1]
+    storage = FileStorage(filename)
+    try:
+        if (fmt or probe_format(storage)) != "qcow2":
+            raise tool.fail(f"Could not change the backing file to '{backing}': Operation not supported")
+        image = Qcow2Image.open(storage)
+        try:
+            image.change_backing_file(backing or None, backing_fmt if backing else None)
+        finally:
+            image.close()
+    except QemuError as exc:
+        raise tool.fail(f"Could not change the backing file to '{backing}': {exc.desc}") from None
+    finally:
+        storage.close()
+    return 0
+
+
 COMMANDS = {"create": Tool.cmd_create, "info": Tool.cmd_info, "check": Tool.cmd_check,
-            "compare": Tool.cmd_compare, "map": Tool.cmd_map}
+            "compare": Tool.cmd_compare, "map": Tool.cmd_map, "rebase": cmd_rebase}
 
 
 def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:

@@ -1,0 +1,239 @@
+"""The QMP server: monitor endpoints (unix or TCP; listening, or connecting out as QEMU's
+`-chardev socket,path=...` without server=on does), sessions, and orderly shutdown.
+
+Several clients may be connected at once; each gets its own session, and one disconnecting
+never disturbs the others.  `quit` (or stop()) closes everything once the reply is flushed, and
+listening unix sockets are created mode 0600 and removed on close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import os
+import socket
+import stat
+import threading
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from emulator.commands import CommandDef
+from emulator.error import QemuError
+
+from .dispatch import Dispatcher
+from .events import EventBroadcaster
+from .session import MonitorSession
+
+if TYPE_CHECKING:
+    from emulator.machine import Machine
+
+log = logging.getLogger("emulator.qmp")
+
+UNIX_PATH_MAX = 108
+LOOPBACK = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where a QMP monitor lives: a unix path or a TCP host:port, listening or connecting."""
+
+    kind: str  # "unix" or "tcp"
+    path: str = ""
+    host: str = ""
+    port: str = "0"
+    listen: bool = True
+    wait: bool = False
+    #: The command-line option it came from, for error messages ("-qmp unix:...").
+    origin: str = field(default="", compare=False)
+
+    def describe(self) -> str:
+        where = f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
+        return where + (",server=on" if self.listen else "")
+
+
+class EndpointError(QemuError):
+    """An endpoint could not be opened; `endpoint` says which."""
+
+    def __init__(self, desc: str, endpoint: Endpoint) -> None:
+        super().__init__(desc)
+        self.endpoint = endpoint
+
+
+def _strerror(exc: OSError) -> str:
+    return os.strerror(exc.errno) if exc.errno else str(exc)
+
+
+class QmpServer:
+    """Serves QMP for one Machine on an asyncio loop."""
+
+    def __init__(self, machine: Machine, endpoints: list[Endpoint], *,
+                 commands: Mapping[str, CommandDef] | None = None) -> None:
+        self.machine = machine
+        self.endpoints = endpoints
+        self.dispatcher = Dispatcher(machine, commands)
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._unix_paths: list[str] = []
+        self._sessions: set[MonitorSession] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._lock: asyncio.Lock | None = None
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._events: EventBroadcaster | None = None
+        self._closed = False
+        #: (host, port) of every TCP listener, with the port actually bound.
+        self.tcp_addresses: list[tuple[str, int]] = []
+
+    # -- start -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open every endpoint; raise QemuError (QEMU's text) if one cannot be opened."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._lock = asyncio.Lock()
+        self._stop = asyncio.Event()
+        self._events = EventBroadcaster(self.machine, self._loop)
+        self.machine.on_shutdown(self.request_stop)
+        try:
+            for endpoint in self.endpoints:
+                try:
+                    if endpoint.listen:
+                        await self._listen(endpoint)
+                    else:
+                        await self._connect(endpoint)
+                except QemuError as exc:
+                    raise EndpointError(exc.desc, endpoint) from exc
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _listen(self, endpoint: Endpoint) -> None:
+        if endpoint.kind == "unix":
+            sock = self._bind_unix(endpoint.path)
+            self._listeners.append(await asyncio.start_unix_server(self._accept, sock=sock))
+            return
+        host = endpoint.host or LOOPBACK
+        try:
+            server = await asyncio.start_server(self._accept, host, int(endpoint.port))
+        except (OSError, ValueError) as exc:
+            reason = _strerror(exc) if isinstance(exc, OSError) else str(exc)
+            raise QemuError(f"Failed to bind socket: {reason}") from exc
+        self._listeners.append(server)
+        for sock in server.sockets:
+            address = sock.getsockname()
+            self.tcp_addresses.append((address[0], address[1]))
+
+    def _bind_unix(self, path: str) -> socket.socket:
+        if len(os.fsencode(path)) >= UNIX_PATH_MAX:
+            raise QemuError(f"UNIX socket path '{path}' is too long")
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)  # QEMU replaces a stale socket
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise QemuError(f"Failed to unlink socket {path}: {_strerror(exc)}") from exc
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o600)
+            sock.listen(16)
+            sock.setblocking(False)
+        except OSError as exc:
+            sock.close()
+            raise QemuError(f"Failed to bind socket to {path}: {_strerror(exc)}") from exc
+        self._unix_paths.append(path)
+        return sock
+
+    async def _connect(self, endpoint: Endpoint) -> None:
+        try:
+            if endpoint.kind == "unix":
+                reader, writer = await asyncio.open_unix_connection(endpoint.path)
+            else:
+                reader, writer = await asyncio.open_connection(endpoint.host or LOOPBACK,
+                                                               int(endpoint.port))
+        except OSError as exc:
+            where = endpoint.path if endpoint.kind == "unix" else f"{endpoint.host}:{endpoint.port}"
+            raise QemuError(f"Failed to connect to '{where}': {_strerror(exc)}") from exc
+        self._spawn(self._serve(reader, writer))
+
+    # -- sessions --------------------------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closed:
+            writer.close()
+            return
+        await self._serve(reader, writer)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        assert self._lock is not None and self._events is not None
+        session = MonitorSession(reader, writer, self.dispatcher, self._lock)
+        self._sessions.add(session)
+        self._events.add(session)
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        try:
+            await session.run()
+        except Exception:  # never let one connection's failure escape into the loop
+            log.exception("QMP session failed")
+        finally:
+            self._events.remove(session)
+            self._sessions.discard(session)
+            if task is not None:
+                self._tasks.discard(task)
+
+    # -- stop ------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Ask the server to close (from any thread); serve_forever() then returns."""
+        loop, stop = self._loop, self._stop
+        if loop is None or stop is None or loop.is_closed():
+            return
+        if threading.get_ident() == self._loop_thread:
+            stop.set()
+        else:
+            loop.call_soon_threadsafe(stop.set)
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop is not None and self._stop.is_set()
+
+    async def serve_forever(self) -> None:
+        """Serve until quit or request_stop(), then close."""
+        assert self._stop is not None
+        await self._stop.wait()
+        await self.close()
+
+    async def close(self) -> None:
+        """Stop listening, let a running command finish and its reply go out, close sessions."""
+        if self._closed:
+            return
+        self._closed = True
+        for listener in self._listeners:
+            listener.close()
+        if self._lock is not None:
+            async with self._lock:  # a command in progress writes its reply first
+                pass
+        await asyncio.gather(*(session.close() for session in list(self._sessions)),
+                             return_exceptions=True)
+        for listener in self._listeners:
+            try:
+                await asyncio.wait_for(listener.wait_closed(), 5.0)
+            except TimeoutError:
+                pass
+        pending = [task for task in self._tasks if task is not asyncio.current_task()]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for path in self._unix_paths:
+            try:
+                os.unlink(path)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    log.warning("could not remove %s: %s", path, exc)
+        if self._events is not None:
+            self._events.close()

@@ -1,0 +1,109 @@
+"""One QMP connection (QEMU's MonitorQMP): greeting, negotiation state, in-order execution.
+
+Bytes are fed to the connection's own JSON streamer; each complete value (or parse error) is
+handled strictly in arrival order, one at a time, and the reply written before the next is
+looked at.  Commands of all connections are serialized by the server's lock, as QEMU's single
+dispatcher coroutine does.  A client that disconnects mid-command only loses its reply.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any
+
+from emulator.error import QemuError
+
+from .dispatch import Dispatcher
+from .errors import error_response
+from .framing import CAPABILITIES, encode_message, greeting
+from .jsonparser import JsonMessageParser
+
+log = logging.getLogger("emulator.qmp")
+
+READ_CHUNK = 65536
+
+
+class MonitorSession:
+    """A QMP monitor on one stream."""
+
+    offered_capabilities: tuple[str, ...] = CAPABILITIES
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 dispatcher: Dispatcher, command_lock: asyncio.Lock) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._dispatcher = dispatcher
+        self._lock = command_lock
+        self._pending: deque[tuple[Any, QemuError | None]] = deque()
+        self._parser = JsonMessageParser(lambda value, err: self._pending.append((value, err)))
+        self._negotiated = False
+        self._oob = False
+
+    # -- Monitor protocol (used by qmp_capabilities and dispatch) ---------------------------------
+    @property
+    def negotiated(self) -> bool:
+        return self._negotiated
+
+    @property
+    def oob_enabled(self) -> bool:
+        return self._oob
+
+    def enter_command_mode(self, capabilities: list[str]) -> None:
+        self._negotiated = True
+        self._oob = "oob" in capabilities
+
+    # -- output ----------------------------------------------------------------------------------
+    @property
+    def closing(self) -> bool:
+        return self._writer.is_closing()
+
+    def send_raw(self, data: bytes) -> None:
+        if not self._writer.is_closing():
+            self._writer.write(data)
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.send_raw(encode_message(message))
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except (ConnectionError, RuntimeError):
+            pass
+
+    # -- the connection's life -------------------------------------------------------------------
+    async def run(self) -> None:
+        """Greet, then serve requests until the peer goes away or the server closes us."""
+        self.send(greeting())
+        try:
+            await self._drain()
+            while not self._writer.is_closing():
+                data = await self._reader.read(READ_CHUNK)
+                if not data:
+                    break
+                self._parser.feed(data)
+                await self._handle_pending()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            await self.close()
+
+    async def _handle_pending(self) -> None:
+        while self._pending:
+            value, err = self._pending.popleft()
+            async with self._lock:
+                if err is not None:
+                    self.send(error_response(err))
+                else:
+                    self.send(await self._dispatcher.dispatch(value, self))
+            await self._drain()
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Flush what was written and close the stream."""
+        if not self._writer.is_closing():
+            self._writer.close()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), timeout)
+        except (TimeoutError, ConnectionError, RuntimeError):
+            pass
