@@ -83,7 +83,7 @@ class BackupJob(BlockJob):
             assert self.sync_bitmap is not None
             for start, length in self.sync_bitmap.dirty_extents(0, self.len):
                 self.copy_bitmap.set_dirty(start, length)
-        elif self.sync in ("full", "top"):
+        else:  # full, top and none: every cluster (none copies only what guest writes touch)
             self.copy_bitmap.set_dirty(0, self.len)
 
     def _skip_unallocated(self) -> None:
