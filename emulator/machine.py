@@ -25,6 +25,8 @@ class Machine:
         self.block = BlockGraph()
         self.jobs = JobManager()
         self._listeners: list[EventListener] = []
+        #: QEMU's RunState as query-status reports it ("prelaunch" with -S, else "running").
+        self.runstate = "running"
         self.shutdown_requested = False
         self.shutdown_reason: str | None = None
         self._shutdown_callbacks: list[Callable[[], None]] = []

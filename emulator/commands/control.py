@@ -42,17 +42,13 @@ qapi_types(
         "guest-panicked", "colo"]},
 )
 
-#: The run state of a machine without a `runstate` attribute: a started VM.
-DEFAULT_RUNSTATE = "running"
-
-
 def runstate(machine: Machine) -> str:
     """The machine's run state ("running", "paused", "prelaunch" with -S)."""
-    return str(getattr(machine, "runstate", DEFAULT_RUNSTATE))
+    return machine.runstate
 
 
 def set_runstate(machine: Machine, state: str) -> None:
-    machine.runstate = state  # type: ignore[attr-defined]
+    machine.runstate = state
 
 
 @qmp_command("qmp_capabilities", {"*enable": ["QMPCapability"]}, allow_negotiation=True)
