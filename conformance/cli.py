@@ -44,7 +44,8 @@ def run_pytest(paths: Sequence[Path], extra: Sequence[str]) -> int:
 
 
 def translate_report_option(extra: Sequence[str]) -> list[str]:
-    """``--report DIR`` / ``--report=DIR`` become the plugin's ``--blocktxn-report DIR``."""
+    """``--report DIR`` / ``--report=DIR`` become the plugin's ``--blocktxn-report DIR``, with DIR
+    made absolute here: pytest runs in the repository, not in the caller's directory."""
     result: list[str] = []
     args = iter(extra)
     for arg in args:
@@ -52,9 +53,9 @@ def translate_report_option(extra: Sequence[str]) -> list[str]:
             directory = next(args, None)
             if directory is None:
                 raise SystemExit("blocktxn: --report needs a directory")
-            result += ["--blocktxn-report", directory]
+            result += ["--blocktxn-report", str(Path(directory).resolve())]
         elif arg.startswith("--report="):
-            result += ["--blocktxn-report", arg.removeprefix("--report=")]
+            result += ["--blocktxn-report", str(Path(arg.removeprefix("--report=")).resolve())]
         else:
             result.append(arg)
     return result
