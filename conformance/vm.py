@@ -24,6 +24,7 @@ from conformance.targets import Instance, Target
 
 DEFAULT_TIMEOUT = 30.0
 CONNECT_POLL = 0.005
+CONNECT_ATTEMPT = 3.0
 
 
 class VMError(AssertionError):
@@ -103,8 +104,11 @@ class VM:
                               f"(status {self.instance.exit_status()})")
             if self.socket_path.exists():
                 try:
+                    # A short per-attempt bound: under heavy load a QEMU that accepted the
+                    # connection during start-up has been seen never to send its greeting on it;
+                    # a fresh connection gets one.
                     await asyncio.wait_for(client.connect(str(self.socket_path)),
-                                           max(0.1, deadline - time.monotonic()))
+                                           max(0.1, min(CONNECT_ATTEMPT, deadline - time.monotonic())))
                     break
                 except (TimeoutError, OSError, EOFError):
                     await self._reset_client(client)
