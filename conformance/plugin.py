@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from conformance.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing
+from conformance.imagecheck import check_images
 from conformance.report import (
     JUNIT_NAME,
     CaseRecord,
@@ -262,6 +263,7 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         asyncio.run(_run_case(pyfuncitem, kwargs, machine))
         if machine is not None:
             _check_golden(pyfuncitem, machine, verdict)
+            _check_emulator_images(pyfuncitem, machine)
     except BaseException:
         if machine is not None:
             pyfuncitem.add_report_section("call", "blocktxn log", machine.diagnostics())
@@ -270,6 +272,17 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
         if machine is not None:
             _keep_outputs(pyfuncitem, machine, verdict)
     return True
+
+
+def _check_emulator_images(item: pytest.Function, machine: VM) -> None:
+    """Images the emulator wrote must pass real `qemu-img check` (no errors, no leaks)."""
+    settings = item.config.stash[SETTINGS]
+    if machine.target.name != "emulator" or not settings.qemu.img:
+        return
+    problems = check_images(settings.qemu.img, machine.workdir)
+    if problems:
+        pytest.fail("images written by the emulator fail real qemu-img check:\n  " + "\n  ".join(problems),
+                    pytrace=False)
 
 
 @dataclass
