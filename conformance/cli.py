@@ -75,7 +75,7 @@ def _test(extra: list[str]) -> int:
     targets = ["--target", "emulator"]
     if qemu.complete:
         print(f"blocktxn test: real QEMU found: {qemu.version}", flush=True)
-        targets += ["--target", "qemu"]
+        targets += ["--target", "qemu", "--qemu-img-check"]
     elif require:
         print(f"blocktxn test: QEMU not found ({', '.join(qemu.missing())}) and --require-qemu "
               f"given: the qemu-target cases will fail. Install: {INSTALL_HINT}", flush=True)

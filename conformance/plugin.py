@@ -102,6 +102,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="fail qemu-target cases when QEMU is missing instead of skipping them")
     group.addoption("--emulator-process", action="store_true", dest="blocktxn_emulator_process",
                     help="run the emulator as `python -m emulator` instead of in-process")
+    group.addoption("--qemu-img-check", action="store_true", dest="blocktxn_qemu_img_check",
+                    help="after each emulator case, run real `qemu-img check` on every qcow2 it "
+                         "left (no errors, no leaks); `blocktxn test` turns it on when QEMU is found")
     group.addoption("--golden-dir", dest="blocktxn_golden_dir", default=None,
                     help=f"directory of golden logs (default {DEFAULT_GOLDEN_DIR})")
     group.addoption("--qmp-timeout", dest="blocktxn_qmp_timeout", type=float,
@@ -277,8 +280,10 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 def _check_emulator_images(item: pytest.Function, machine: VM) -> None:
     """Images the emulator wrote must pass real `qemu-img check` (no errors, no leaks)."""
     settings = item.config.stash[SETTINGS]
-    if machine.target.name != "emulator" or not settings.qemu.img:
+    if machine.target.name != "emulator" or not item.config.getoption("blocktxn_qemu_img_check"):
         return
+    if not settings.qemu.img:
+        pytest.fail(f"--qemu-img-check needs a real qemu-img: {INSTALL_HINT}", pytrace=False)
     problems = check_images(settings.qemu.img, machine.workdir)
     if problems:
         pytest.fail("images written by the emulator fail real qemu-img check:\n  " + "\n  ".join(problems),

@@ -664,7 +664,7 @@ class Reply:
     def key(self) -> tuple[Any, ...]:
         """What must be equal between the emulator and QEMU: kind, class, text and id."""
         message = self.message or {}
-        request_id = json.dumps(message["id"]) if "id" in message else None
+        request_id = _deep(json.dumps, message["id"]) if "id" in message else None
         if self.kind == "error":
             return ("error", self.error_class, self.desc, request_id)
         if self.kind == "return":
@@ -683,22 +683,22 @@ def parse_reply(line: bytes) -> Reply:
     for text in (line, _BARE_NONFINITE.sub(lambda m: m.group(1) + (b"Infinity" if m.group(2) == b"inf"
                                                                     else b"NaN"), line)):
         try:
-            value = _loads_deep(text)
+            value = _deep(json.loads, text)
         except (ValueError, UnicodeDecodeError):
             continue
         return Reply(line, value if isinstance(value, dict) else None)
     return Reply(line, None)
 
 
-def _loads_deep(text: bytes) -> Any:
-    """json.loads, also for the 1024-deep values QEMU echoes back in an "id"."""
+def _deep(function: Callable[[Any], Any], value: Any) -> Any:
+    """json.loads/dumps, also for the 1024-deep values QEMU echoes back in an "id"."""
     try:
-        return json.loads(text)
+        return function(value)
     except RecursionError:
         limit = sys.getrecursionlimit()
         sys.setrecursionlimit(max(limit, 3 * MAX_ECHO_DEPTH))
         try:
-            return json.loads(text)
+            return function(value)
         finally:
             sys.setrecursionlimit(limit)
 
