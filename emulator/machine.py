@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Callable, TextIO
+from collections.abc import Callable
+from typing import Any, TextIO
 
 EventListener = Callable[[str, dict[str, Any] | None, tuple[int, int]], None]
 
@@ -18,8 +19,8 @@ class Machine:
     """One emulated QEMU instance."""
 
     def __init__(self, stdout: TextIO | None = None) -> None:
-        from emulator.block.graph import BlockGraph  # noqa: PLC0415  (import cost on start-up only)
-        from emulator.jobs.manager import JobManager  # noqa: PLC0415
+        from emulator.block.graph import BlockGraph
+        from emulator.jobs.manager import JobManager
 
         self.stdout: TextIO = stdout if stdout is not None else sys.stdout
         self.block = BlockGraph()

@@ -208,8 +208,8 @@ async def test_errors_while_backup_runs(vm: VM) -> None:
         {"type": "block-dirty-bitmap-clear", "data": {"node": "node0", "name": "bitmap0"}}]},
         BUSY_BITMAP)
 
-    await vm.cmd("drive-backup", job_id="job2", device="node0", sync="full",
-                 target=str(targets["t2"]), speed=1, **existing)
+    await vm.cmd("drive-backup", {"job-id": "job2", "device": "node0", "sync": "full",
+                                  "target": str(targets["t2"]), "speed": 1, **existing})
     for job_id in ("job0", "job2"):
         await vm.cmd("job-cancel", id=job_id)
         await vm.event_wait("BLOCK_JOB_CANCELLED", {"data": {"device": job_id}})

@@ -8,7 +8,7 @@ it, query-named-block-nodes shows it, and lookups by device name reach it (as in
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .node import BlockNode
 

@@ -7,13 +7,16 @@ The generic behaviour (bitmaps, write notifiers, blkdebug event plumbing) lives 
 from __future__ import annotations
 
 import errno
+import logging
 import os
 
 from emulator.error import QemuError
 
 from .file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
-from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
+from .node import BLOCK_ALLOCATED, BLOCK_ZERO, BlockNode
 from .qcow2 import Qcow2Image
+
+log = logging.getLogger("emulator.block")
 
 
 class FileNode(BlockNode):
@@ -119,7 +122,14 @@ class Qcow2Node(_FormatNode):
     def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False,
                  auto_named: bool = False) -> None:
         super().__init__(node_name, file, read_only=read_only, auto_named=auto_named)
-        self.image = Qcow2Image.open(file, read_only=read_only)
+        self.image = Qcow2Image.open(file, read_only=read_only, keep_bitmaps=True)
+        try:
+            # qcow2_do_open: persistent bitmaps come into memory (and in_use onto disk) at open.
+            self.image.bitmap_store.load(self.dirty_bitmaps, writable=not read_only)
+        except BaseException:
+            self.image.close()
+            super().close()
+            raise
 
     def set_backing(self, backing: BlockNode | None) -> None:
         if "backing" in self.children:
@@ -148,16 +158,31 @@ class Qcow2Node(_FormatNode):
         self.image.discard(offset, length)
 
     def _truncate(self, size: int) -> None:
+        self.image.bitmap_store.truncate_check(self.dirty_bitmaps)
         self.image.truncate(size)
 
     def _block_status(self, offset: int, length: int) -> tuple[int, int]:
         return self.image.block_status(offset, length)
+
+    def remove_persistent_dirty_bitmap(self, name: str) -> None:
+        """bdrv_co_remove_persistent_dirty_bitmap: delete `name` from the image now."""
+        self.image.bitmap_store.remove(name)
+
+    def store_persistent_dirty_bitmaps(self) -> None:
+        """qcow2_inactivate's qcow2_store_persistent_dirty_bitmaps(release_stored=true)."""
+        self.image.bitmap_store.store(self.dirty_bitmaps, writable=not self.read_only, release=True)
 
     def is_zero_fast(self, offset: int, length: int) -> bool:
         return self.image.is_zero_fast(offset, length)
 
     def close(self) -> None:
         try:
+            try:
+                self.store_persistent_dirty_bitmaps()
+            except (QemuError, OSError) as exc:
+                text = exc.desc if isinstance(exc, QemuError) else (exc.strerror or str(exc))
+                log.error("Lost persistent bitmaps during inactivation of node '%s': %s",
+                          self.device_or_node_name(), text)
             self.image.close()
         finally:
             super().close()

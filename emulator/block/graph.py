@@ -8,6 +8,7 @@ id_generate(): "#block" + a counter + two random digits.
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -19,6 +20,8 @@ from .backend import BlockBackend
 from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode
 from .image import probe_format
 from .node import BlockNode
+
+_LOG = logging.getLogger(__name__)
 
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 
@@ -116,7 +119,7 @@ class BlockGraph:
             try:
                 node.close()
             except Exception:  # noqa: BLE001 - best-effort cleanup of a half-opened tree
-                pass
+                _LOG.warning("closing half-opened node %s failed", node.node_name, exc_info=True)
         del self.nodes[count:]
 
     def _child(self, ref: Any, *, read_only: bool, what: str) -> BlockNode:
@@ -147,7 +150,7 @@ class BlockGraph:
             node = NullCoNode(name, int(options.get("size", 1 << 30)),
                               read_zeroes=bool(options.get("read-zeroes", False)), auto_named=auto)
         elif driver == "blkdebug":
-            from .blkdebug import BlkdebugNode  # noqa: PLC0415
+            from .blkdebug import BlkdebugNode
 
             # A protocol-style driver: QEMU names it before it opens its image child.
             slot = len(self.nodes)
@@ -225,7 +228,7 @@ class BlockGraph:
 
     @staticmethod
     def _legacy_blkdebug_options(filename: str) -> dict[str, Any]:
-        from .blkdebug import parse_blkdebug_filename  # noqa: PLC0415
+        from .blkdebug import parse_blkdebug_filename
 
         config, image = parse_blkdebug_filename(filename)
         options: dict[str, Any] = {"driver": "blkdebug", "image": {"driver": "file", "filename": image}}
@@ -264,7 +267,7 @@ class BlockGraph:
     def insert_cbw_filter(self, source: BlockNode, target: BlockNode, copy_hook: Any,
                           node_name: str | None = None, *, cluster_size: int = 65536) -> BlockNode:
         """bdrv_cbw_append: put a copy-before-write filter above `source` for its devices."""
-        from .copy_before_write import CopyBeforeWriteNode  # noqa: PLC0415
+        from .copy_before_write import CopyBeforeWriteNode
 
         if node_name:
             self._check_node_name(node_name)
@@ -338,5 +341,5 @@ class BlockGraph:
             try:
                 node.close()
             except Exception:  # noqa: BLE001 - closing must go on for the other nodes
-                pass
+                _LOG.warning("closing node %s failed", node.node_name, exc_info=True)
         self.nodes.clear()

@@ -12,7 +12,8 @@ BlockNode implements the Storage protocol, so a format driver can sit on any nod
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from emulator.error import QemuError
 

@@ -18,6 +18,7 @@ are refused with a QemuError (at open) or an OSError(ENOTSUP) (a compressed clus
 from __future__ import annotations
 
 import errno
+import logging
 import struct
 import sys
 from array import array
@@ -29,7 +30,10 @@ from typing import Any
 from emulator.error import QemuError
 
 from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
+from .qcow2_bitmaps import AUTOCLEAR_BITMAPS, BitmapsExtension, Qcow2BitmapStore
 from .storage import Storage
+
+log = logging.getLogger("emulator.block.qcow2")
 
 QCOW_MAGIC = b"QFI\xfb"
 MIN_CLUSTER_BITS = 9
@@ -61,6 +65,9 @@ INCOMPAT_COMPRESSION = 1 << 3
 INCOMPAT_EXTL2 = 1 << 4
 INCOMPAT_KNOWN = INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2
 COMPAT_LAZY_REFCOUNTS = 1 << 0
+AUTOCLEAR_DATA_FILE_RAW = 1 << 1
+#: QCOW2_AUTOCLEAR_MASK: the autoclear features QEMU 7.2 maintains (others are cleared on open).
+AUTOCLEAR_MASK = AUTOCLEAR_BITMAPS | AUTOCLEAR_DATA_FILE_RAW
 
 FEAT_INCOMPATIBLE, FEAT_COMPATIBLE, FEAT_AUTOCLEAR = 0, 1, 2
 #: QEMU 7.2's feature name table (qcow2_update_header), written for cluster sizes above 4 KiB.
@@ -239,11 +246,17 @@ class Qcow2Image:
 
     # ---- opening ------------------------------------------------------------------------------
     @classmethod
-    def open(cls, file: Storage, *, read_only: bool = False) -> Qcow2Image:
-        """Open and validate an image (QemuError with QEMU's wording on a bad or unsupported one)."""
-        return cls(file, read_only=read_only)
+    def open(cls, file: Storage, *, read_only: bool = False, keep_bitmaps: bool = False) -> Qcow2Image:
+        """Open and validate an image (QemuError with QEMU's wording on a bad or unsupported one).
 
-    def __init__(self, file: Storage, *, read_only: bool = False) -> None:
+        `keep_bitmaps`: the opener loads and stores the persistent bitmaps (Qcow2BitmapStore), so a
+        read-write open keeps the bitmaps extension valid.  Otherwise a read-write open clears
+        autoclear bit 0, as the qcow2 spec requires of a program that cannot keep bitmaps current
+        (QEMU then treats them as inconsistent rather than silently stale).
+        """
+        return cls(file, read_only=read_only, keep_bitmaps=keep_bitmaps)
+
+    def __init__(self, file: Storage, *, read_only: bool = False, keep_bitmaps: bool = False) -> None:
         self.file = file
         self.read_only = read_only
         self._backing: Storage | None = None
@@ -329,11 +342,20 @@ class Qcow2Image:
         self._free_hint = 0
         self._end_cluster = self._initial_end_cluster(file_len)
         self._closed = False
-        if not read_only and h.autoclear_features:
+        self.bitmap_store = Qcow2BitmapStore(self)
+        if not read_only:
             # Autoclear bits of features this program does not maintain must be cleared on a
             # read-write open (qcow2 spec); QEMU would otherwise trust stale bitmaps.
-            h.autoclear_features = 0
-            file.pwrite(_OFF_AUTOCLEAR, struct.pack(">Q", 0))
+            keep = AUTOCLEAR_MASK if keep_bitmaps else 0
+            if h.autoclear_features & ~keep:
+                h.autoclear_features &= keep
+                if keep_bitmaps:
+                    self.update_header()  # also drops an extension left without its autoclear bit
+                else:
+                    file.pwrite(_OFF_AUTOCLEAR, struct.pack(">Q", h.autoclear_features))
+                    self.bitmaps_ext = BitmapsExtension()  # no longer valid for anyone
+            elif keep_bitmaps and self._stale_bitmaps_ext:
+                self.update_header()
 
     def _read_extensions(self, h: Qcow2Header) -> None:
         cs = self.cluster_size
@@ -341,6 +363,8 @@ class Qcow2Image:
         raw = self.file.pread(0, cs)
         offset = h.header_length
         self.feature_table: list[tuple[int, int, str]] = []
+        self.bitmaps_ext = BitmapsExtension()
+        self._stale_bitmaps_ext = False
         while offset < end:
             if end - offset < 8:
                 raise QemuError("qcow2_read_extension: ERROR: pread fail from offset "
@@ -365,6 +389,8 @@ class Qcow2Image:
             elif magic == EXT_DATA_FILE:
                 raise QemuError("External data files are not supported by the emulator "
                                 "(incompatible feature 'external data file')")
+            elif magic == EXT_BITMAPS:
+                self._read_bitmaps_ext(h, data)
             offset += (length + 7) & ~7
         self.backing_file: str | None = None
         if h.backing_file_offset:
@@ -372,6 +398,23 @@ class Qcow2Image:
                 raise QemuError("Backing file name too long")
             name = self.file.pread(h.backing_file_offset, h.backing_file_size)
             self.backing_file = name.decode(errors="replace")
+
+    def _read_bitmaps_ext(self, h: Qcow2Header, data: bytes) -> None:
+        """The bitmaps extension counts only while autoclear bit 0 says it is current."""
+        if len(data) != 24:
+            raise QemuError("bitmaps_ext: Invalid extension length")
+        if not h.autoclear_features & AUTOCLEAR_BITMAPS:
+            if h.version < 3:
+                log.warning("This qcow2 v2 image contains bitmaps, but they may have been modified "
+                            "by a program without persistent bitmap support; so now they must all "
+                            "be considered inconsistent")
+            else:
+                log.warning("a program lacking bitmap support modified this file, so all bitmaps "
+                            "are now considered inconsistent")
+            log.warning("Some clusters may be leaked, run 'qemu-img check -r' on the image file to fix.")
+            self._stale_bitmaps_ext = True
+            return
+        self.bitmaps_ext = BitmapsExtension.parse(data, 1 << h.cluster_bits)
 
     def _unsupported_features(self, mask: int) -> str:
         """report_unsupported_feature's text, naming features from the image's own table."""
@@ -558,6 +601,18 @@ class Qcow2Image:
 
     def _free_clusters(self, offset: int, n: int) -> None:
         self._set_refcounts(offset >> self.cluster_bits, n, None)
+
+    def alloc_clusters(self, nbytes: int) -> int:
+        """qcow2_alloc_clusters: contiguous clusters covering `nbytes` (refcount 1); the offset."""
+        if self.read_only:
+            raise OSError(errno.EPERM, "Operation not permitted")
+        return self._alloc_clusters(max(1, (nbytes + self.cluster_size - 1) >> self.cluster_bits))
+
+    def free_clusters(self, offset: int, nbytes: int) -> None:
+        """qcow2_free_clusters: drop one reference of every cluster of [offset, offset+nbytes)."""
+        first = offset >> self.cluster_bits
+        last = (offset + max(nbytes, 1) - 1) >> self.cluster_bits
+        self._set_refcounts(first, last - first + 1, None)
 
     def _grow_reftable(self, min_entries: int) -> None:
         """Move the refcount table to a new, larger area at the end (qcow2_refcount_area)."""
@@ -1070,39 +1125,57 @@ class Qcow2Image:
         name = backing_file.encode() if backing_file else b""
         if len(name) > 1023:
             raise QemuError("Backing file name too long")
+        old = (self.backing_file, self.backing_format)
+        self.backing_file, self.backing_format = backing_file, backing_fmt
+        try:
+            self.update_header()
+        except BaseException:
+            self.backing_file, self.backing_format = old
+            raise
+
+    def update_header(self) -> None:
+        """qcow2_update_header + flush: rewrite the header cluster from the in-memory state
+        (backing format, the image's feature-name table, the bitmaps extension, backing name)."""
+        name = self.backing_file.encode() if self.backing_file else b""
         h = self.header
         exts = b""
-        if backing_fmt:
-            exts += _pack_ext(EXT_BACKING_FORMAT, backing_fmt.encode())
+        if self.backing_format:
+            exts += _pack_ext(EXT_BACKING_FORMAT, self.backing_format.encode())
         if self.feature_table:
             table = b"".join(struct.pack(">BB46s", t, bit, fname.encode())
                              for t, bit, fname in self.feature_table)
             exts += _pack_ext(EXT_FEATURE_TABLE, table)
+        if self.bitmaps_ext.nb_bitmaps:
+            exts += _pack_ext(EXT_BITMAPS, self.bitmaps_ext.pack())
         exts += struct.pack(">II", EXT_END, 0)
+        if len(h.pack()) + len(exts) + len(name) > self.cluster_size:
+            raise QemuError("Cannot update the image header: header extensions do not fit into the "
+                            "first cluster")
         h.backing_file_offset = h.header_length + len(exts) if name else 0
         h.backing_file_size = len(name)
         cluster0 = h.pack() + exts + name
-        if len(cluster0) > self.cluster_size:
-            raise QemuError("Cannot change the backing file: header extensions do not fit into the "
-                            "first cluster")
         self.file.pwrite(0, cluster0.ljust(self.cluster_size, b"\0"))
         self.file.flush()
-        self.backing_file = backing_file
-        self.backing_format = backing_fmt
 
     def format_specific(self) -> dict:
         """ImageInfoSpecificQCow2 as QEMU fills it (qcow2_get_specific_info)."""
         h = self.header
         if h.version == 2:
             return {"compat": "0.10", "refcount-bits": self.refcount_bits}
-        return {
+        info: dict[str, Any] = {
             "compat": "1.1",
             "compression-type": "zstd" if h.compression_type == 1 else "zlib",
             "lazy-refcounts": bool(h.compatible_features & COMPAT_LAZY_REFCOUNTS),
+        }
+        bitmaps = self.bitmap_store.info_list()
+        if bitmaps is not None:
+            info["bitmaps"] = bitmaps
+        info.update({
             "refcount-bits": self.refcount_bits,
             "corrupt": bool(h.incompatible_features & INCOMPAT_CORRUPT),
             "extended-l2": bool(h.incompatible_features & INCOMPAT_EXTL2),
-        }
+        })
+        return info
 
     @property
     def dirty(self) -> bool:
@@ -1209,6 +1282,7 @@ def _check_image(img: Qcow2Image) -> dict:
             res["corruptions"] += 1
             continue
         inc(off, cs)
+    img.bitmap_store.check_refcounts(inc, res)
     for i, rte in enumerate(img.reftable):
         off = rte & REFT_OFFSET_MASK
         if off and not off & (cs - 1) and (off >> bits) < nb_clusters and refs.get(off >> bits) != 1:

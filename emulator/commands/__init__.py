@@ -22,7 +22,7 @@ __all__ = ["COMMANDS", "TYPES", "CommandDef", "qapi_types", "qmp_command"]
 
 def attach(machine: "Machine") -> "Machine":
     """Wire a Machine to the QMP command layer (job events become QMP events)."""
-    from .jobs import install_job_events  # noqa: PLC0415
+    from .jobs import install_job_events
 
     install_job_events(machine)
     return machine
@@ -30,7 +30,7 @@ def attach(machine: "Machine") -> "Machine":
 
 def new_machine(**kwargs: "Any") -> "Machine":
     """A Machine ready to serve QMP: what the CLI and the in-process launcher build."""
-    from emulator.machine import Machine  # noqa: PLC0415
+    from emulator.machine import Machine
 
     return attach(Machine(**kwargs))
 

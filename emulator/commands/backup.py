@@ -120,7 +120,7 @@ class BackupAction(BaseAction):
 
 
 def _filename_of(node: BlockNode) -> str:
-    from emulator.block.drivers import protocol_filename  # noqa: PLC0415
+    from emulator.block.drivers import protocol_filename
 
     return protocol_filename(node)
 
@@ -214,14 +214,14 @@ def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @qmp_command("drive-backup", "DriveBackup")
 def qmp_drive_backup(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions  # noqa: PLC0415
+    from .transaction import run_actions
 
     run_actions(machine, [BackupAction(machine, "drive-backup", _qapi_names(kwargs), None)])
 
 
 @qmp_command("blockdev-backup", "BlockdevBackup")
 def qmp_blockdev_backup(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions  # noqa: PLC0415
+    from .transaction import run_actions
 
     run_actions(machine, [BackupAction(machine, "blockdev-backup", _qapi_names(kwargs), None)])
 

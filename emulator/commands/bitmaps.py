@@ -117,7 +117,12 @@ def bitmap_remove(machine: Machine, node: str, name: str, *, release: bool = Tru
     """block_dirty_bitmap_remove: checks, then (if `release`) frees the bitmap."""
     bitmap, bs = lookup_bitmap(machine, node, name)
     bitmap.check(BITMAP_BUSY | BITMAP_RO)
-    # A persistent bitmap would be deleted from the image here; nothing is stored yet.
+    if bitmap.persistent and not bitmap.skip_store:
+        # bdrv_remove_persistent_dirty_bitmap: the image forgets it now, even inside a
+        # transaction (an aborted removal stores it again at close).
+        remove = getattr(bs, "remove_persistent_dirty_bitmap", None)
+        if remove is not None:
+            remove(name)
     if release:
         bs.dirty_bitmaps.remove(bitmap)
     return bitmap, bs
@@ -140,6 +145,7 @@ def bitmap_merge(machine: Machine, node: str, target: str, bitmaps: list[Any]
                 raise QemuError(f"Dirty bitmap '{source}' not found")
         else:
             src, _ = lookup_bitmap(machine, source["node"], source["name"])
+        dst.check(BITMAP_DEFAULT)  # QEMU 7.2.x merges into the target: its check comes first
         merge_dirty_bitmap(anon, src)
     backup = dst.save_bits()
     merge_dirty_bitmap(dst, anon)

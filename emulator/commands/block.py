@@ -170,4 +170,4 @@ def _lookup_resize_target(machine: Machine, device: str | None, node_name: str |
     raise QemuError(f"Cannot find device='{dev}' nor node-name='{name}'")
 
 
-__all__ = ["device_info", "image_info", "NullCoNode", "RawNode"]
+__all__ = ["NullCoNode", "RawNode", "device_info", "image_info"]

@@ -32,12 +32,9 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
                            "qemu-io: too many arguments\n")
     device, command = words
     backend = machine.block.find_backend(device)
-    if backend is not None:
-        target = backend.root
-    else:
-        target = machine.block.find_node(device)
-        if target is None:
-            return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
+    target = backend.root if backend is not None else machine.block.find_node(device)
+    if target is None:
+        return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
     # qemu-io's normal output goes to QEMU's stdout; its error_report() lines come back in the reply.
     reported: list[str] = []
     run_command(target, command, machine.stdout, report=reported.append)

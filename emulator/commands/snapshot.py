@@ -118,13 +118,13 @@ def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @qmp_command("blockdev-snapshot-sync", "BlockdevSnapshotSync")
 def qmp_blockdev_snapshot_sync(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions  # noqa: PLC0415
+    from .transaction import run_actions
 
     run_actions(machine, [ExternalSnapshotAction(machine, "blockdev-snapshot-sync", _qapi_names(kwargs))])
 
 
 @qmp_command("blockdev-snapshot", "BlockdevSnapshot")
 def qmp_blockdev_snapshot(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions  # noqa: PLC0415
+    from .transaction import run_actions
 
     run_actions(machine, [ExternalSnapshotAction(machine, "blockdev-snapshot", _qapi_names(kwargs))])

@@ -9,7 +9,8 @@ paused/running pair; jobs started by the command show the same pair.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from emulator.error import QemuError
 from emulator.jobs.txn import JobTxn
@@ -103,7 +104,7 @@ ActionFactory = Callable[[Machine, dict[str, Any]], TransactionAction]
 
 def _bitmap_action_factory(kind: str) -> ActionFactory | None:
     try:
-        from . import bitmaps  # noqa: PLC0415
+        from . import bitmaps
     except ImportError:
         return None
     factory = getattr(bitmaps, "transaction_action", None)
@@ -121,7 +122,7 @@ def build_action(machine: Machine, action: dict[str, Any], mode: str, txn: JobTx
     if kind in ("drive-backup", "blockdev-backup"):
         return BackupAction(machine, kind, data, txn)
     if kind in ("blockdev-snapshot-sync", "blockdev-snapshot"):
-        from .snapshot import ExternalSnapshotAction  # noqa: PLC0415
+        from .snapshot import ExternalSnapshotAction
 
         return CompletionModeCheck(kind, mode, ExternalSnapshotAction(machine, kind, data))
     if kind.startswith("block-dirty-bitmap-"):

@@ -12,7 +12,8 @@ successor records new writes) and settled by commit/abort according to the bitma
 from __future__ import annotations
 
 import errno as errno_mod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from emulator.block.dirty_bitmap import DirtyBitmap
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
@@ -66,13 +67,12 @@ class BackupJob(BlockJob):
         self._release = release
         self.len = source.length()
         self.cluster_size = backup_cluster_size(target)
-        self.copy_bitmap: DirtyBitmap | None = None
         super().__init__(manager, job_id, None, **job_args)
         # QEMU holds the source only through the copy-before-write filter (whose ops it blocks):
         # a second backup of the same source is accepted.
         self.add_node(source, block_ops=False)
         self.add_node(target)
-        self.copy_bitmap = source.dirty_bitmaps.create(
+        self.copy_bitmap: DirtyBitmap = source.dirty_bitmaps.create(
             None, self.cluster_size, self.len, disabled=True)
         self._init_copy_bitmap()
         self.progress_set_remaining(self.copy_bitmap.count())
@@ -247,7 +247,7 @@ class BackupJob(BlockJob):
         self._cleanup_sync_bitmap(-1)
 
     def clean(self) -> None:
-        if self.copy_bitmap is not None and self.copy_bitmap in list(self.source.dirty_bitmaps):
+        if self.copy_bitmap in list(self.source.dirty_bitmaps):
             self.source.dirty_bitmaps.remove(self.copy_bitmap)
         try:
             self.target.flush()

@@ -296,7 +296,7 @@ def _parse_string(text: bytes) -> str:
                 else:
                     cp = -1
             if cp < 0 or not is_valid_codepoint(cp):
-                shown = text[begin:pos].decode("latin-1")
+                shown = decode_c_string(text[begin:pos])  # QEMU prints the raw bytes
                 raise _fail(f"{shown} is not a valid Unicode character")
             out.append(chr(cp))
             continue

@@ -14,6 +14,7 @@ import math
 import sys
 from typing import Any, TextIO
 
+from emulator.block.file import FileStorage
 from emulator.block.image import (
     FORMATS,
     OpenedImage,
@@ -23,7 +24,6 @@ from emulator.block.image import (
     open_image_chain,
     probe_format,
 )
-from emulator.block.file import FileStorage
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
 from emulator.block.qcow2 import Qcow2Image
 from emulator.block.qemu_io import strtosz
@@ -60,14 +60,50 @@ def qdict_order(d: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for h in sorted(buckets):
         for key in buckets[h]:
-            v = d[key]
-            out[key] = qdict_order(v) if isinstance(v, dict) else v
+            out[key] = _qdict_order_value(d[key])
     return out
+
+
+def _qdict_order_value(v: Any) -> Any:
+    if isinstance(v, dict):
+        return qdict_order(v)
+    if isinstance(v, list):
+        return [_qdict_order_value(item) for item in v]
+    return v
+
+
+def _pretty_json(v: Any, level: int) -> str:
+    """qobject_to_json_pretty: like json.dumps(indent=4), but an empty list or dict still
+    breaks the line ("[" newline, indent, "]"), as QEMU prints it."""
+    if isinstance(v, (dict, list)):
+        inner = "    " * (level + 1)
+        items = ([f"{json.dumps(k)}: {_pretty_json(x, level + 1)}" for k, x in v.items()]
+                 if isinstance(v, dict) else [_pretty_json(x, level + 1) for x in v])
+        body = ",\n".join(inner + item for item in items)
+        open_, close = ("{", "}") if isinstance(v, dict) else ("[", "]")
+        return f"{open_}\n{body}{chr(10) if items else ''}{'    ' * level}{close}"
+    return json.dumps(v)
 
 
 def qobject_json(d: dict[str, Any]) -> str:
     """qobject_to_json_pretty of a QAPI object given in field order."""
-    return json.dumps(qdict_order(d), indent=4)
+    return _pretty_json(qdict_order(d), 0)
+
+
+def dump_qobject(value: Any, indentation: int, lines: list[str]) -> None:
+    """block/qapi.c dump_qobject (qemu-img info's human "Format specific information")."""
+    if isinstance(value, dict):
+        entries: list[tuple[str, Any]] = [(f"{k.replace('-', ' ')}:", v) for k, v in value.items()]
+    else:
+        entries = [(f"[{i}]:", v) for i, v in enumerate(value)]
+    for label, v in entries:
+        prefix = " " * (indentation * 4) + label
+        if isinstance(v, (dict, list)):
+            lines.append(prefix)
+            dump_qobject(v, indentation + 1, lines)
+        else:
+            text = ("true" if v else "false") if isinstance(v, bool) else str(v)
+            lines.append(f"{prefix} {text}")
 
 
 def size_to_str(val: int) -> str:
@@ -286,9 +322,7 @@ class Tool:
                 lines.append(f"backing file format: {info['backing-filename-format']}")
         if "format-specific" in info:
             lines.append("Format specific information:")
-            for key, value in qdict_order(info["format-specific"]["data"]).items():
-                text = ("true" if value else "false") if isinstance(value, bool) else str(value)
-                lines.append(f"    {key.replace('-', ' ')}: {text}")
+            dump_qobject(qdict_order(info["format-specific"]["data"]), 1, lines)
         return "\n".join(lines) + "\n"
 
     # ---- check --------------------------------------------------------------------------------
