@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from qemu.qmp import QMPClient
+from qemu.qmp import EventListener, QMPClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -40,17 +40,20 @@ def make_image(path: Path, size: int) -> None:
 
 
 async def backup_over_qmp(sock: Path, target: Path) -> float:
-    client = QMPClient("bench")
     for _ in range(500):
-        try:
-            await client.connect(str(sock))
-            break
-        except (OSError, ConnectionError):
-            await asyncio.sleep(0.01)
+        client = QMPClient("bench")
+        if sock.exists():
+            try:
+                await client.connect(str(sock))
+                break
+            except Exception:  # noqa: BLE001 - qemu.qmp's ConnectError while the server starts
+                pass
+        await asyncio.sleep(0.01)
     else:
         raise RuntimeError(f"cannot connect to {sock}")
     try:
-        with client.listen() as listener:
+        listener = EventListener()
+        with client.listen(listener):
             start = time.perf_counter()
             await client.execute("drive-backup", {"device": "drive0", "sync": "full", "format": "qcow2",
                                                    "target": str(target)})
@@ -64,7 +67,10 @@ async def backup_over_qmp(sock: Path, target: Path) -> float:
             await client.execute("quit")
         except Exception:  # noqa: BLE001 - the server may close first
             pass
-        await client.disconnect()
+        try:
+            await client.disconnect()
+        except EOFError:  # the server closed after quit, as QEMU does
+            pass
 
 
 def qemu_argv(sock: Path, image: Path) -> list[str]:
