@@ -215,8 +215,6 @@ class NullCoNode(BlockNode):
         flags = BLOCK_ALLOCATED | (BLOCK_ZERO if self.read_zeroes else 0)
         return length, flags
 
-    def _truncate(self, size: int) -> None:
-        self.size = size
 
 
 def _protocol_filename(node: BlockNode) -> str:

@@ -308,14 +308,17 @@ class BlockGraph:
                     self.nodes.remove(node)
 
     def blockdev_del(self, node_name: str) -> None:
+        """qmp_blockdev_del, with QEMU 7.2's checks in its order."""
         node = self.find_node(node_name)
         if node is None:
             raise QemuError(f"Failed to find node with node-name='{node_name}'")
+        if any(getattr(parent, "is_backend", False) for parent in node.parents):
+            raise QemuError(f"Node {node_name} is in use")
+        node.op_check("drive-del")
         if not node.monitor_owned:
             raise QemuError(f"Node {node_name} is not owned by the monitor")
         if node.parents:
-            raise QemuError(f"Node {node_name} is in use")
-        node.op_check("drive-del")
+            raise QemuError(f"Block device {node.device_or_node_name()} is in use")
         self._close_tree(node)
 
     def _close_tree(self, node: BlockNode) -> None:

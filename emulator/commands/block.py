@@ -21,7 +21,9 @@ def allocated_file_size(node: BlockNode) -> int | None:
     filters their child's, formats the sum of their file children's (None if any is unknown)."""
     if isinstance(node, FileNode):
         return node.actual_size()
-    if node.driver in ("blkdebug", "null-co"):
+    if node.driver == "null-co":
+        return 0  # null_allocated_file_size
+    if node.driver == "blkdebug":
         return None
     if node.is_filter:
         child = node.primary_child()
@@ -53,8 +55,9 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str,
         "virtual-size": node.length(),
         "filename": node_filename(node),
         "format": node.driver,
-        "dirty-flag": False,
     }
+    if node.driver != "null-co":  # bdrv_get_info works (directly or through a filter's child)
+        info["dirty-flag"] = False
     actual = allocated_file_size(node)
     if actual is not None:
         info["actual-size"] = actual
