@@ -13,7 +13,7 @@ import os
 from emulator.error import QemuError
 
 from .file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
-from .node import BLOCK_ALLOCATED, BLOCK_ZERO, BlockNode
+from .node import BACKING_ALLOWED_OPS, BLOCK_ALLOCATED, BLOCK_ZERO, BlockNode
 from .qcow2 import Qcow2Image
 
 log = logging.getLogger("emulator.block")
@@ -132,9 +132,14 @@ class Qcow2Node(_FormatNode):
             raise
 
     def set_backing(self, backing: BlockNode | None) -> None:
-        if "backing" in self.children:
+        """bdrv_set_backing_hd: the backing node is blocked for most operations while it is one."""
+        old = self.children.get("backing")
+        if old is not None:
+            old.unblock_all_ops(self._backing_blocker)
             self.detach_child("backing")
         if backing is not None:
+            self._backing_blocker = f"node is used as backing hd of '{self.device_or_node_name()}'"
+            backing.block_all_ops(self._backing_blocker, allow=BACKING_ALLOWED_OPS)
             self.attach_child("backing", backing)
         self.image.set_backing(backing)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .image import backing_path
 from .node import BlockNode
 
 QDICT_BUCKET_MAX = 512
@@ -94,7 +95,17 @@ def _strong_options(node: BlockNode) -> tuple[dict[str, Any], bool]:
 
 
 def _backing_overridden(node: BlockNode) -> bool:
-    return node.driver == "qcow2" and "backing" in node.options
+    """bdrv_backing_overridden: the backing is not what the image header names."""
+    image = getattr(node, "image", None)
+    header_name = getattr(image, "backing_file", None) or ""
+    backing = node.backing
+    if backing is None:
+        return bool(header_name)
+    backing_name = node_filename(backing)
+    if header_name == backing_name:
+        return False
+    own = exact_filename(node.children["file"]) if "file" in node.children else ""
+    return backing_path(own, header_name) != backing_name
 
 
 def full_open_options(node: BlockNode) -> dict[str, Any]:

@@ -26,6 +26,15 @@ BLOCK_ALLOCATED = 0x10
 
 BeforeWriteNotifier = Callable[["BlockNode", int, int], None]
 
+#: QAPI BlockOpType (qapi/block-core.json): the op names of BlockNode.op_block / op_check.
+BLOCK_OP_TYPES = (
+    "backup-source", "backup-target", "change", "commit-source", "commit-target", "dataplane",
+    "drive-del", "eject", "external-snapshot", "internal-snapshot", "internal-snapshot-delete",
+    "mirror-source", "mirror-target", "resize", "stream", "replace",
+)
+#: What a backing node still allows while it is one (bdrv_backing_attach): commit, stream, backup.
+BACKING_ALLOWED_OPS = frozenset({"commit-target", "stream", "backup-source", "backup-target"})
+
 
 class BlockNode:
     """Base class of every block driver node."""
@@ -102,6 +111,15 @@ class BlockNode:
             if getattr(parent, "is_backend", False):
                 return str(parent.name)
         return self.node_name
+
+    def block_all_ops(self, reason: str, *, allow: frozenset[str] = frozenset()) -> None:
+        for op in BLOCK_OP_TYPES:
+            if op not in allow:
+                self.op_block(op, reason)
+
+    def unblock_all_ops(self, reason: str) -> None:
+        for op in BLOCK_OP_TYPES:
+            self.op_unblock(op, reason)
 
     def op_check(self, op: str) -> None:
         reasons = self.op_blockers.get(op)

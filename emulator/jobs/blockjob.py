@@ -11,6 +11,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
+from emulator.block.node import BLOCK_OP_TYPES
 from emulator.error import QemuError
 
 from .job import CompletionCallback, Job, JobVerb
@@ -22,12 +23,6 @@ if TYPE_CHECKING:
 
     from .manager import JobManager
 
-#: QAPI BlockOpType (qapi/block-core.json): the op names of BlockNode.op_block / op_check.
-BLOCK_OP_TYPES = (
-    "backup-source", "backup-target", "change", "commit-source", "commit-target", "dataplane",
-    "drive-del", "eject", "external-snapshot", "internal-snapshot", "internal-snapshot-delete",
-    "mirror-source", "mirror-target", "resize", "stream", "replace",
-)
 
 #: BlockdevOnError values.
 ON_ERROR_POLICIES = ("report", "ignore", "enospc", "stop", "auto")
