@@ -195,3 +195,11 @@ def test_text_filters() -> None:
     assert filter_text("disk size: 196 KiB", PATHS) == "disk size: MASKED"
     assert filter_text("/tmp/btxabc/qmp.sock", PATHS) == "SOCK_DIR/qmp.sock"
     assert filter_text("wrote 512/512 bytes at offset 0", PATHS) == "wrote 512/512 bytes at offset 0"
+
+
+def test_tool_json_actual_size_is_masked_but_other_fields_are_not() -> None:
+    """Rule F6 on qemu-img info --output=json lines: the host allocation varies, nothing else."""
+    from conformance.normalize import PathMap, filter_text
+
+    assert filter_text('    "actual-size": 1589248,', PathMap()) == '    "actual-size": "MASKED",'
+    assert filter_text('    "virtual-size": 67108864,', PathMap()) == '    "virtual-size": 67108864,'
