@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from emulator.block.image import create_image, open_image_chain
 from emulator.commands import COMMANDS, new_machine
 from emulator.error import QemuError
+from emulator.machine import Machine
 
 MiB = 1 << 20
 
 
-def machine_with_drive(tmp_path: Path):  # noqa: ANN201 - test helper
+def machine_with_drive(tmp_path: Path) -> tuple[Machine, Path]:
     machine = new_machine(stdout=io.StringIO())
     base = tmp_path / "base.qcow2"
     create_image(str(base), "qcow2", 4 * MiB)
@@ -23,7 +25,7 @@ def machine_with_drive(tmp_path: Path):  # noqa: ANN201 - test helper
     return machine, base
 
 
-def cmd(machine, command: str, /, **args):  # noqa: ANN001, ANN201
+def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
     return COMMANDS[command].handler(machine, **args)
 
 

@@ -122,6 +122,7 @@ class Qcow2Node(_FormatNode):
     def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False,
                  auto_named: bool = False) -> None:
         super().__init__(node_name, file, read_only=read_only, auto_named=auto_named)
+        self._backing_blocker: str = ""
         self.image = Qcow2Image.open(file, read_only=read_only, keep_bitmaps=True)
         try:
             # qcow2_do_open: persistent bitmaps come into memory (and in_use onto disk) at open.
