@@ -373,28 +373,25 @@ def test_inconsistent_bitmap_is_refused_kept_on_disk_and_removable(tmp_path: Pat
     assert (result["corruptions"], result["leaks"]) == (0, 0), result["messages"]
 
 
-def test_a_writer_without_bitmap_support_invalidates_them(tmp_path: Path) -> None:
-    """The offline image layer keeps no bitmaps current, so a read-write open drops autoclear
-    bit 0: the bitmaps are then ignored (their clusters leak), never trusted while stale."""
+def test_offline_writes_keep_persistent_bitmaps_current(tmp_path: Path) -> None:
+    """The offline image layer (blocktxn io / img) keeps a writable image's persistent bitmaps
+    current and stores them at close, as qemu-io does: nothing leaks, nothing goes stale."""
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", MiB)
     machine = open_machine(path)
     bitmap_add(machine, "drive0", "b", persistent=True).set_dirty(0, 1)
     machine.close()
     with open_image_chain(str(path), "qcow2", read_only=False) as img:
-        img.pwrite(0, b"x" * 512)
+        img.pwrite(512 * 1024, b"x" * 512)
     machine = open_machine(path)
     try:
-        assert bitmaps_of(machine) == {}
+        assert {name: bm.count() for name, bm in bitmaps_of(machine).items()} == {"b": 2 * 65536}
     finally:
         machine.close()
-    assert on_disk(path) == []
-    # Directory, table and one data cluster are no longer referenced: leaked, as QEMU counts them.
     result = emulated_check(path)
-    assert (result["corruptions"], result["leaks"]) == (0, 3), result["messages"]
+    assert (result["corruptions"], result["leaks"]) == (0, 0), result["messages"]
     if shutil.which("qemu-img"):
-        r = real("qemu-img", "check", str(path), check=False)
-        assert r.returncode == 3 and "3 leaked clusters were found on the image." in r.stdout
+        assert real("qemu-img", "check", str(path), check=False).returncode == 0
 
 
 def test_limits_and_messages(tmp_path: Path) -> None:

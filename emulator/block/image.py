@@ -13,6 +13,7 @@ from typing import Self
 
 from emulator.error import QemuError
 
+from .dirty_bitmap import DirtyBitmapSet
 from .file import FileStorage
 from .node import BLOCK_ALLOCATED, BLOCK_ZERO
 from .qcow2 import QCOW_MAGIC, Qcow2Image
@@ -99,6 +100,9 @@ class OpenedImage:
         self.read_only = read_only
         #: Whether guest discards reach the image (QEMU's discard=unmap); off by default as in QEMU.
         self.discard_enabled = discard
+        #: Persistent bitmaps of a writable top qcow2: kept current by writes and stored at close,
+        #: as qemu-io/qemu-img do (instead of invalidating them).
+        self.bitmaps: DirtyBitmapSet | None = None
         if qcow2 is not None:
             qcow2.set_backing(backing)
 
@@ -139,12 +143,17 @@ class OpenedImage:
             return self.qcow2.pread(offset, length)
         return self.file.pread(offset, length)
 
+    def _mark_dirty(self, offset: int, length: int) -> None:
+        if self.bitmaps is not None:
+            self.bitmaps.mark_dirty(offset, length)
+
     def pwrite(self, offset: int, data: bytes) -> None:
         self._check(offset, len(data), True)
         if self.qcow2:
             self.qcow2.pwrite(offset, data)
         else:
             self.file.pwrite(offset, data)
+        self._mark_dirty(offset, len(data))
 
     def pwrite_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
         self._check(offset, length, True)
@@ -152,6 +161,7 @@ class OpenedImage:
             self.qcow2.pwrite_zeroes(offset, length, may_unmap)
         else:
             self.file.pwrite(offset, bytes(length))
+        self._mark_dirty(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
         self._check(offset, length, True)
@@ -159,6 +169,7 @@ class OpenedImage:
             return
         if self.qcow2:
             self.qcow2.discard(offset, length)
+            self._mark_dirty(offset, length)
 
     def flush(self) -> None:
         if self.read_only:
@@ -235,7 +246,10 @@ class OpenedImage:
         return True
 
     def close(self) -> None:
-        """Close the whole chain."""
+        """Close the whole chain (storing the top image's persistent bitmaps first)."""
+        if self.bitmaps is not None and self.qcow2 is not None:
+            self.qcow2.bitmap_store.store(self.bitmaps, writable=True)
+            self.bitmaps = None
         for img in self.chain():
             if img.qcow2:
                 img.qcow2.close()
@@ -264,7 +278,8 @@ def open_image_chain(filename: str, fmt: str | None = None, *, read_only: bool =
     file = FileStorage(filename, read_only=read_only)
     try:
         fmt = fmt or probe_format(file)
-        qcow2 = Qcow2Image.open(file, read_only=read_only) if fmt == "qcow2" else None
+        keep = fmt == "qcow2" and not read_only
+        qcow2 = Qcow2Image.open(file, read_only=read_only, keep_bitmaps=keep) if fmt == "qcow2" else None
         back: OpenedImage | None = None
         if qcow2 is not None and qcow2.backing_file and backing:
             path = backing_path(filename, qcow2.backing_file)
@@ -273,7 +288,11 @@ def open_image_chain(filename: str, fmt: str | None = None, *, read_only: bool =
                                         _seen=_seen | {real})
             except QemuError as e:
                 raise QemuError(f"Could not open backing file: {e.desc}") from None
-        return OpenedImage(filename, fmt, file, qcow2, back, read_only=read_only, discard=discard)
+        opened = OpenedImage(filename, fmt, file, qcow2, back, read_only=read_only, discard=discard)
+        if keep and qcow2 is not None:
+            opened.bitmaps = DirtyBitmapSet()
+            qcow2.bitmap_store.load(opened.bitmaps, writable=True)
+        return opened
     except BaseException:
         file.close()
         raise

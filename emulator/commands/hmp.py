@@ -25,13 +25,16 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
         words = shlex.split(args)
     except ValueError:
         return _hmp_output("Error: qemu-io: unbalanced quotes\n")
-    if words and words[0] == "-d":
+    device_only = bool(words) and words[0] == "-d"
+    if device_only:
         words = words[1:]
     if len(words) != 2:
         return _hmp_output("Parameter 'command' is missing\n" if len(words) < 2 else
                            "qemu-io: too many arguments\n")
     device, command = words
     backend = machine.block.find_backend(device)
+    if device_only and backend is None:  # -d: the name must be a device (hmp_qemu_io)
+        return _hmp_output(f"Error: Device '{device}' not found\n")
     target = backend.root if backend is not None else machine.block.find_node(device)
     if target is None:
         return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
