@@ -74,14 +74,13 @@ def create_image(filename: str, fmt: str, size: int, *, backing_file: str | None
     if fmt == "qcow2":
         Qcow2Image.validate_cluster_size(cluster_size or 65536)  # before the file is created
     rounded = (size + 511) // 512 * 512
-    storage = FileStorage(filename, create=True)
+    storage = FileStorage(filename, create=True, no_flush=True)
     try:
         if fmt == "raw":
             storage.truncate(rounded)
         else:
             Qcow2Image.create(storage, rounded, cluster_size=cluster_size or 65536,
                               backing_file=backing_file, backing_fmt=backing_fmt)
-        storage.flush()
     finally:
         storage.close()
     return message
