@@ -24,7 +24,7 @@ class CopyBeforeWriteNode(BlockNode):
     def __init__(self, node_name: str, source: BlockNode, target: BlockNode, copy_hook: CopyHook,
                  *, cluster_size: int, auto_named: bool = False) -> None:
         super().__init__(node_name, auto_named=auto_named)
-        self.implicit = auto_named
+        # QEMU 7.2 does not mark the filter implicit: query-block shows it above the drive's node.
         self.copy_hook = copy_hook
         self.attach_child("file", source)
         self.attach_child("target", target)

@@ -127,6 +127,8 @@ def exact_filename(node: BlockNode) -> str:
     """bs->exact_filename: a plain name that reopens the same tree, or "" if there is none."""
     if node.implicit and node.primary_child() is not None:
         return exact_filename(node.primary_child())  # type: ignore[arg-type]
+    if node.driver == "copy-before-write" and node.primary_child() is not None:
+        return node_filename(node.primary_child())  # type: ignore[arg-type]  # cbw_refresh_filename
     if node.driver == "file":
         return str(getattr(node, "filename", ""))
     if node.driver == "null-co":

@@ -46,10 +46,11 @@ def creation_message(filename: str, fmt: str, size: int, *, backing_file: str | 
         return f"Formatting '{filename}', fmt=raw size={size}"
     parts = [f"Formatting '{filename}', fmt=qcow2", f"cluster_size={cluster_size or 65536}",
              "extended_l2=off", "compression_type=zlib", f"size={size}"]
+    # qemu_opts_print escapes commas in string values by doubling them.
     if backing_file:
-        parts.append(f"backing_file={backing_file}")
+        parts.append(f"backing_file={backing_file.replace(',', ',,')}")
     if backing_fmt:
-        parts.append(f"backing_fmt={backing_fmt}")
+        parts.append(f"backing_fmt={backing_fmt.replace(',', ',,')}")
     parts += ["lazy_refcounts=off", "refcount_bits=16"]
     return " ".join(parts)
 

@@ -778,14 +778,13 @@ class Qcow2Image:
         """(bytes, BLOCK_* flags) of this layer at `offset`; 0 flags = unallocated (see backing)."""
         if offset >= self.size or length <= 0:
             return 0, 0
-        total, flags = 0, -1
+        # qcow2_co_block_status reports one run: same cluster type, host clusters contiguous, and
+        # within one L2 table (qcow2_get_host_offset never looks past its L2 slice).
+        span = self.cluster_size * self.l2_entries
+        length = min(length, (offset // span + 1) * span - offset)
         for _, n, t, _host in self._extents(offset, length):
-            f = _TYPE_FLAGS[t]
-            if flags not in (-1, f):
-                break
-            flags = f
-            total += n
-        return total, max(flags, 0)
+            return n, _TYPE_FLAGS[t]
+        return 0, 0
 
     def mapping(self, offset: int, length: int) -> tuple[int, int, int | None]:
         """(bytes, flags, host offset or None) of the first host-contiguous run at `offset`."""

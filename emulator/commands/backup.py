@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
+from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
@@ -57,6 +58,7 @@ class BackupAction(BaseAction):
         source = self.machine.block.lookup_bs(args["device"])
         release = None
         if self.kind == "drive-backup":
+            source.op_check("backup-source")  # QEMU's "early check to avoid creating target"
             target, release = self._open_drive_target(source)
         else:
             target = self.machine.block.lookup_bs(args["target"])
@@ -85,7 +87,7 @@ class BackupAction(BaseAction):
         target_name: str = args["target"]
         if mode != "existing":
             assert fmt is not None
-            backing_file = _filename_of(backing) if backing is not None else None
+            backing_file = node_filename(backing) if backing is not None else None
             backing_fmt = backing.driver if backing is not None else None
             message = create_image(target_name, fmt, size, backing_file=backing_file,
                                    backing_fmt=backing_fmt)

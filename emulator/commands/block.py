@@ -72,18 +72,25 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str,
             info["full-backing-filename"] = backing_path(node_filename(node), backing_name)
             if node.image.backing_format:
                 info["backing-filename-format"] = node.image.backing_format
-    backing = node.backing
-    if with_backing_image and backing is not None:
-        info["backing-image"] = image_info(backing, with_backing_image=True)
+    below = filtered_or_cow_child(node)
+    if with_backing_image and below is not None:
+        info["backing-image"] = image_info(below, with_backing_image=True)
     return info
+
+
+def filtered_or_cow_child(node: BlockNode) -> BlockNode | None:
+    """bdrv_filter_or_cow_bs: a filter's data child, else the COW backing."""
+    if node.is_filter:
+        return node.primary_child()
+    return node.backing
 
 
 def _backing_depth(node: BlockNode) -> int:
     depth = 0
-    current = node.backing
+    current = filtered_or_cow_child(node)
     while current is not None:
         depth += 1
-        current = current.backing
+        current = filtered_or_cow_child(current)
     return depth
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 
+from emulator.block.node import BlockNode
 from emulator.block.qemu_io import run_command
 from emulator.error import QemuError
 from emulator.machine import Machine
@@ -38,6 +39,10 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
     target = backend.root if backend is not None else machine.block.find_node(device)
     if target is None:
         return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
+    if backend is None and _needs_write(command):
+        conflict = _write_conflict(target)
+        if conflict:
+            return _hmp_output(conflict + "\n")
     # qemu-io's normal output goes to QEMU's stdout; its error_report() lines come back in the reply.
     reported: list[str] = []
     run_command(target, command, machine.stdout, report=reported.append)
@@ -46,6 +51,30 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
     except (OSError, ValueError):
         pass
     return _hmp_output("".join(line + "\n" for line in reported))
+
+
+#: qemu-io commands that take the 'write' permission on the temporary BlockBackend.
+_WRITE_COMMANDS = frozenset({"write", "w", "aio_write", "writev", "discard", "d",
+                             "aio_discard", "truncate", "zone_open", "zone_close", "zone_finish",
+                             "zone_reset", "zone_append"})
+
+
+def _needs_write(command: str) -> bool:
+    words = command.split()
+    return bool(words) and words[0] in _WRITE_COMMANDS
+
+
+def _write_conflict(node: BlockNode) -> str | None:
+    """A node-name qemu-io attaches an unnamed BlockBackend; asking it for 'write' fails while a
+    copy-before-write filter above the node holds it without sharing writes (QEMU's message)."""
+    for parent in node.parents:
+        if isinstance(parent, BlockNode) and parent.driver == "copy-before-write" \
+                and parent.children.get("file") is node:
+            return (f"Permission conflict on node '{node.node_name}': permissions 'write' are both "
+                    f"required by an unnamed block device (uses node '{node.node_name}' as 'root' "
+                    f"child) and unshared by node '{parent.node_name}' (uses node "
+                    f"'{node.node_name}' as 'file' child).")
+    return None
 
 
 HMP_COMMANDS = {"qemu-io": _hmp_qemu_io}
