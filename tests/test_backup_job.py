@@ -250,6 +250,7 @@ def test_user_cancel_in_a_group_cancels_the_partner(tmp_path: Path) -> None:
 def test_failed_prepare_rolls_back_every_action(tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         h.drive("drive0")
+        h.drive("drive1")
         h.cmd("block-dirty-bitmap-add", node="drive0", name="keep")
         h.write("drive0", "0x11", "0", "64k")
         with pytest.raises(QemuError, match="Bitmap 'nosuch' could not be found"):
@@ -259,7 +260,7 @@ def test_failed_prepare_rolls_back_every_action(tmp_path: Path) -> None:
                 {"type": "drive-backup", "data": {"job-id": "j0", "device": "drive0", "sync": "full",
                                                   "format": "qcow2",
                                                   "target": str(tmp_path / "full.qcow2")}},
-                {"type": "drive-backup", "data": {"job-id": "j1", "device": "drive0",
+                {"type": "drive-backup", "data": {"job-id": "j1", "device": "drive1",
                                                   "sync": "incremental", "bitmap": "nosuch",
                                                   "format": "qcow2",
                                                   "target": str(tmp_path / "inc.qcow2")}}])
