@@ -98,11 +98,32 @@ def _emulate(extra: list[str]) -> int:
     return int(status or 0)
 
 
+def _fuzz(extra: list[str]) -> int:
+    from conformance.differential import main as fuzz_main  # noqa: PLC0415
+
+    return int(fuzz_main(extra) or 0)
+
+
+def _img(extra: list[str]) -> int:
+    from emulator.tools.img import main as img_main  # noqa: PLC0415
+
+    return int(img_main(extra) or 0)
+
+
+def _io(extra: list[str]) -> int:
+    from emulator.tools.io import main as io_main  # noqa: PLC0415
+
+    return int(io_main(extra) or 0)
+
+
 COMMANDS = {
     "conform": (_conform, "conformance cases on the emulator target (extra args go to pytest)"),
     "test": (_test, "unit tests + conformance on the emulator and, if found, real QEMU"),
     "emulate": (_emulate, "run the emulator in the foreground with QEMU-like arguments"),
     "record-golden": (_record_golden, "record golden logs from real QEMU (-k EXPR to select)"),
+    "fuzz": (_fuzz, "differential fuzzing against real QEMU: --minutes M [--seed S] [--out DIR]"),
+    "img": (_img, "qemu-img work-alike over the emulator's image code"),
+    "io": (_io, "qemu-io work-alike over the emulator's image code"),
 }
 
 
