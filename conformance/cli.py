@@ -56,15 +56,26 @@ def translate_report_option(extra: Sequence[str]) -> list[str]:
             result += ["--blocktxn-report", str(Path(directory).resolve())]
         elif arg.startswith("--report="):
             result += ["--blocktxn-report", str(Path(arg.removeprefix("--report=")).resolve())]
+        elif not arg.startswith("-") and Path(arg.split("::")[0]).exists():
+            path, sep, rest = arg.partition("::")  # a case path: pytest runs in the repository
+            result.append(str(Path(path).resolve()) + sep + rest)
         else:
             result.append(arg)
     return result
 
 
+def _case_paths(extra: list[str]) -> list[Path]:
+    """The cases to run: case files or directories named on the command line, else all of them.
+
+    (Naming a file must not also run every other case — record-golden would re-record them all.)"""
+    named = [arg for arg in extra if not arg.startswith("-") and Path(arg.split("::")[0]).exists()]
+    return [] if named else [CASES_DIR]
+
+
 def _conform(extra: list[str]) -> int:
     extra = translate_report_option(extra)
     targets = [] if "--target" in extra else ["--target", "emulator"]
-    return run_pytest([CASES_DIR], [*targets, *extra])
+    return run_pytest(_case_paths(extra), [*targets, *extra])
 
 
 def _test(extra: list[str]) -> int:
@@ -88,7 +99,8 @@ def _test(extra: list[str]) -> int:
 
 def _record_golden(extra: list[str]) -> int:
     extra = translate_report_option(extra)
-    return run_pytest([CASES_DIR], ["--target", "qemu", "--update-golden", "--require-qemu", *extra])
+    return run_pytest(_case_paths(extra), ["--target", "qemu", "--update-golden", "--require-qemu",
+                                           *extra])
 
 
 def _emulate(extra: list[str]) -> int:
