@@ -54,6 +54,9 @@ def _image_epilogue(run: DifferentialRun, qemu_img: str) -> tuple[list[str], lis
     images whose contents are too fragmented to rebuild."""
     lines: list[str] = []
     notes: list[str] = []
+    for name in run.existence_differs:
+        lines += [f"# {name} exists on one target only.",
+                  f"vm.tools.info(vm.path({name!r}), 'qcow2')"]
     for name in run.differing_images:
         runs = content_runs(qemu_img, run.reference.vm.path(name))
         if len(runs) > MAX_RUNS:
@@ -71,8 +74,10 @@ def _image_epilogue(run: DifferentialRun, qemu_img: str) -> tuple[list[str], lis
     return lines, notes
 
 
-def render_case(divergence: Divergence, run: DifferentialRun, qemu_img: str) -> tuple[str, str]:
-    """(name, source of conformance/cases/<name>.py) for a divergence of `run`."""
+def render_case(divergence: Divergence, run: DifferentialRun, qemu_img: str,
+                name: str | None = None, summary_text: str = "") -> tuple[str, str]:
+    """(name, source of conformance/cases/<name>.py) for a divergence of `run`; `name` and a
+    human summary (first in the docstring) may be given when a person curates the case."""
     body = render_steps(run.steps, run.waits)
     if run.shut_down:
         body.append("await vm.shutdown()")
@@ -80,12 +85,15 @@ def render_case(divergence: Divergence, run: DifferentialRun, qemu_img: str) -> 
         body += epilogue
     else:
         notes = []
-    name = case_name(divergence, "\n".join(body))
+    name = name or case_name(divergence, "\n".join(body))
     summary = divergence.detail.strip().splitlines()
-    shown = "\n".join(f"    {line}" for line in summary[:40])
+    shown = "\n".join(f"    {line}" for line in summary[:40]).replace('"""', "'''")
     note_text = "".join(f"\n    Note: {note}" for note in notes)
     indented = "\n".join(f"    {line}" if line else "" for line in body)
-    source = f'''"""Found by the differential fuzzer (``blocktxn fuzz``): real QEMU 7.2 and the emulator
+    helpers = ["launch_scenario"] + [helper for helper in ("wait_first_chunk", "wait_statuses")
+                                     if any(line.startswith(f"await {helper}(") for line in body)]
+    imports = "".join(f"    {helper},\n" for helper in helpers)
+    source = f'''r"""{summary_text}Found by the differential fuzzer (``blocktxn fuzz``): real QEMU 7.2 and the emulator
 diverged ({divergence.kind}) at step {divergence.step_index} of this scenario.
 
 What differed when it was found (reference = real QEMU, candidate = emulator):
@@ -97,11 +105,8 @@ Record the golden from real QEMU with ``{RECORD_COMMAND.format(name=name)}``.
 
 from __future__ import annotations
 
-from conformance.differential_steps import (  # noqa: F401
-    launch_scenario,
-    wait_first_chunk,
-    wait_statuses,
-)
+from conformance.differential_steps import (
+{imports})
 from conformance.vm import VM
 
 

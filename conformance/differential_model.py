@@ -43,6 +43,7 @@ class JobState:
     txn: int
     target: str
     speed: int = 0
+    sync: str = "full"
     bitmap: str | None = None
     auto_finalize: bool = True
     auto_dismiss: bool = True
@@ -71,6 +72,8 @@ class Model:
     held: dict[str, bool] = field(default_factory=dict)
     #: jobs stopped by on-source-error=stop (paused until resumed).
     error_stopped: set[str] = field(default_factory=set)
+    #: Known divergences not to generate again (names in conformance.differential_gen.AVOIDABLE).
+    avoid: frozenset[str] = frozenset()
 
     # ---- names ------------------------------------------------------------------------------
     def new_job_id(self) -> str:
@@ -79,9 +82,12 @@ class Model:
 
     def new_target(self) -> str:
         self.next_target += 1
-        name = f"t{self.next_target}.qcow2"
-        self.targets.append(name)
-        return name
+        return f"t{self.next_target}.qcow2"
+
+    def note_target(self, name: str) -> None:
+        """A backup named this target file (whether or not it was accepted)."""
+        if name not in self.targets:
+            self.targets.append(name)
 
     def new_txn(self) -> int:
         self.next_txn += 1
@@ -148,6 +154,7 @@ class Model:
             id=str(arguments["job-id"]), node=NODE_OF[device], txn=txn,
             target=getattr(arguments["target"], "name", str(arguments["target"])),
             speed=int(arguments.get("speed", 0)),
+            sync=str(arguments.get("sync")),
             bitmap=arguments.get("bitmap"),
             auto_finalize=bool(arguments.get("auto-finalize", True)),
             auto_dismiss=bool(arguments.get("auto-dismiss", True)),
@@ -201,7 +208,7 @@ class Model:
             self.error_stopped.discard(job.id)
         elif command == "block-job-set-speed":
             job.speed = int(arguments.get("speed", 0))
-            if job.speed == 0:
+            if job.speed == 0 and job.sync != "none":
                 self.held[job.id] = False
         elif command == "job-finalize":
             for member in [job, *self.partners(job)]:

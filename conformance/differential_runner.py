@@ -21,6 +21,7 @@ ReferenceFailure instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import shutil
 import tempfile
@@ -33,6 +34,7 @@ from conformance.differential_model import ENDED, Model
 from conformance.differential_steps import (
     WAIT_TIMEOUT,
     HmpIo,
+    Img,
     Qmp,
     Step,
     StepWaits,
@@ -44,12 +46,13 @@ from conformance.differential_steps import (
     wait_for_status_change,
 )
 from conformance.imagetools import QemuImageTools
-from conformance.normalize import PathMap, normalize, normalize_job_events
+from conformance.normalize import normalize, normalize_job_events
 from conformance.qmplog import QmpLog
 from conformance.targets import QemuBinaries, Target
 from conformance.vm import VM, VMError
 
 IO_ERROR = "Input/output error"
+NODE_DRIVE1 = "drive1"
 CASE_NAME = "differential"
 #: Bound of one QMP exchange on either target.
 QMP_TIMEOUT = 15.0
@@ -129,6 +132,20 @@ class Side:
         shutil.rmtree(self.sockdir, ignore_errors=True)
 
 
+def _backup_targets(primitive: Qmp) -> list[str]:
+    """Target file names of a drive-backup command or of a transaction's backup actions."""
+    arguments = primitive.arguments or {}
+    if primitive.command == "drive-backup":
+        backups = [arguments]
+    elif primitive.command == "transaction":
+        backups = [action.get("data") or {} for action in arguments.get("actions", [])
+                   if action.get("type") == "drive-backup"]
+    else:
+        return []
+    return [target.name for target in (backup.get("target") for backup in backups)
+            if isinstance(target, Img)]
+
+
 def _diff(reference: Sequence[str], candidate: Sequence[str], labels: tuple[str, str]) -> str:
     return "\n".join(difflib.unified_diff(list(reference), list(candidate), *labels, lineterm=""))
 
@@ -137,18 +154,29 @@ class DifferentialRun:
     """One scenario on a (reference, candidate) pair."""
 
     def __init__(self, reference: Target, candidate: Target, workdir: Path,
-                 binaries: QemuBinaries) -> None:
+                 binaries: QemuBinaries, avoid: frozenset[str] = frozenset()) -> None:
         self.workdir = workdir
         self.reference = Side.create(f"{reference.name} (reference)", reference, workdir / "ref")
         self.candidate = Side.create(f"{candidate.name} (candidate)", candidate, workdir / "cand")
         self.images = QemuImageTools(str(binaries.img), str(binaries.io), cwd=workdir)
-        self.model = Model()
+        self.model = Model(avoid=avoid)
         self.steps: list[Step] = []
         self.waits: list[StepWaits | None] = []
         #: Images whose contents differ, with the reference's copy (for the generated case).
         self.differing_images: list[str] = []
+        #: Images that exist on one target only.
+        self.existence_differs: list[str] = []
         self.shut_down = False
         self._compared_jobs: set[str] = set()
+        #: With keep_going, comparisons record divergences here instead of raising (used to
+        #: render a curated case that goes on past the first difference).
+        self.keep_going = False
+        self.collected: list[Divergence] = []
+
+    def _diverge(self, divergence: Divergence) -> None:
+        if not self.keep_going:
+            raise divergence
+        self.collected.append(divergence)
 
     @property
     def sides(self) -> tuple[Side, Side]:
@@ -161,18 +189,21 @@ class DifferentialRun:
 
     async def _both(self, what: str, reference: Any, candidate: Any) -> tuple[Any, Any]:
         """Await both coroutines; a reference failure wins over a candidate failure."""
-        ref_result, cand_result = await asyncio.gather(reference, candidate, return_exceptions=True)
+        results: list[Any] = list(await asyncio.gather(reference, candidate, return_exceptions=True))
+        ref_result, cand_result = results
         if isinstance(ref_result, BaseException):
-            if isinstance(ref_result, (VMError, TimeoutError, OSError, AssertionError)):
-                raise ReferenceFailure(f"{self.reference.label} failed during {what}: "
-                                       f"{ref_result!r}") from ref_result
-            raise ref_result
+            if not isinstance(ref_result, Exception) or isinstance(ref_result, Divergence):
+                raise ref_result
+            stderr = self.reference.vm.instance.stderr_text() if self.reference.vm.instance else ""
+            raise ReferenceFailure(f"{self.reference.label} failed during {what}: {ref_result!r}"
+                                   + (f"; its stderr: {stderr.strip()[-500:]}" if stderr.strip() else "")
+                                   ) from ref_result
         if isinstance(cand_result, BaseException):
-            if isinstance(cand_result, (VMError, TimeoutError, OSError, AssertionError)):
-                raise Divergence("failure", len(self.steps) - 1,
-                                 f"{self.candidate.label} failed during {what} where "
-                                 f"{self.reference.label} did not: {cand_result!r}")
-            raise cand_result
+            if not isinstance(cand_result, Exception) or isinstance(cand_result, Divergence):
+                raise cand_result
+            raise Divergence("failure", len(self.steps) - 1,
+                             f"{self.candidate.label} failed during {what} where "
+                             f"{self.reference.label} did not: {cand_result!r}")
         return ref_result, cand_result
 
     async def apply(self, step: Step) -> None:
@@ -186,22 +217,29 @@ class DifferentialRun:
                                           run_step(self.candidate.vm, step))
         self._compare_conversation(index, *marks)
         started = self._update_model(step, ref_results)
+        # Only a speed-limited job can be held after its first copy task (an unlimited one just
+        # runs to its end, which the settle waits for); a sync=none job copies nothing by
+        # itself and runs until cancelled.
+        jobs = [self.model.jobs[job] for job in started]
+        copying = [job.id for job in jobs if job.sync != "none" and job.speed > 0]
+        idle = {job.id: job.sync == "none" for job in jobs if job.id not in copying}
         ref_held, cand_held = await self._both(
-            "the first copy task", wait_first_chunk(self.reference.vm, *started),
-            wait_first_chunk(self.candidate.vm, *started))
+            "the first copy task", wait_first_chunk(self.reference.vm, *copying),
+            wait_first_chunk(self.candidate.vm, *copying))
+        ref_held, cand_held = {**idle, **ref_held}, {**idle, **cand_held}
         self.reference.held.update(ref_held)
         self.candidate.held.update(cand_held)
         if ref_held != cand_held:
-            raise Divergence("job-state", index, "after the first copy task, held (speed-limited "
+            self._diverge(Divergence("job-state", index, "after the first copy task, held (speed-limited "
                              f"with work left): {self.reference.label} {ref_held}, "
-                             f"{self.candidate.label} {cand_held}")
+                             f"{self.candidate.label} {cand_held}"))
         await self._both("settling", self.reference.settle(self.model),
                          self.candidate.settle(self.model))
         self._compare_jobs(index)
         self._learn_from_reference()
         after = self.reference.statuses()
         self.waits[index] = StepWaits(
-            started=list(started),
+            started=copying,
             statuses={job: status for job, status in after.items()
                       if status != before.get(job) and job in self.model.jobs},
         )
@@ -219,7 +257,11 @@ class DifferentialRun:
                     elif primitive.command == "flush":
                         model.blkdebug_armed = True
                 continue
-            if not isinstance(primitive, Qmp) or not isinstance(result, dict) or "return" not in result:
+            if not isinstance(primitive, Qmp):
+                continue
+            for target in _backup_targets(primitive):
+                model.note_target(target)
+            if not isinstance(result, dict) or "return" not in result:
                 continue
             arguments = dict(primitive.arguments or {})
             command = primitive.command
@@ -232,7 +274,9 @@ class DifferentialRun:
                 started += model.apply_transaction(arguments["actions"], grouped)
             elif command.startswith(("job-", "block-job-")):
                 model.apply_job_verb(command, arguments)
-                if command == "block-job-set-speed" and arguments.get("speed") == 0:
+                job = model.jobs.get(str(arguments.get("device")))
+                if (command == "block-job-set-speed" and arguments.get("speed") == 0
+                        and job is not None and job.sync != "none"):
                     for side in self.sides:
                         side.held[str(arguments.get("device"))] = False
         return started
@@ -256,8 +300,8 @@ class DifferentialRun:
         reference = self.reference.normalized_slice(ref_mark)
         candidate = self.candidate.normalized_slice(cand_mark)
         if reference != candidate:
-            raise Divergence("reply", index, _diff(reference, candidate,
-                                                   (self.reference.label, self.candidate.label)))
+            self._diverge(Divergence("reply", index, _diff(reference, candidate,
+                                                   (self.reference.label, self.candidate.label))))
 
     def _job_lines(self, side: Side, job_id: str) -> list[str]:
         return normalize_job_events(job_events(side.vm).get(job_id, []), side.vm.paths)
@@ -273,12 +317,12 @@ class DifferentialRun:
             if ref_stopped != cand_stopped:
                 lines.append(f"stopped on error: {sorted(ref_stopped)} vs {sorted(cand_stopped)}")
             lines += self._event_diffs(sorted(differing))
-            raise Divergence("job-state", index, "\n".join(lines))
+            self._diverge(Divergence("job-state", index, "\n".join(lines)))
         ended = [job for job, (status, _) in states.items()
                  if status == ENDED and job not in self._compared_jobs]
         diffs = self._event_diffs(ended)
         if diffs:
-            raise Divergence("job-events", index, "\n".join(diffs))
+            self._diverge(Divergence("job-events", index, "\n".join(diffs)))
         self._compared_jobs.update(ended)
 
     def _event_diffs(self, jobs: Sequence[str]) -> list[str]:
@@ -311,11 +355,11 @@ class DifferentialRun:
         self._compare_conversation(index, *marks)
         diffs = self._event_diffs(sorted(set(self.model.jobs) - self._compared_jobs))
         if diffs:
-            raise Divergence("job-events", index, "\n".join(diffs))
+            self._diverge(Divergence("job-events", index, "\n".join(diffs)))
         others = [normalize(side.vm.log, side.vm.paths).other_events for side in self.sides]
         if others[0] != others[1]:
-            raise Divergence("events", index, _diff(others[0], others[1],
-                                                    (self.reference.label, self.candidate.label)))
+            self._diverge(Divergence("events", index, _diff(others[0], others[1],
+                                                    (self.reference.label, self.candidate.label))))
         self._compare_images(index)
 
     def comparable_images(self) -> list[str]:
@@ -335,6 +379,7 @@ class DifferentialRun:
         for name in ["drive0.qcow2", "drive1.qcow2", *self.model.targets]:
             exists = [(side.vm.path(name)).exists() for side in self.sides]
             if exists[0] != exists[1]:
+                self.existence_differs.append(name)
                 problems.append(f"{name}: exists on {self.reference.label}: {exists[0]}, "
                                 f"on {self.candidate.label}: {exists[1]}")
         for name in self.comparable_images():
@@ -355,7 +400,16 @@ class DifferentialRun:
                     problems.append(f"{name}: qemu-img check of the {self.candidate.label} copy: "
                                     f"exit {check.returncode}: {check.output.strip()}")
         if problems:
-            raise Divergence("image", index, "\n".join(problems))
+            self._diverge(Divergence("image", index, "\n".join(problems)))
+
+    async def aclose(self) -> None:
+        """Disconnect both QMP clients (on the loop they run on), then stop both targets."""
+        for side in self.sides:
+            client = getattr(side.vm, "_client", None)
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.disconnect(), 5)
+        self.close()
 
     def close(self) -> None:
         for side in self.sides:
@@ -366,4 +420,3 @@ class DifferentialRun:
         return "\n".join(f"==== {side.label} ====\n{side.vm.log.raw_text()}" for side in self.sides)
 
 
-NODE_DRIVE1 = "drive1"

@@ -203,9 +203,14 @@ async def wait_first_chunk(vm: VM, *job_ids: str, timeout: float = WAIT_TIMEOUT)
         jobs = {job["id"]: job for job in await execute_unlogged(vm, "query-jobs")}
         for job_id in list(pending):
             job = jobs.get(job_id)
-            if job is None or job["status"] != "running":
+            status = job["status"] if job is not None else "null"
+            if status in ("created", "paused") and not _stopped_on_error(vm, job_id):
+                continue  # still starting, or in the start's drain: not conclusive yet
+            if status != "running":
                 held[job_id] = False
-            elif job["current-progress"] > 0 or job["total-progress"] == 0:
+            elif job is not None and job["current-progress"] > 0:
+                # (total-progress is 0 both for an empty incremental and for a job that has not
+                # counted its work yet; an empty one leaves "running" by itself.)
                 held[job_id] = job["current-progress"] < job["total-progress"]
             else:
                 continue
@@ -215,6 +220,14 @@ async def wait_first_chunk(vm: VM, *job_ids: str, timeout: float = WAIT_TIMEOUT)
                 raise VMError(f"jobs {pending} made no progress within {timeout}s")
             await asyncio.sleep(_POLL)
     return held
+
+
+def _stopped_on_error(vm: VM, job_id: str) -> bool:
+    """The job reported BLOCK_JOB_ERROR with action stop (it stays paused until resumed)."""
+    return any(event.get("event") == "BLOCK_JOB_ERROR"
+               and (event.get("data") or {}).get("device") == job_id
+               and (event.get("data") or {}).get("action") == "stop"
+               for event in vm.log.events())
 
 
 async def wait_statuses(vm: VM, statuses: Mapping[str, str], timeout: float = WAIT_TIMEOUT) -> None:

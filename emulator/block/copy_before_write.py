@@ -31,6 +31,7 @@ class CopyBeforeWriteNode(BlockNode):
         # cbw_open's done_bitmap and access_bitmap (the latter starts fully dirty): QEMU lists
         # them on the filter node while the job runs.
         size = source.length()
+        self.cluster_size = cluster_size
         self.done_bitmap = self.dirty_bitmaps.create(None, cluster_size, size, disabled=True)
         self.access_bitmap = self.dirty_bitmaps.create(None, cluster_size, size, disabled=True)
         self.access_bitmap.set_dirty(0, size)
@@ -45,16 +46,23 @@ class CopyBeforeWriteNode(BlockNode):
     def _pread(self, offset: int, length: int) -> bytes:
         return self.source.pread(offset, length)
 
+    def _copy_before_write(self, offset: int, length: int) -> None:
+        """cbw_do_copy_before_write: copy the old data, then mark the clusters done."""
+        self.copy_hook(offset, length)
+        start = offset - offset % self.cluster_size
+        end = -(-(offset + length) // self.cluster_size) * self.cluster_size
+        self.done_bitmap.set_dirty(start, min(end, self.done_bitmap.size) - start)
+
     def _pwrite(self, offset: int, data: bytes) -> None:
-        self.copy_hook(offset, len(data))
+        self._copy_before_write(offset, len(data))
         self.source.pwrite(offset, data)
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
-        self.copy_hook(offset, length)
+        self._copy_before_write(offset, length)
         self.source.pwrite_zeroes(offset, length, may_unmap)
 
     def _discard(self, offset: int, length: int) -> None:
-        self.copy_hook(offset, length)
+        self._copy_before_write(offset, length)
         self.source.discard(offset, length)
 
     def _truncate(self, size: int) -> None:
