@@ -308,8 +308,15 @@ def _parse_string(text: bytes) -> str:
     return "".join(out)
 
 
+#: Digits (and sign) of the longest integer that can fit uint64 or int64.
+_MAX_INTEGER_TEXT = 20
+
+
 def _parse_number(kind: int, text: bytes) -> int | float:
-    if kind == JSON_INTEGER:
+    """QNUM_I64 or QNUM_U64 when the integer fits, else strtod() (which gives inf when the
+    number is out of range).  Long digit strings never reach int(): Python refuses to convert
+    more than 4300 digits, and they cannot fit 64 bits anyway."""
+    if kind == JSON_INTEGER and len(text.lstrip(b"-")) <= _MAX_INTEGER_TEXT:
         value = int(text)
         if -(1 << 63) <= value < (1 << 64):
             return value

@@ -24,7 +24,10 @@ def _key_to_index(fragment: str, whole: bool) -> tuple[int, int]:
     match = _INDEX.match(fragment)
     if not match or (whole and match.end() != len(fragment)):
         return -1, 0
-    return min(int(match.group()), INT_MAX), match.end()
+    digits = match.group().lstrip("0") or "0"
+    if len(digits) > len(str(INT_MAX)):  # also keeps int() away from thousands of digits
+        return INT_MAX, match.end()
+    return min(int(digits), INT_MAX), match.end()
 
 
 def _put(cur: dict[str, Any], key_in_cur: str, value: str | None, key: str, cursor: int) -> Any:

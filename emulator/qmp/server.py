@@ -135,8 +135,11 @@ class QmpServer:
             raise QemuError(f"Failed to unlink socket {path}: {_strerror(exc)}") from exc
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            # On Linux, bind() creates the socket file with the socket inode's mode less the
+            # umask: setting it first means the file never exists with wider permissions.
+            os.fchmod(sock.fileno(), 0o600)
             sock.bind(path)
-            os.chmod(path, 0o600)
+            os.chmod(path, 0o600)  # for systems where the fchmod() above has no effect
             sock.listen(16)
             sock.setblocking(False)
         except OSError as exc:

@@ -3,7 +3,9 @@
 Bytes are fed to the connection's own JSON streamer; each complete value (or parse error) is
 handled strictly in arrival order, one at a time, and the reply written before the next is
 looked at.  Commands of all connections are serialized by the server's lock, as QEMU's single
-dispatcher coroutine does.  A client that disconnects mid-command only loses its reply.
+dispatcher coroutine does.  A client that disconnects mid-command only loses its reply.  Once a
+command has asked the machine to shut down (`quit`), nothing more is read or answered: QEMU's
+main loop exits, and requests pipelined behind `quit` get no reply.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class MonitorSession:
         self.send(greeting())
         try:
             await self._drain()
-            while not self._writer.is_closing():
+            while not self._writer.is_closing() and not self._shutting_down:
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
                     break
@@ -89,15 +91,23 @@ class MonitorSession:
         finally:
             await self.close()
 
+    @property
+    def _shutting_down(self) -> bool:
+        return self._dispatcher.machine.shutdown_requested
+
     async def _handle_pending(self) -> None:
-        while self._pending:
+        while self._pending and not self._shutting_down:
             value, err = self._pending.popleft()
             async with self._lock:
+                if self._shutting_down:  # another connection's quit ran while we waited
+                    break
                 if err is not None:
                     self.send(error_response(err))
                 else:
                     self.send(await self._dispatcher.dispatch(value, self))
             await self._drain()
+        if self._shutting_down:
+            self._pending.clear()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Flush what was written and close the stream."""

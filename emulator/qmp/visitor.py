@@ -93,6 +93,8 @@ def _strtox(text: str) -> int | None:
     if not match:
         return None
     sign, digits = match.groups()
+    if len(digits.lstrip("0xX")) > _MAX_DIGITS:  # overflows 64 bits: strtoll's ERANGE
+        return UINT64_MAX + 1
     if digits[:2] in ("0x", "0X"):
         magnitude = int(digits, 0)
     elif digits.startswith("0"):
@@ -101,6 +103,9 @@ def _strtox(text: str) -> int | None:
         magnitude = int(digits)
     return -magnitude if sign == "-" else magnitude
 
+
+#: More significant digits than any 64-bit number has, in any base used here (octal: 22).
+_MAX_DIGITS = 24
 
 _SIZE = re.compile(r"[ \t\n\v\f\r]*(0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]*)?)[ \t]*([bBkKmMgGtTpPeE]?)\Z")
 _SIZE_SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
@@ -113,6 +118,8 @@ def qemu_strtosz(text: str) -> int | None:
         return None
     number, suffix = match.groups()
     shift = _SIZE_SHIFT[suffix.lower()]
+    if len(number.split(".")[0].lstrip("0xX")) > _MAX_DIGITS:
+        return None  # beyond 2^64 (and too long for int())
     if number[:2] in ("0x", "0X"):
         value = int(number, 16) << shift
     elif "." in number:
