@@ -111,19 +111,19 @@ def _emulate(extra: list[str]) -> int:
 
 
 def _fuzz(extra: list[str]) -> int:
-    from conformance.differential import main as fuzz_main  # noqa: PLC0415
+    from conformance.differential import main as fuzz_main
 
     return int(fuzz_main(extra) or 0)
 
 
 def _img(extra: list[str]) -> int:
-    from emulator.tools.img import main as img_main  # noqa: PLC0415
+    from emulator.tools.img import main as img_main
 
     return int(img_main(extra) or 0)
 
 
 def _io(extra: list[str]) -> int:
-    from emulator.tools.io import main as io_main  # noqa: PLC0415
+    from emulator.tools.io import main as io_main
 
     return int(io_main(extra) or 0)
 
