@@ -29,6 +29,7 @@ from emulator.block.dirty_bitmap import (
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
 from emulator.machine import Machine
+from emulator.transaction import BaseAction
 
 from .registry import qapi_types, qmp_command
 
@@ -191,7 +192,7 @@ def qmp_block_dirty_bitmap_merge(machine: Machine, node: str, target: str, bitma
 
 
 # ---- transaction actions (blockdev.c's block_dirty_bitmap_*_prepare/commit/abort) -----------------
-class BitmapAction:
+class BitmapAction(BaseAction):
     """Base of the bitmap transaction actions: the QMP `data` and what prepare did."""
 
     def __init__(self, machine: Machine, data: dict[str, Any]) -> None:
@@ -203,15 +204,6 @@ class BitmapAction:
 
     def prepare(self) -> None:
         raise NotImplementedError
-
-    def commit(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def clean(self) -> None:
-        pass
 
 
 class BitmapAddAction(BitmapAction):
