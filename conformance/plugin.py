@@ -197,7 +197,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "target" in metafunc.fixturenames:
+    # Only conformance cases (``async def`` taking the target/vm) run once per target; a plain test
+    # elsewhere that happens to name a parameter "target" is left alone.
+    if "target" in metafunc.fixturenames and inspect.iscoroutinefunction(metafunc.function):
         targets = metafunc.config.stash[SETTINGS].targets
         metafunc.parametrize("target", targets, ids=targets, indirect=True)
 

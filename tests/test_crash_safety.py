@@ -181,14 +181,14 @@ def assert_not_corrupt(tool: ImageTools, image: Path) -> None:
 
 # ---- a stream of writes ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("kind", TARGETS)
 @pytest.mark.parametrize("kill_after", [1, 29, 113])
-def test_sigkill_during_a_write_stream(tmp_path: Path, target: str, kill_after: int) -> None:
+def test_sigkill_during_a_write_stream(tmp_path: Path, kind: str, kill_after: int) -> None:
     tool = tools(tmp_path)
     image = tmp_path / "disk.qcow2"
     tool.create(image, "qcow2", "64M").check()
     writes = plan_writes(160, seed=kill_after)
-    with started(target, tmp_path, ["-drive", f"if=none,id=drive0,file={image},format=qcow2"]) as vm:
+    with started(kind, tmp_path, ["-drive", f"if=none,id=drive0,file={image},format=qcow2"]) as vm:
         # Pipelined: the process is in the middle of a later write when it is killed.
         vm.send(*(hmp_io("drive0", f"write -P {p} {o} {n}", i) for i, (p, o, n) in enumerate(writes)))
         received = [vm.line() for _ in range(kill_after)]
@@ -196,18 +196,18 @@ def test_sigkill_during_a_write_stream(tmp_path: Path, target: str, kill_after: 
     acked = ids_of(received)
     assert set(range(kill_after)) <= acked
     assert_not_corrupt(tool, image)
-    if target == "emulator":  # QEMU does not promise this without a flush (see the docstring)
+    if kind == "emulator":  # QEMU does not promise this without a flush (see the docstring)
         assert_durable(tool, image, [writes[i] for i in sorted(acked)])
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_acknowledged_flush_makes_earlier_writes_durable(tmp_path: Path, target: str) -> None:
+@pytest.mark.parametrize("kind", TARGETS)
+def test_acknowledged_flush_makes_earlier_writes_durable(tmp_path: Path, kind: str) -> None:
     tool = tools(tmp_path)
     image = tmp_path / "disk.qcow2"
     tool.create(image, "qcow2", "64M").check()
     writes = plan_writes(120, seed=7)
     before, after = writes[:60], writes[60:]
-    with started(target, tmp_path, ["-drive", f"if=none,id=drive0,file={image},format=qcow2"]) as vm:
+    with started(kind, tmp_path, ["-drive", f"if=none,id=drive0,file={image},format=qcow2"]) as vm:
         vm.send(*(hmp_io("drive0", f"write -P {p} {o} {n}", i) for i, (p, o, n) in enumerate(before)))
         vm.send(hmp_io("drive0", "flush", "flush"))
         assert vm.reply("flush") == {"return": "", "id": "flush"}
@@ -216,7 +216,7 @@ def test_acknowledged_flush_makes_earlier_writes_durable(tmp_path: Path, target:
         received += vm.kill()
     assert_not_corrupt(tool, image)
     assert_durable(tool, image, before)
-    if target == "emulator":
+    if kind == "emulator":
         assert_durable(tool, image, [writes[i] for i in sorted(ids_of(received))])
 
 
@@ -225,15 +225,15 @@ def test_acknowledged_flush_makes_earlier_writes_durable(tmp_path: Path, target:
 SOURCE_DATA = [(0x11 + i, i * (4 << 20) + (i % 3) * 4096, 1 << 20) for i in range(12)]
 
 
-@pytest.mark.parametrize("target", TARGETS)
-def test_sigkill_during_a_speed_limited_backup(tmp_path: Path, target: str) -> None:
+@pytest.mark.parametrize("kind", TARGETS)
+def test_sigkill_during_a_speed_limited_backup(tmp_path: Path, kind: str) -> None:
     tool = tools(tmp_path)
     image = tmp_path / "disk.qcow2"
     backup = tmp_path / "backup.qcow2"
     tool.create(image, "qcow2", "64M").check()
     tool.qemu_io(image, "qcow2", [f"write -P {p} {o} {n}" for p, o, n in SOURCE_DATA]).check()
     guest_writes = [(0xA0 + i, i * (4 << 20) + 512 * 1024, 64 * 1024) for i in range(8)]
-    with started(target, tmp_path, ["-drive", f"if=none,id=drive0,file={image},format=qcow2"]) as vm:
+    with started(kind, tmp_path, ["-drive", f"if=none,id=drive0,file={image},format=qcow2"]) as vm:
         vm.send({"execute": "drive-backup", "id": "backup",
                  "arguments": {"device": "drive0", "job-id": "job0", "sync": "full", "format": "qcow2",
                                "target": str(backup), "speed": 4 << 20}})
@@ -252,7 +252,7 @@ def test_sigkill_during_a_speed_limited_backup(tmp_path: Path, target: str) -> N
         received += vm.kill()
     assert_not_corrupt(tool, image)
     assert_not_corrupt(tool, backup)
-    if target == "emulator":
+    if kind == "emulator":
         acked = ids_of(received)
         assert_durable(tool, image, [w for i, w in enumerate(guest_writes) if f"w{i}" in acked])
         # The first 256 KiB of each source extent is below every guest write: still the original.
