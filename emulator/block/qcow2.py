@@ -23,7 +23,7 @@ import struct
 import sys
 from array import array
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -980,11 +980,26 @@ class Qcow2Image:
 
     def _zero_clusters(self, start: int, end: int, may_unmap: bool) -> None:
         """zero_in_l2_slice over the clusters of [start, end) (cluster aligned)."""
+
+        def zeroed(old: int, t: int) -> tuple[int, bool]:
+            unmap = t == COMPRESSED or (may_unmap and t in (NORMAL, ZERO_ALLOC))
+            return (0 if unmap else old) | QCOW_OFLAG_ZERO, unmap and t != COMPRESSED
+
+        self._rewrite_l2_entries(start, end, zeroed, skip_missing_tables=False)
+
+    def _rewrite_l2_entries(self, start: int, end: int, entry: Callable[[int, int], tuple[int, bool]],
+                            *, skip_missing_tables: bool) -> None:
+        """Rewrite the L2 entries of the clusters of [start, end) (cluster aligned), one L2 table at
+        a time: entry(old entry, cluster type) -> (new entry, whether the old host cluster is freed).
+        Changed entries are written back before the freed clusters' refcounts drop (crash safety)."""
         bits, span = self.cluster_bits, self.cluster_size * self.l2_entries
         pos = start
         while pos < end:
             l1_index = pos // span
             t_end = min(end, (l1_index + 1) * span)
+            if skip_missing_tables and self._l2_table(l1_index) is None:
+                pos = t_end  # nothing allocated here and nothing to hide
+                continue
             table, l2_off = self._l2_for_write(l1_index)
             base = l1_index * span
             first, last = (pos - base) >> bits, ((t_end - 1 - base) >> bits)
@@ -992,14 +1007,12 @@ class Qcow2Image:
             to_free: list[int] = []
             for i in range(first, last + 1):
                 old = table[i]
-                t = _l2_type(old)
-                unmap = t == COMPRESSED or (may_unmap and t in (NORMAL, ZERO_ALLOC))
-                new = (0 if unmap else old) | QCOW_OFLAG_ZERO
+                new, free = entry(old, _l2_type(old))
                 if new == old:
                     continue
                 table[i] = new
                 changed.append(i)
-                if unmap and t != COMPRESSED:
+                if free:
                     to_free.append(old & L2E_OFFSET_MASK)
             if changed:
                 self._write_l2(l2_off, table, changed[0], changed[-1])
@@ -1022,40 +1035,18 @@ class Qcow2Image:
 
     def _discard_clusters(self, start: int, end: int, *, full: bool) -> None:
         """discard_in_l2_slice: full -> unallocated (falls through to backing), else zero/unalloc."""
-        bits, span = self.cluster_bits, self.cluster_size * self.l2_entries
-        pos = start
-        while pos < end:
-            l1_index = pos // span
-            t_end = min(end, (l1_index + 1) * span)
-            pos_next = t_end
-            if self._l2_table(l1_index) is None and (full or self._backing is None):
-                pos = pos_next  # nothing allocated here and nothing to hide
-                continue
-            table, l2_off = self._l2_for_write(l1_index)
-            base = l1_index * span
-            first, last = (pos - base) >> bits, ((t_end - 1 - base) >> bits)
-            changed: list[int] = []
-            to_free: list[int] = []
-            for i in range(first, last + 1):
-                old = table[i]
-                t = _l2_type(old)
-                if full:
-                    new = 0
-                elif self._backing is not None or t in (NORMAL, ZERO_ALLOC, COMPRESSED):
-                    new = QCOW_OFLAG_ZERO if self.version >= 3 else 0
-                else:
-                    new = old
-                if new == old:
-                    continue
-                table[i] = new
-                changed.append(i)
-                if t in (NORMAL, ZERO_ALLOC):
-                    to_free.append(old & L2E_OFFSET_MASK)
-            if changed:
-                self._write_l2(l2_off, table, changed[0], changed[-1])
-            for host in to_free:
-                self._free_clusters(host, 1)
-            pos = pos_next
+
+        def discarded(old: int, t: int) -> tuple[int, bool]:
+            if full:
+                new = 0
+            elif self._backing is not None or t in (NORMAL, ZERO_ALLOC, COMPRESSED):
+                new = QCOW_OFLAG_ZERO if self.version >= 3 else 0
+            else:
+                new = old
+            return new, t in (NORMAL, ZERO_ALLOC)
+
+        self._rewrite_l2_entries(start, end, discarded,
+                                 skip_missing_tables=full or self._backing is None)
 
     # ---- size ---------------------------------------------------------------------------------
     def truncate(self, size: int) -> None:
