@@ -6,7 +6,6 @@ The generic behaviour (bitmaps, write notifiers, blkdebug event plumbing) lives 
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 
@@ -82,7 +81,7 @@ class _FormatNode(BlockNode):
 
     @property
     def filename(self) -> str:
-        return _protocol_filename(self.children["file"])
+        return protocol_filename(self.children["file"])
 
 
 class RawNode(_FormatNode):
@@ -223,8 +222,8 @@ class NullCoNode(BlockNode):
 
 
 
-def _protocol_filename(node: BlockNode) -> str:
-    """The host file name under a node, as QEMU reports `file` in BlockDeviceInfo."""
+def protocol_filename(node: BlockNode) -> str:
+    """The host file name under a node (through formats and filters); "" if there is none."""
     seen = 0
     while node is not None and seen < 64:
         if isinstance(node, FileNode):
@@ -238,15 +237,3 @@ def _protocol_filename(node: BlockNode) -> str:
         seen += 1
     return ""
 
-
-def protocol_filename(node: BlockNode) -> str:
-    """Public wrapper: host file name below `node` (through filters and formats)."""
-    return _protocol_filename(node)
-
-
-def io_error(code: int = errno.EIO) -> OSError:
-    return OSError(code, os.strerror(code))
-
-
-def unsupported(driver: str) -> QemuError:
-    return QemuError(f"Unknown driver '{driver}'")

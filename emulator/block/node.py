@@ -1,10 +1,9 @@
 """BlockNode: a node of the block graph (QEMU's BlockDriverState).
 
-A node has a driver ("file", "raw", "qcow2", "blkdebug", "null-co"), a node name, children by
-role ("file", "backing", "image"), dirty bitmaps, before-write notifiers (copy-before-write
-hooks of backup jobs) and op blockers.  Drivers subclass it and implement the `_`-prefixed
-hooks; the public I/O methods add what QEMU's generic block layer (block/io.c) adds around a
-driver: request checks, write notifiers and dirty-bitmap marking.
+A node has a driver ("file", "raw", "qcow2", "blkdebug", "null-co", "copy-before-write"), a node
+name, children by role ("file", "backing", "image"), dirty bitmaps and op blockers.  Drivers
+subclass it and implement the `_`-prefixed hooks; the public I/O methods add what QEMU's generic block layer (block/io.c) adds around a
+driver: request checks, write generations and dirty-bitmap marking.
 
 BlockNode implements the Storage protocol, so a format driver can sit on any node.
 """
@@ -12,7 +11,6 @@ BlockNode implements the Storage protocol, so a format driver can sit on any nod
 from __future__ import annotations
 
 import errno
-from collections.abc import Callable
 from typing import Any
 
 from emulator.error import QemuError
@@ -23,8 +21,6 @@ from .dirty_bitmap import DirtyBitmapSet
 BLOCK_DATA = 0x01
 BLOCK_ZERO = 0x02
 BLOCK_ALLOCATED = 0x10
-
-BeforeWriteNotifier = Callable[["BlockNode", int, int], None]
 
 #: QAPI BlockOpType (qapi/block-core.json): the op names of BlockNode.op_block / op_check.
 BLOCK_OP_TYPES = (
@@ -52,7 +48,6 @@ class BlockNode:
         self.children: dict[str, BlockNode] = {}
         self.parents: list[Any] = []  # BlockNodes, backends or jobs holding a reference
         self.dirty_bitmaps = DirtyBitmapSet()
-        self.before_write_notifiers: list[BeforeWriteNotifier] = []
         self.op_blockers: dict[str, list[str]] = {}
         self.monitor_owned = False  # created by blockdev-add
         self.implicit = False  # an automatically inserted filter the user did not name
@@ -176,8 +171,6 @@ class BlockNode:
     def _before_write(self, offset: int, length: int) -> None:
         if self.read_only:
             raise OSError(errno.EPERM, "Operation not permitted")
-        for notifier in list(self.before_write_notifiers):
-            notifier(self, offset, length)
 
     def pwrite(self, offset: int, data: bytes) -> None:
         self._check_request(offset, len(data))

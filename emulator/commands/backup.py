@@ -121,12 +121,6 @@ class BackupAction(BaseAction):
             self.job.cancel_sync(force=True)
 
 
-def _filename_of(node: BlockNode) -> str:
-    from emulator.block.drivers import protocol_filename
-
-    return protocol_filename(node)
-
-
 def _flush(machine: Machine) -> None:
     try:
         machine.stdout.flush()

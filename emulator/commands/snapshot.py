@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.block.drivers import Qcow2Node, protocol_filename
+from emulator.block.drivers import Qcow2Node
+from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
@@ -70,7 +71,7 @@ class ExternalSnapshotAction(BaseAction):
             filename = data["snapshot-file"]
             if data.get("mode", "absolute-paths") != "existing":
                 message = create_image(filename, fmt, old.length(),
-                                       backing_file=protocol_filename(old), backing_fmt=old.driver)
+                                       backing_file=node_filename(old), backing_fmt=old.driver)
                 if message:
                     self.machine.stdout.write(message if message.endswith("\n") else message + "\n")
             before = len(graph.nodes)
