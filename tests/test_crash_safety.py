@@ -70,9 +70,14 @@ class Vm:
                                         stdout=subprocess.DEVNULL, stderr=self.stderr)
         self.sock = self._connect(path)
         self.buffer = b""
-        self.line()  # greeting
+        assert self.line().startswith(b'{"QMP": ')  # greeting
         self.send({"execute": "qmp_capabilities"})
-        assert self.line() == b'{"return": {}}\r\n'
+        reply = self.line()
+        # A QEMU connected to while it is still starting up has been seen to send its greeting a
+        # second time (the chardev's open event fires again); the emulator never does.
+        while target != "emulator" and reply.startswith(b'{"QMP": '):
+            reply = self.line()
+        assert reply == b'{"return": {}}\r\n'
 
     def _connect(self, path: Path) -> socket.socket:
         deadline = time.monotonic() + TIMEOUT
