@@ -847,6 +847,11 @@ class FuzzClient:
                 if not conn.exchange(NEGOTIATE, lambda line: True, deadline):
                     raise ConnectionFailed("no reply to qmp_capabilities")
                 reply = conn.take_line()
+                # A QEMU connected to while still starting up can send its greeting twice.
+                while reply is not None and reply.startswith(b'{"QMP": '):
+                    reply = conn.take_line()
+                    if reply is None and conn.exchange(b"", lambda line: True, deadline):
+                        reply = conn.take_line()
                 if reply != NEGOTIATED_REPLY:
                     raise ConnectionFailed(f"qmp_capabilities answered {reply!r}")
         except BaseException:
