@@ -1,35 +1,40 @@
-"""The ``blocktxn`` command: run the conformance suite, the unit tests, or the emulator.
+"""The ``blocktxn`` command: run the conformance suite, the unit tests, or the emulator and its tools.
 
-Subcommands:
-  conform [--report DIR] [pytest args]  conformance cases (on the emulator unless --target given)
-  test [--require-qemu] [--report DIR] [...]  unit tests + conformance on the emulator + on real
-                               QEMU if found
-  emulate [QEMU-like args]     run the emulator in the foreground (emulator.__main__.main)
-  record-golden [-k EXPR] [...] record goldens from real QEMU (--target qemu --update-golden)
+Subcommands (``blocktxn COMMAND --help`` for each):
+  conform        conformance cases (on the emulator's profiles unless --target is given)
+  test           unit tests + conformance on the emulator + on every real QEMU found
+  record-golden  record goldens from real QEMU (--qemu BIN, -k EXPR to select)
+  emulate        run the emulator in the foreground with QEMU's arguments
+  fuzz, img, io  differential fuzzing, and the qemu-img / qemu-io work-alikes
 
-``--report DIR`` (conform, test, record-golden) writes DIR/report.html and DIR/junit.xml (it
-becomes the plugin's ``--blocktxn-report DIR``).  pytest runs in a child process (a fresh interpreter per run), and its exit status is returned
-unchanged, including 5 ("no tests collected").  Extra arguments such as ``-n auto`` go to pytest.
+blocktxn's own options are parsed here with argparse; everything else (``-k EXPR``, ``-x``,
+``-n auto``, case files) goes to pytest, which runs in a child process (a fresh interpreter per
+run) whose exit status is returned unchanged, including 5 ("no tests collected").
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from conformance.targets import INSTALL_HINT, QemuBinaries
+from conformance.targets import EMULATOR_VERSIONS, INSTALL_HINT, QemuBinaries, QemuNotUsable
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES_DIR = ROOT / "conformance" / "cases"
 UNIT_DIR = ROOT / "tests"
+#: Where scripts/setup-qemu-10.sh unpacks QEMU 10.0.2 by default.
+QEMU_10_FOLDER = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blocktxn" / "qemu-10.0.2"
+PYTEST_HINT = ("Any other option goes to pytest (e.g. -k EXPR, -x, -v, -n auto, a case file); "
+               "`.venv/bin/python -m pytest --help` lists pytest's own.")
 
 
-def pytest_argv(paths: Sequence[Path], extra: Sequence[str]) -> list[str]:
+def pytest_argv(paths: Sequence[Path], extra: Sequence[str], prog: str = "blocktxn") -> list[str]:
     """The argv of a pytest child that loads our plugin explicitly (also used by scripts/)."""
-    argv = [sys.executable, "-m", "pytest", "--rootdir", str(ROOT)]
+    argv = [sys.executable, str(ROOT / "conformance" / "pytest_main.py"), prog, "--rootdir", str(ROOT)]
     if (ROOT / "pyproject.toml").is_file():
         argv += ["-c", str(ROOT / "pyproject.toml")]
     # Our own plugin is loaded explicitly so that it works without an installed entry point;
@@ -38,76 +43,148 @@ def pytest_argv(paths: Sequence[Path], extra: Sequence[str]) -> list[str]:
     return argv + [str(path) for path in paths if path.exists()] + list(extra)
 
 
-def run_pytest(paths: Sequence[Path], extra: Sequence[str]) -> int:
+def run_pytest(paths: Sequence[Path], extra: Sequence[str], prog: str = "blocktxn") -> int:
     """Run pytest on `paths` with `extra` arguments; return pytest's exit status."""
-    return subprocess.run(pytest_argv(paths, extra), cwd=ROOT, check=False).returncode
+    return subprocess.run(pytest_argv(paths, extra, prog), cwd=ROOT, check=False).returncode
 
 
-def translate_report_option(extra: Sequence[str]) -> list[str]:
-    """``--report DIR`` / ``--report=DIR`` become the plugin's ``--blocktxn-report DIR``, with DIR
-    made absolute here: pytest runs in the repository, not in the caller's directory."""
+def is_case_path(arg: str) -> bool:
+    """A command-line word that names test files: a ``.py`` file (optionally ``::test``) or a
+    folder holding ``test_*.py``.  Other existing paths (``emulator/``, a binary) are not cases."""
+    path = Path(arg.split("::")[0])
+    if path.is_file():
+        return path.suffix == ".py"
+    return path.is_dir() and any(path.rglob("test_*.py"))
+
+
+def pytest_extra(extra: Sequence[str]) -> tuple[list[str], list[Path]]:
+    """Split pytest's share of the command line into its arguments (case paths made absolute:
+    pytest runs in the repository, not in the caller's directory) and the case paths named."""
     result: list[str] = []
-    args = iter(extra)
-    for arg in args:
-        if arg == "--report":
-            directory = next(args, None)
-            if directory is None:
-                raise SystemExit("blocktxn: --report needs a directory")
-            result += ["--blocktxn-report", str(Path(directory).resolve())]
-        elif arg.startswith("--report="):
-            result += ["--blocktxn-report", str(Path(arg.removeprefix("--report=")).resolve())]
-        elif not arg.startswith("-") and Path(arg.split("::")[0]).exists():
-            path, sep, rest = arg.partition("::")  # a case path: pytest runs in the repository
+    named: list[Path] = []
+    for arg in extra:
+        if not arg.startswith("-") and is_case_path(arg):
+            path, sep, rest = arg.partition("::")
+            named.append(Path(path).resolve())
             result.append(str(Path(path).resolve()) + sep + rest)
         else:
             result.append(arg)
+    return result, named
+
+
+def _add_suite_options(parser: argparse.ArgumentParser, *, record: bool = False) -> None:
+    group = parser.add_argument_group("targets and QEMU binaries")
+    if not record:
+        group.add_argument("--target", action="append", metavar="KIND[@VERSION]",
+                           help="emulator (every profile: " + ", ".join(EMULATOR_VERSIONS) + "), "
+                                "emulator@VERSION, qemu (every --qemu), qemu@VERSION; repeatable")
+    group.add_argument("--qemu", action="append", metavar="BIN",
+                       help="a real qemu-system-x86_64 (repeatable: one target per binary); its "
+                            "qemu-img and qemu-io are taken from beside it, then from PATH")
+    group.add_argument("--qemu-img", metavar="BIN", help="qemu-img, with a single --qemu")
+    group.add_argument("--qemu-io", metavar="BIN", help="qemu-io, with a single --qemu")
+    if not record:
+        group.add_argument("--require-qemu", action="store_true",
+                           help="a real-QEMU target whose QEMU is missing fails instead of skipping")
+        group.add_argument("--emulator-process", action="store_true",
+                           help="run the emulator as a separate process, not in-process")
+    out = parser.add_argument_group("goldens and reports")
+    out.add_argument("--golden-dir", metavar="DIR",
+                     help="root of the golden sets (qemu-MAJOR.MINOR/ folders): compare against it"
+                          + (", record into it" if record else "") + "; default golden/")
+    out.add_argument("--report", metavar="DIR",
+                     help="write DIR/report.html (case x target matrix, golden diffs, what changed "
+                          "between versions, job timelines) and DIR/junit.xml")
+    if not record:
+        out.add_argument("--dump-logs", metavar="DIR",
+                         help="write every case's normalized log to DIR/<target>/<module>/<case>.log")
+
+
+def _plugin_args(args: argparse.Namespace) -> list[str]:
+    """blocktxn's options as the pytest plugin's options."""
+    result: list[str] = []
+    for target in getattr(args, "target", None) or []:
+        result += ["--target", target]
+    for qemu in args.qemu or []:
+        result += ["--qemu", qemu]
+    for name, option in (("qemu_img", "--qemu-img"), ("qemu_io", "--qemu-io"),
+                         ("golden_dir", "--golden-dir"), ("report", "--blocktxn-report"),
+                         ("dump_logs", "--blocktxn-dump-logs")):
+        value = getattr(args, name, None)
+        if value:
+            result += [option, str(Path(value).resolve()) if name != "qemu_img" and name != "qemu_io"
+                       else value]
+    if getattr(args, "require_qemu", False):
+        result.append("--require-qemu")
+    if getattr(args, "emulator_process", False):
+        result.append("--emulator-process")
     return result
 
 
-def _case_paths(extra: list[str]) -> list[Path]:
-    """The cases to run: case files or directories named on the command line, else all of them.
-
-    (Naming a file must not also run every other case — record-golden would re-record them all.)"""
-    named = [arg for arg in extra if not arg.startswith("-") and Path(arg.split("::")[0]).exists()]
-    return [] if named else [CASES_DIR]
-
-
-def _conform(extra: list[str]) -> int:
-    extra = translate_report_option(extra)
-    targets = [] if "--target" in extra else ["--target", "emulator"]
-    return run_pytest(_case_paths(extra), [*targets, *extra])
+def _check_named_qemus(args: argparse.Namespace) -> None:
+    """A binary the user named must start as QEMU: fail now, with what it printed."""
+    for qemu in args.qemu or []:
+        try:
+            QemuBinaries.named(qemu, args.qemu_img if len(args.qemu) == 1 else None,
+                               args.qemu_io if len(args.qemu) == 1 else None)
+        except QemuNotUsable as exc:
+            raise SystemExit(f"blocktxn: {exc}") from None
 
 
-def _test(extra: list[str]) -> int:
-    extra = translate_report_option(extra)
-    require = "--require-qemu" in extra
-    extra = [arg for arg in extra if arg != "--require-qemu"]
-    qemu = QemuBinaries.find()
-    targets = ["--target", "emulator"]
-    if qemu.complete:
-        print(f"blocktxn test: real QEMU found: {qemu.version}", flush=True)
-        targets += ["--target", "qemu", "--qemu-img-check"]
-    elif require:
-        print(f"blocktxn test: QEMU not found ({', '.join(qemu.missing())}) and --require-qemu "
-              f"given: the qemu-target cases will fail. Install: {INSTALL_HINT}", flush=True)
-        targets += ["--target", "qemu", "--require-qemu"]
-    else:
-        print(f"blocktxn test: QEMU not found ({', '.join(qemu.missing())}); conformance runs "
-              f"on the emulator only. Install: {INSTALL_HINT}", flush=True)
-    return run_pytest([UNIT_DIR, CASES_DIR], [*targets, *extra])
+def _conform(args: argparse.Namespace, extra: list[str]) -> int:
+    _check_named_qemus(args)
+    extra, named = pytest_extra(extra)
+    if not args.target:
+        args.target = ["qemu"] if args.qemu else ["emulator"]
+    return run_pytest([] if named else [CASES_DIR], [*_plugin_args(args), *extra], "blocktxn conform")
 
 
-def _record_golden(extra: list[str]) -> int:
-    extra = translate_report_option(extra)
-    return run_pytest(_case_paths(extra), ["--target", "qemu", "--update-golden", "--require-qemu",
-                                           *extra])
+def discover_qemus() -> list[QemuBinaries]:
+    """The real QEMUs `blocktxn test` uses by itself: the one on PATH, and QEMU 10.0.2 where
+    scripts/setup-qemu-10.sh unpacked it."""
+    found = []
+    on_path = QemuBinaries.find()
+    if on_path.complete:
+        found.append(on_path)
+    unpacked = QEMU_10_FOLDER / "usr" / "bin" / "qemu-system-x86_64"
+    if unpacked.is_file():
+        binaries = QemuBinaries.find(str(unpacked))
+        if binaries.complete and binaries.major_minor not in {b.major_minor for b in found}:
+            found.append(binaries)
+    return found
+
+
+def _test(args: argparse.Namespace, extra: list[str]) -> int:
+    _check_named_qemus(args)
+    extra, _ = pytest_extra(extra)
+    if not args.qemu:
+        qemus = discover_qemus()
+        args.qemu = [str(b.system) for b in qemus]
+        for binaries in qemus:
+            print(f"blocktxn test: real QEMU found: {binaries.version} ({binaries.system})", flush=True)
+    if not args.target:
+        args.target = ["emulator", "qemu"] if args.qemu or args.require_qemu else ["emulator"]
+    if not args.qemu:
+        verdict = "the qemu-target cases will fail" if args.require_qemu else \
+            "conformance runs on the emulator only"
+        print(f"blocktxn test: no real QEMU found; {verdict}. Install: {INSTALL_HINT} (and "
+              "scripts/setup-qemu-10.sh for QEMU 10.0)", flush=True)
+    image_check = ["--qemu-img-check"] if args.qemu else []
+    return run_pytest([UNIT_DIR, CASES_DIR], [*_plugin_args(args), *image_check, *extra], "blocktxn test")
+
+
+def _record_golden(args: argparse.Namespace, extra: list[str]) -> int:
+    _check_named_qemus(args)
+    extra, named = pytest_extra(extra)
+    return run_pytest([] if named else [CASES_DIR],
+                      ["--target", "qemu", "--update-golden", "--require-qemu", *_plugin_args(args),
+                       *extra], "blocktxn record-golden")
 
 
 def _emulate(extra: list[str]) -> int:
     from emulator.__main__ import main as emulator_main
 
-    status = emulator_main(extra)
-    return int(status or 0)
+    return int(emulator_main(extra) or 0)
 
 
 def _fuzz(extra: list[str]) -> int:
@@ -128,27 +205,46 @@ def _io(extra: list[str]) -> int:
     return int(io_main(extra) or 0)
 
 
-COMMANDS = {
-    "conform": (_conform, "conformance cases on the emulator target (extra args go to pytest)"),
-    "test": (_test, "unit tests + conformance on the emulator and, if found, real QEMU"),
-    "emulate": (_emulate, "run the emulator in the foreground with QEMU-like arguments"),
-    "record-golden": (_record_golden, "record golden logs from real QEMU (-k EXPR to select)"),
+#: Subcommands whose options blocktxn parses: (handler, summary, description, is-record).
+SUITE_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, list[str]], int], str, bool]] = {
+    "conform": (_conform, "run the conformance cases (default: on every emulator profile)", False),
+    "test": (_test, "run all tests: unit tests, conformance on the emulator and on every real QEMU "
+                    "found (PATH, and QEMU 10.0 from scripts/setup-qemu-10.sh)", False),
+    "record-golden": (_record_golden, "record goldens from real QEMU into golden/qemu-MAJOR.MINOR "
+                                      "(--qemu BIN; -k EXPR or case files to select)", True),
+}
+#: Subcommands that take their own command line as it is.
+PASSTHROUGH_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
+    "emulate": (_emulate, "run the emulator in the foreground with QEMU's arguments"),
     "fuzz": (_fuzz, "differential fuzzing against real QEMU: --minutes M [--seed S] [--out DIR]"),
     "img": (_img, "qemu-img work-alike over the emulator's image code"),
     "io": (_io, "qemu-io work-alike over the emulator's image code"),
 }
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="blocktxn",
+        description="blocktxn: an emulator of QEMU's block layer (QEMU " + " and ".join(EMULATOR_VERSIONS)
+                    + " profiles) and its conformance suite against real QEMU")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (_, summary, record) in SUITE_COMMANDS.items():
+        command = sub.add_parser(name, help=summary, description=summary, epilog=PYTEST_HINT,
+                                 allow_abbrev=False)
+        _add_suite_options(command, record=record)
+    for name, (_, summary) in PASSTHROUGH_COMMANDS.items():
+        sub.add_parser(name, help=summary, add_help=False)
+    return parser
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blocktxn`` console script."""
-    parser = argparse.ArgumentParser(
-        prog="blocktxn", description="blocktxn: QEMU 7.2 block-layer emulator and its conformance suite")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (_, summary) in COMMANDS.items():
-        sub.add_parser(name, help=summary, add_help=False)
-    args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
-    handler = COMMANDS[args.command][0]
-    return handler(extra)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in PASSTHROUGH_COMMANDS:
+        return PASSTHROUGH_COMMANDS[argv[0]][0](argv[1:])
+    args, extra = parser.parse_known_args(argv)
+    return SUITE_COMMANDS[args.command][0](args, extra)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Golden logs: normalized sessions recorded from real QEMU, one file per case.
 
-Layout: ``golden/<test module>/<test function>.log``.  A golden starts with ``#`` comment lines
-(what recorded it, with the exact QEMU version) followed by the normalized log; only the
-normalized log is compared.  Goldens are written only by ``--update-golden`` against real QEMU.
+Layout: ``golden/qemu-MAJOR.MINOR/<test module>/<test function>.log``, one golden set per QEMU
+version; a target (real QEMU, or an emulator profile) is compared with the set of its version.  A
+golden starts with ``#`` comment lines (the exact QEMU version and binary that recorded it)
+followed by the normalized log; only the normalized log is compared.  Goldens are written only by
+``--update-golden`` against real QEMU.
 """
 
 from __future__ import annotations
@@ -14,7 +16,19 @@ from pathlib import Path
 #: The repository's golden directory (next to the conformance package).
 DEFAULT_GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
 
-RECORD_HINT = "record it from real QEMU with: blocktxn record-golden -k {case}"
+RECORD_HINT = "record it from real QEMU with: ./blocktxn record-golden --qemu BIN -k {case}"
+
+
+def golden_set(root: Path, version: str) -> Path:
+    """The folder of the goldens recorded from QEMU `version` (MAJOR.MINOR) under `root`."""
+    return root / f"qemu-{version}"
+
+
+def golden_versions(root: Path) -> list[str]:
+    """The versions that have a golden set under `root`, oldest first."""
+    found = [path.name.removeprefix("qemu-") for path in root.glob("qemu-*") if path.is_dir()]
+    return sorted(found, key=lambda version: tuple(int(part) for part in version.split(".")
+                                                   if part.isdigit()))
 
 
 class GoldenMismatch(AssertionError):

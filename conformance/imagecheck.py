@@ -28,12 +28,12 @@ def qcow2_files(directory: Path) -> list[Path]:
     return found
 
 
-def check_images(qemu_img: str, directory: Path) -> list[str]:
+def check_images(qemu_img: str, directory: Path, env: dict[str, str] | None = None) -> list[str]:
     """Run `qemu-img check` on every qcow2 in `directory`; return a problem line per bad image."""
     problems = []
     for path in qcow2_files(directory):
         done = subprocess.run([qemu_img, "check", "-f", "qcow2", str(path)], capture_output=True,
-                              text=True, timeout=CHECK_TIMEOUT, check=False)
+                              text=True, timeout=CHECK_TIMEOUT, check=False, env=env)
         if done.returncode != 0:
             output = (done.stdout + done.stderr).strip().replace("\n", " | ")
             problems.append(f"{path.name}: qemu-img check exit {done.returncode}: {output}")

@@ -201,14 +201,15 @@ class QemuImageTools(ImageTools):
     """The real qemu-img and qemu-io binaries."""
 
     def __init__(self, qemu_img: str, qemu_io: str, cwd: Path | None = None,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, env: dict[str, str] | None = None) -> None:
         super().__init__(cwd)
         self.img_binary = qemu_img
         self.io_binary = qemu_io
         self.timeout = timeout
+        self.env = env
 
     def _run(self, argv: list[str]) -> tuple[int, str, str]:
-        done = subprocess.run(argv, cwd=self.cwd, capture_output=True, text=True,
+        done = subprocess.run(argv, cwd=self.cwd, capture_output=True, text=True, env=self.env,
                               timeout=self.timeout, check=False, stdin=subprocess.DEVNULL)
         return done.returncode, done.stdout, done.stderr
 
@@ -220,6 +221,9 @@ class QemuImageTools(ImageTools):
 
     def io_session_argv(self, args: list[str]) -> list[str]:
         return [self.io_binary, *args]
+
+    def io_session_env(self) -> dict[str, str] | None:
+        return self.env
 
 
 class EmulatorImageTools(ImageTools):

@@ -11,8 +11,9 @@ F2. The ``id`` that qemu.qmp attaches to each command (``__qmp#00003``) and QEMU
 F3. Paths: the case's private directory becomes ``TEST_DIR`` and the socket directory becomes
     ``SOCK_DIR``, wherever they occur inside a string.
 F4. The QEMU version (greeting and ``query-version``): ``micro`` becomes ``"MICRO"`` and
-    ``package`` becomes ``"PACKAGE"``.  Major and minor stay: the goldens describe QEMU 7.2.  The
-    exact version of the recording QEMU goes in the golden's header comment only.
+    ``package`` becomes ``"PACKAGE"``.  Major and minor stay: each golden set describes one
+    MAJOR.MINOR (``golden/qemu-7.2``, ``golden/qemu-10.0``).  The exact version and binary of the
+    recording QEMU go in the golden's header comment only.
 F5. Auto-generated node names (``#block123``) become ``#blockNNN``: the number is a counter of
     internal allocations that differs between QEMU builds.
 F6. Host-dependent fields are masked: ``actual-size`` (the file system's allocation) becomes
@@ -25,6 +26,12 @@ F8. The ``virtual-size`` of a protocol node's image info (``"format": "file"``) 
     size, which is compared).
 F7. qemu-io's timing line (``64 KiB, 1 ops; 00.00 sec (387 MiB/sec and 6192 ops/sec)``) keeps
     the size and op count and masks the time and rates, as iotests' filter_qemu_io does.
+
+Layout (not a filter: nothing is dropped):
+
+L1. A message (command, reply, greeting, event data) is one line of compact key-sorted JSON when
+    it fits in 100 characters with its prefix, else key-sorted JSON indented by two spaces, so
+    that a golden diff points at the member that changed.
 
 Ordering (what is compared, and in which order):
 
@@ -143,8 +150,24 @@ def mask_version(version: Any) -> Any:
 
 
 def dump(value: Any) -> str:
-    """Compact, key-sorted, ASCII JSON: one stable line per message."""
+    """Compact, key-sorted, ASCII JSON on one line."""
     return json.dumps(value, sort_keys=True, separators=(", ", ": "), ensure_ascii=True)
+
+
+#: A message longer than this (with its prefix) is written as indented JSON (rule L1).
+WIDE = 100
+
+
+def message_lines(prefix: str, value: Any) -> list[str]:
+    """A message as golden lines (rule L1): ``prefix`` + compact JSON when that fits in WIDE
+    characters, else key-sorted JSON indented by two spaces, its continuation lines indented
+    under the prefix, so that a diff names the member that changed."""
+    compact = f"{prefix}{dump(value)}"
+    if len(compact) <= WIDE:
+        return [compact]
+    first, *rest = json.dumps(value, sort_keys=True, indent=2, ensure_ascii=True).splitlines()
+    pad = " " * len(prefix)
+    return [f"{prefix}{first}", *(f"{pad}{line}" for line in rest)]
 
 
 def job_id_of(event: dict[str, Any]) -> str | None:
@@ -168,7 +191,7 @@ def _render_job_event(event: dict[str, Any], paths: PathMap) -> tuple[str, str]:
         name == "BLOCK_JOB_CANCELLED" or (name == "BLOCK_JOB_COMPLETED" and "error" in data)
     ):
         data["offset"] = MASKED  # J3
-    return name, f"{name} {dump(filter_value(data, paths))}"
+    return name, "\n".join(message_lines(f"{name} ", filter_value(data, paths)))
 
 
 def normalize_job_events(events: Iterable[dict[str, Any]], paths: PathMap) -> list[str]:
@@ -218,15 +241,15 @@ def _conversation_line(entry: LogEntry, paths: PathMap, last_command: str | None
         if "version" in qmp:
             qmp["version"] = mask_version(qmp["version"])
         greeting["QMP"] = qmp
-        return [f"<= {dump(filter_value(greeting, paths))}"]
+        return message_lines("<= ", filter_value(greeting, paths))
     if entry.kind == "command":
         command = {key: value for key, value in entry.message.items() if key != "id"}  # type: ignore[union-attr]
-        return [f"-> {dump(filter_value(command, paths))}"]
+        return message_lines("-> ", filter_value(command, paths))
     if entry.kind == "reply":
         reply = {key: value for key, value in entry.message.items() if key != "id"}  # type: ignore[union-attr]
         if last_command == "query-version" and "return" in reply:
             reply["return"] = mask_version(reply["return"])
-        return [f"<- {dump(filter_value(reply, paths))}"]
+        return message_lines("<- ", filter_value(reply, paths))
     if entry.kind == "output":
         return [f".. {filter_text(line, paths)}".rstrip() for line in str(entry.message).splitlines()]
     if entry.kind == "tool":
@@ -245,11 +268,9 @@ def normalize(log: QmpLog, paths: PathMap) -> NormalizedLog:
             job_id = job_id_of(event)
             if job_id is None:
                 other = {key: value for key, value in event.items() if key != "timestamp"}
-                result.other_events.append(
-                    " ".join(filter(None, [str(other.pop("event", "?")),
-                                           dump(filter_value(other["data"], paths))
-                                           if "data" in other else ""]))
-                )
+                name = str(other.pop("event", "?"))
+                result.other_events += (message_lines(f"{name} ", filter_value(other["data"], paths))
+                                        if "data" in other else [name])
             else:
                 job_events.setdefault(job_id, []).append(event)
             continue

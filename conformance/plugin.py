@@ -1,10 +1,16 @@
-"""pytest plugin: runs conformance cases against the emulator and/or real QEMU 7.2.
+"""pytest plugin: runs conformance cases against the emulator's version profiles and real QEMUs.
 
 A case is an ``async def test_...(vm)`` function.  The plugin parametrizes it per selected
-target (``test_x[qemu]``), gives it a ``vm`` (conformance.vm.VM) in a private directory, runs
-the body with asyncio, shuts the target down, and compares the normalized session with the
-golden recorded from real QEMU (or records it, with ``--update-golden``).  Registered as the
-``blocktxn`` entry point; disable with ``-p no:blocktxn``.
+target (``test_x[emulator@7.2]``, ``test_x[qemu@10.0]``; see conformance.targets), gives it a
+``vm`` (conformance.vm.VM) in a private directory, runs the body with asyncio, shuts the target
+down, and compares the normalized session with the golden recorded from the real QEMU of the
+target's version, ``GOLDEN_ROOT/qemu-MAJOR.MINOR/`` (or records it, with ``--update-golden``).
+Registered as the ``blocktxn`` entry point; disable with ``-p no:blocktxn``.
+
+Targets: ``--target emulator`` is every profile of the emulator, ``--target emulator@10.0`` one
+of them; ``--target qemu`` is every real QEMU given with ``--qemu BIN`` (repeatable; default the
+one on PATH), ``--target qemu@7.2`` the one of that version.  A real QEMU whose version has no
+golden set stops the run with one message saying how to record them.
 
 Markers:
   ``@pytest.mark.emulator_only(reason="...")``: the case runs on the emulator only; on the qemu
@@ -34,7 +40,7 @@ from typing import Any
 
 import pytest
 
-from conformance.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing
+from conformance.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing, golden_set
 from conformance.imagecheck import check_images
 from conformance.report import (
     JUNIT_NAME,
@@ -54,12 +60,14 @@ from conformance.summary import (
     Tally,
 )
 from conformance.targets import (
+    EMULATOR_VERSIONS,
     INSTALL_HINT,
-    TARGET_NAMES,
     EmulatorTarget,
     QemuBinaries,
+    QemuNotUsable,
     QemuTarget,
     Target,
+    parse_target,
 )
 from conformance.vm import DEFAULT_TIMEOUT, VM
 
@@ -70,8 +78,12 @@ CASE_TIMEOUT = 90.0
 class Settings:
     """The run's choices, made once in pytest_configure."""
 
+    #: Target ids in run order; a real QEMU that was not found is the bare id "qemu".
     targets: list[str]
-    qemu: QemuBinaries
+    #: The real QEMUs by target id (``qemu@7.2``).
+    qemus: dict[str, QemuBinaries]
+    #: Why the bare "qemu" target has no QEMU (None when every requested QEMU was found).
+    qemu_missing: str | None
     update_golden: bool
     require_qemu: bool
     emulator_process: bool
@@ -88,14 +100,17 @@ SETTINGS = pytest.StashKey[Settings]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("blocktxn", "blocktxn conformance")
-    group.addoption("--target", action="append", choices=TARGET_NAMES, dest="blocktxn_targets",
-                    help="run conformance cases against this target (repeatable; default emulator)")
-    group.addoption("--qemu", dest="blocktxn_qemu", default=None,
-                    help="qemu-system-x86_64 binary (default: from PATH)")
+    group.addoption("--target", action="append", dest="blocktxn_targets", metavar="KIND[@VERSION]",
+                    help="run conformance cases against this target (repeatable): emulator (every "
+                         f"profile: {', '.join(EMULATOR_VERSIONS)}), emulator@VERSION, qemu (every "
+                         "--qemu given), qemu@VERSION; default emulator")
+    group.addoption("--qemu", action="append", dest="blocktxn_qemu", default=None, metavar="BIN",
+                    help="a real qemu-system-x86_64 (repeatable, one target each; default: from PATH); "
+                         "its qemu-img and qemu-io are taken from beside it, then from PATH")
     group.addoption("--qemu-img", dest="blocktxn_qemu_img", default=None,
-                    help="qemu-img binary (default: from PATH)")
+                    help="qemu-img binary (with a single --qemu)")
     group.addoption("--qemu-io", dest="blocktxn_qemu_io", default=None,
-                    help="qemu-io binary (default: from PATH)")
+                    help="qemu-io binary (with a single --qemu)")
     group.addoption("--update-golden", action="store_true", dest="blocktxn_update_golden",
                     help="record golden logs (only with --target qemu alone)")
     group.addoption("--require-qemu", action="store_true", dest="blocktxn_require_qemu",
@@ -106,7 +121,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="after each emulator case, run real `qemu-img check` on every qcow2 it "
                          "left (no errors, no leaks); `blocktxn test` turns it on when QEMU is found")
     group.addoption("--golden-dir", dest="blocktxn_golden_dir", default=None,
-                    help=f"directory of golden logs (default {DEFAULT_GOLDEN_DIR})")
+                    help=f"root of the golden sets, one qemu-MAJOR.MINOR folder per version: compared "
+                         f"against, and recorded into with --update-golden (default {DEFAULT_GOLDEN_DIR})")
     group.addoption("--qmp-timeout", dest="blocktxn_qmp_timeout", type=float,
                     default=DEFAULT_TIMEOUT, help="bound of every QMP wait, in seconds")
     group.addoption("--blocktxn-report", dest="blocktxn_report", default=None, metavar="DIR",
@@ -129,24 +145,30 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "blocktxn_case: a conformance case run per target")
     config.addinivalue_line("markers", "emulator_only(reason): run this case on the emulator "
                             "only (skipped on qemu, no golden; its own assertions are the check)")
+    config.addinivalue_line("markers", "qemu_varies(version, reason): real QEMU of that MAJOR.MINOR "
+                            "takes either of two paths here run to run, so the case is skipped on it "
+                            "with the reason and its run counts (the emulator profile still "
+                            "compares with the golden)")
     config.addinivalue_line("markers", "upstream(name): the upstream test this case ports, e.g. "
                             "'iotest 124: test_incremental_simple' (shown in the HTML report)")
-    targets = list(dict.fromkeys(config.getoption("blocktxn_targets") or ["emulator"]))
     update = bool(config.getoption("blocktxn_update_golden"))
-    if update and targets != ["qemu"]:
+    golden_dir = config.getoption("blocktxn_golden_dir")
+    golden_root = Path(golden_dir).resolve() if golden_dir else DEFAULT_GOLDEN_DIR
+    requested = list(dict.fromkeys(config.getoption("blocktxn_targets") or ["emulator"]))
+    targets, qemus, qemu_missing = _resolve_targets(config, requested)
+    if update and any(not name.startswith("qemu") for name in targets):
         raise pytest.UsageError("--update-golden records goldens from real QEMU only: "
                                 "use it with --target qemu and no other target")
-    qemu = QemuBinaries.find(config.getoption("blocktxn_qemu"),
-                             config.getoption("blocktxn_qemu_img"),
-                             config.getoption("blocktxn_qemu_io"))
-    golden_dir = config.getoption("blocktxn_golden_dir")
+    if not update:
+        _require_golden_sets(golden_root, qemus)
     config.stash[SETTINGS] = Settings(
         targets=targets,
-        qemu=qemu,
+        qemus=qemus,
+        qemu_missing=qemu_missing,
         update_golden=update,
         require_qemu=bool(config.getoption("blocktxn_require_qemu")),
         emulator_process=bool(config.getoption("blocktxn_emulator_process")),
-        golden_dir=Path(golden_dir).resolve() if golden_dir else DEFAULT_GOLDEN_DIR,
+        golden_dir=golden_root,
         qmp_timeout=float(config.getoption("blocktxn_qmp_timeout")),
         tally=Tally(),
         explicit_targets=bool(config.getoption("blocktxn_targets")),
@@ -159,23 +181,79 @@ def pytest_configure(config: pytest.Config) -> None:
         if not config.option.xmlpath:
             config.option.xmlpath = str(settings.report_dir / JUNIT_NAME)
         if not _is_xdist_worker(config):
-            collector = ReportCollector(settings.report_dir, _target_infos(settings))
+            collector = ReportCollector(settings.report_dir, _target_infos(settings), settings.golden_dir)
             config.pluginmanager.register(collector, "blocktxn-report")
     config.pluginmanager.register(_Reporter(settings, collector), "blocktxn-reporter")
 
 
-def _target_infos(settings: Settings) -> list[TargetInfo]:
-    infos = []
-    for name in settings.targets:
-        if name == "emulator":
-            infos.append(TargetInfo(name, EmulatorTarget(
-                separate_process=settings.emulator_process).describe()))
-        elif settings.qemu.complete:
-            infos.append(TargetInfo(name, f"real {settings.qemu.version} ({settings.qemu.system})"))
+def _resolve_targets(config: pytest.Config,
+                     requested: list[str]) -> tuple[list[str], dict[str, QemuBinaries], str | None]:
+    """Expand the --target specs into target ids, finding the real QEMUs they need."""
+    specs = []
+    for spec in requested:
+        try:
+            specs.append(parse_target(spec))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    qemus: dict[str, QemuBinaries] = {}
+    qemu_missing = None
+    if any(kind == "qemu" for kind, _ in specs):
+        named = config.getoption("blocktxn_qemu") or []
+        img, io = config.getoption("blocktxn_qemu_img"), config.getoption("blocktxn_qemu_io")
+        if len(named) > 1 and (img or io):
+            raise pytest.UsageError("--qemu-img/--qemu-io go with a single --qemu; with several, "
+                                    "each one's tools are taken from beside it")
+        try:
+            found = [QemuBinaries.named(path, img, io) for path in named] if named \
+                else [QemuBinaries.find(None, img, io)]
+        except QemuNotUsable as exc:
+            raise pytest.UsageError(str(exc)) from None
+        for binaries in found:
+            if binaries.complete and binaries.major_minor:
+                qemus.setdefault(f"qemu@{binaries.major_minor}", binaries)
+            else:
+                qemu_missing = ", ".join(binaries.missing()) or "a working qemu-system-x86_64"
+    targets: list[str] = []
+    for kind, version in specs:
+        if kind == "emulator":
+            if version is not None and version not in EMULATOR_VERSIONS:
+                raise pytest.UsageError(f"the emulator has no QEMU {version} profile; it has "
+                                        f"{', '.join(EMULATOR_VERSIONS)}")
+            targets += [f"emulator@{v}" for v in EMULATOR_VERSIONS if version in (None, v)]
+        elif version is None:
+            targets += list(qemus) or ["qemu"]
+        elif f"qemu@{version}" in qemus:
+            targets.append(f"qemu@{version}")
         else:
-            missing = ", ".join(settings.qemu.missing()) or "a working qemu-system-x86_64"
-            infos.append(TargetInfo(name, f"QEMU not found ({missing}): {INSTALL_HINT}"))
-    return infos
+            have = ", ".join(f"{b.version} ({b.system})" for b in qemus.values()) or "none"
+            raise pytest.UsageError(f"--target qemu@{version}: no real QEMU {version} was given "
+                                    f"(--qemu BIN); found: {have}")
+    return list(dict.fromkeys(targets)), qemus, qemu_missing
+
+
+def _require_golden_sets(root: Path, qemus: dict[str, QemuBinaries]) -> None:
+    """A real QEMU whose version has no golden set: one message that says how to record them."""
+    for binaries in qemus.values():
+        version = str(binaries.major_minor)
+        if not golden_set(root, version).is_dir():
+            raise pytest.UsageError(
+                f"no golden logs for QEMU {version} in {golden_set(root, version)} (the target "
+                f"{binaries.version} at {binaries.system} is compared with them). Record them from "
+                f"that binary first:\n    ./blocktxn record-golden --qemu {binaries.system}"
+                + (f" --golden-dir {root}" if root != DEFAULT_GOLDEN_DIR else ""))
+
+
+def _target_infos(settings: Settings) -> list[TargetInfo]:
+    return [TargetInfo(name, _make_target(settings, name).describe() if name != "qemu"
+                       else f"QEMU not found ({settings.qemu_missing}): {INSTALL_HINT}")
+            for name in settings.targets]
+
+
+def _make_target(settings: Settings, name: str) -> Target:
+    kind, version = parse_target(name)
+    if kind == "emulator":
+        return EmulatorTarget(str(version), separate_process=settings.emulator_process)
+    return QemuTarget(settings.qemus[name])
 
 
 def _emulator_only_reason(item: pytest.Item) -> str | None:
@@ -187,11 +265,17 @@ def _emulator_only_reason(item: pytest.Item) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip emulator-only cases on every target but the emulator, with their reason."""
+    """Skip emulator-only cases on every target but the emulator, and cases a real QEMU version
+    does not run deterministically on that QEMU, each with its reason."""
     for item in items:
         reason = _emulator_only_reason(item)
         callspec = getattr(item, "callspec", None)
-        if reason is None or callspec is None or callspec.params.get("target", "emulator") == "emulator":
+        for marker in item.iter_markers("qemu_varies"):
+            if callspec is not None and callspec.params.get("target") == f"qemu@{marker.args[0]}":
+                item.add_marker(pytest.mark.skip(
+                    reason=f"real QEMU {marker.args[0]} varies here: {marker.kwargs['reason']}"))
+        if reason is None or callspec is None or \
+                str(callspec.params.get("target", "emulator")).startswith("emulator"):
             continue
         item.add_marker(pytest.mark.skip(reason=f"emulator-only: {reason}"))
 
@@ -209,15 +293,12 @@ def target(request: pytest.FixtureRequest) -> Target:
     """The Target this instance of the case runs against (skips when QEMU is missing)."""
     settings = request.config.stash[SETTINGS]
     name = request.param
-    if name == "emulator":
-        return EmulatorTarget(separate_process=settings.emulator_process)
-    if not settings.qemu.complete:
-        missing = ", ".join(settings.qemu.missing()) or "a working qemu-system-x86_64"
-        message = f"QEMU not found ({missing}): {INSTALL_HINT}"
+    if name == "qemu":  # no real QEMU was found
+        message = f"QEMU not found ({settings.qemu_missing}): {INSTALL_HINT}"
         if settings.require_qemu:
             pytest.fail(f"--require-qemu: {message}", pytrace=False)
         pytest.skip(message)
-    return QemuTarget(settings.qemu)
+    return _make_target(settings, name)
 
 
 @pytest.fixture
@@ -282,14 +363,27 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 def _check_emulator_images(item: pytest.Function, machine: VM) -> None:
     """Images the emulator wrote must pass real `qemu-img check` (no errors, no leaks)."""
     settings = item.config.stash[SETTINGS]
-    if machine.target.name != "emulator" or not item.config.getoption("blocktxn_qemu_img_check"):
+    if machine.target.kind != "emulator" or not item.config.getoption("blocktxn_qemu_img_check"):
         return
-    if not settings.qemu.img:
+    checker = _image_checker(settings, machine.target.version)
+    if checker is None:
         pytest.fail(f"--qemu-img-check needs a real qemu-img: {INSTALL_HINT}", pytrace=False)
-    problems = check_images(settings.qemu.img, machine.workdir)
+    problems = check_images(str(checker.img), machine.workdir, checker.env())
     if problems:
         pytest.fail("images written by the emulator fail real qemu-img check:\n  " + "\n  ".join(problems),
                     pytrace=False)
+
+
+def _image_checker(settings: Settings, version: str) -> QemuBinaries | None:
+    """The real QEMU whose qemu-img checks an emulator profile's images: the same version when
+    given, else any (a newer qemu-img checks older images too), else the one on PATH."""
+    by_version = {b.major_minor: b for b in settings.qemus.values()}
+    if version in by_version:
+        return by_version[version]
+    if by_version:
+        return next(iter(by_version.values()))
+    found = QemuBinaries.find()
+    return found if found.img else None
 
 
 @dataclass
@@ -306,7 +400,8 @@ def _check_golden(item: pytest.Function, machine: VM, verdict: _Verdict) -> None
         verdict.golden = "not compared"  # emulator-only: the case's assertions are the check
         return
     module = item.module.__name__.rsplit(".", 1)[-1]
-    golden = Golden.for_case(settings.golden_dir, module, item.originalname)
+    golden = Golden.for_case(golden_set(settings.golden_dir, machine.target.version), module,
+                             item.originalname)
     normalized = machine.normalized()
     if settings.update_golden:
         golden.write(normalized, machine.target.describe())
@@ -427,7 +522,8 @@ class _Reporter:
         if not settings.explicit_targets and not any(
                 settings.tally.outcomes.get(name) for name in settings.targets):
             return  # not a conformance run (e.g. unit tests only)
-        settings.tally.write(terminalreporter, settings.targets, settings.qemu.version, INSTALL_HINT)
+        settings.tally.write(terminalreporter, {info.name: info.description
+                                                for info in _target_infos(settings)})
         if self.collector is not None and self.collector.written is not None:
             terminalreporter.write_line(f"report: {self.collector.written}")
         if settings.dump_logs_dir is not None:

@@ -23,6 +23,7 @@ transaction commands; red when the command failed).
 from __future__ import annotations
 
 import datetime as _dt
+import difflib
 import math
 import re
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from typing import Any
 
 import jinja2
 
+from conformance.golden import Golden, golden_set, golden_versions
 from conformance.normalize import PathMap, dump, filter_value, job_id_of
 from conformance.qmplog import QmpLog
 from conformance.summary import (
@@ -400,15 +402,75 @@ class TargetInfo:
     description: str
 
 
+# ---- what changed between QEMU versions --------------------------------------------------------
+
+@dataclass
+class CaseChange:
+    """One case whose golden differs between two QEMU versions: the unified diff of the bodies."""
+
+    case: str
+    diff: str
+    changed_lines: int
+
+
+@dataclass
+class VersionChange:
+    """What changed from one recorded QEMU version to the next, computed from the golden sets."""
+
+    old: str
+    new: str
+    root: str
+    compared: int
+    cases: list[CaseChange]
+    only_old: list[str]
+    only_new: list[str]
+
+
+_VERSION_MEMBER = re.compile(r'("(?:major|minor)": )\d+')
+
+
+def _golden_bodies(directory: Path) -> dict[str, str]:
+    """Each case's golden body, with the version number itself (greeting, query-version) left
+    out: that it changes between two versions is no news."""
+    bodies = {}
+    for path in sorted(directory.glob("*/*.log")):
+        case = f"{path.parent.name}/{path.stem}"
+        bodies[case] = _VERSION_MEMBER.sub(r"\1N", Golden(path, case).body())
+    return bodies
+
+
+def version_changes(root: Path) -> list[VersionChange]:
+    """For each pair of consecutive versions with a golden set under `root`, the cases whose
+    normalized behaviour differs (what a client of the newer QEMU sees differently)."""
+    versions = golden_versions(root)
+    changes = []
+    for old, new in zip(versions, versions[1:], strict=False):
+        before, after = _golden_bodies(golden_set(root, old)), _golden_bodies(golden_set(root, new))
+        cases = []
+        for case in sorted(set(before) & set(after)):
+            if before[case] == after[case]:
+                continue
+            lines = list(difflib.unified_diff(before[case].splitlines(keepends=True),
+                                              after[case].splitlines(keepends=True),
+                                              fromfile=f"qemu-{old}/{case}.log",
+                                              tofile=f"qemu-{new}/{case}.log", n=2))
+            changed = sum(1 for line in lines if line[:1] in "+-" and line[:3] not in ("+++", "---"))
+            cases.append(CaseChange(case, _cut("".join(lines)), changed))
+        changes.append(VersionChange(old, new, str(root), len(set(before) & set(after)), cases,
+                                     sorted(set(before) - set(after)), sorted(set(after) - set(before))))
+    return changes
+
+
 class ReportCollector:
     """Folds phase reports into Cases (controller side) and writes report.html at session end.
 
     Registered as a pytest plugin by conformance.plugin when ``--blocktxn-report DIR`` is given.
     """
 
-    def __init__(self, directory: Path, targets: list[TargetInfo]) -> None:
+    def __init__(self, directory: Path, targets: list[TargetInfo], golden_root: Path | None = None) -> None:
         self.directory = directory
         self.targets = targets
+        self.golden_root = golden_root
         self.cases: dict[str, Case] = {}
         self.unit_tests = 0
         self.written: Path | None = None
@@ -456,7 +518,9 @@ class ReportCollector:
     def write(self) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / REPORT_NAME
-        path.write_text(render_report(self.sorted_cases, self.targets, self.unit_tests), encoding="utf-8")
+        changes = version_changes(self.golden_root) if self.golden_root is not None else []
+        path.write_text(render_report(self.sorted_cases, self.targets, self.unit_tests, changes),
+                        encoding="utf-8")
         self.written = path
         return path
 
@@ -486,10 +550,12 @@ def _environment() -> jinja2.Environment:
     return env
 
 
-def render_report(cases: list[Case], targets: list[TargetInfo], unit_tests: int = 0) -> str:
+def render_report(cases: list[Case], targets: list[TargetInfo], unit_tests: int = 0,
+                  changes: list[VersionChange] | None = None) -> str:
     """The whole report page as one self-contained HTML string."""
     template = _environment().get_template(TEMPLATE_NAME)
     return template.render(
+        version_changes=changes or [],
         cases=cases,
         targets=targets,
         totals=totals(cases, targets),

@@ -61,7 +61,8 @@ def phase_outcome(report: Any) -> str | None:
         return "failed" if report.when == "call" else "error"
     if report.skipped:
         emulator_only = property_of(report, EMULATOR_ONLY_PROPERTY) is not None
-        return EMULATOR_ONLY if emulator_only and target_of(report) != "emulator" else "skipped"
+        return EMULATOR_ONLY if emulator_only and not target_of(report).startswith("emulator") \
+            else "skipped"
     if report.when == "call":
         return "passed"
     return None
@@ -100,14 +101,13 @@ class Tally:
     def counts(self, target: str) -> Counter[str]:
         return Counter(self.outcomes.get(target, {}).values())
 
-    def write(self, writer: _Writer, targets: list[str], qemu_version: str | None,
-              qemu_hint: str) -> None:
+    def write(self, writer: _Writer, targets: dict[str, str]) -> None:
+        """`targets`: each target id with its description (what it is, or why it is missing)."""
         writer.write_sep("=", "blocktxn conformance summary")
-        writer.write_line(f"targets: {', '.join(targets)}")
-        if qemu_version:
-            writer.write_line(f"QEMU: {qemu_version}")
-        else:
-            writer.write_line(f"QEMU: not found: {qemu_hint}", yellow=True)
+        writer.write_line("targets:")
+        for name, description in targets.items():
+            writer.write_line(f"  {name}: {description}", yellow=name == "qemu")
+        writer.write_line("outcomes:")
         for target in [*targets, UNIT]:
             counts = self.counts(target)
             if target == UNIT and not counts:

@@ -1,14 +1,18 @@
-"""The two things a case can run against: real QEMU 7.2 and the blocktxn emulator.
+"""What a case can run against: a real QEMU binary of some version, or the blocktxn emulator in
+one of its version profiles.
 
-A Target knows how to start one instance with a QEMU-like command line (``-M none -nodefaults
--display none -qmp unix:SOCK,server=on,wait=off [-drive ...]``) and which image tools go with
-it.  A started instance (Instance) exposes the QMP socket path, the text it printed on stdout
-(HMP qemu-io output goes there) and on stderr, and a way to stop it.
+A target is named ``KIND@MAJOR.MINOR`` (``emulator@7.2``, ``qemu@10.0``); the version picks the
+golden set it is compared with (``golden/qemu-MAJOR.MINOR``).  A Target knows how to start one
+instance with a QEMU-like command line (``-M none -nodefaults -display none -qmp
+unix:SOCK,server=on,wait=off [-drive ...]``) and which image tools go with it.  A started instance
+(Instance) exposes the QMP socket path, the text it printed on stdout (HMP qemu-io output goes
+there) and on stderr, and a way to stop it.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import os
 import shutil
 import subprocess
@@ -21,8 +25,29 @@ from typing import IO, Any
 
 from conformance.imagetools import EmulatorImageTools, ImageTools, QemuImageTools
 
-INSTALL_HINT = "apt-get install qemu-system-x86 qemu-utils"
-TARGET_NAMES = ("emulator", "qemu")
+INSTALL_HINT = "apt-get update && apt-get install qemu-system-x86 qemu-utils"
+TARGET_KINDS = ("emulator", "qemu")
+#: The QEMU versions the emulator has a profile for (its ``-blocktxn-version``), oldest first.
+EMULATOR_VERSIONS = ("7.2", "10.0")
+#: Where Debian's packages put QEMU's loadable modules, relative to the folder holding usr/.
+MODULE_SUBDIR = Path("usr/lib/x86_64-linux-gnu/qemu")
+_VERSION_LINE = re.compile(r"version (\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def parse_target(spec: str) -> tuple[str, str | None]:
+    """``emulator``, ``emulator@7.2``, ``qemu``, ``qemu@10.0`` -> (kind, version or None)."""
+    kind, _, version = spec.partition("@")
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"unknown target {spec!r}: use emulator[@VERSION] or qemu[@VERSION]")
+    if _ and not re.fullmatch(r"\d+\.\d+", version):
+        raise ValueError(f"target {spec!r}: the version is MAJOR.MINOR, e.g. {kind}@10.0")
+    return kind, version or None
+
+
+def major_minor(version_line: str | None) -> str | None:
+    """"QEMU emulator version 10.0.2 (Debian ...)" -> "10.0" (None when it is no QEMU version)."""
+    match = _VERSION_LINE.search(version_line or "")
+    return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
 def machine_argv(socket_path: Path, extra: list[str]) -> list[str]:
@@ -31,39 +56,99 @@ def machine_argv(socket_path: Path, extra: list[str]) -> list[str]:
             "-qmp", f"unix:{socket_path},server=on,wait=off", *extra]
 
 
+class QemuNotUsable(Exception):
+    """A binary the user named does not start as QEMU (message: what it printed)."""
+
+
 @dataclass(frozen=True)
 class QemuBinaries:
-    """Paths of the real QEMU programs, and the version line of qemu-system-x86_64."""
+    """Paths of one real QEMU's programs, and the version line of its qemu-system-x86_64.
+
+    ``module_dir`` is set for a QEMU unpacked beside the system's (``X/usr/bin/qemu-system-x86_64``
+    with its modules in ``X/usr/lib/x86_64-linux-gnu/qemu``, as scripts/setup-qemu-10.sh leaves it):
+    such a binary must run with QEMU_MODULE_DIR, or it loads the system QEMU's modules."""
 
     system: str | None
     img: str | None
     io: str | None
     version: str | None
+    module_dir: str | None = None
 
     @property
     def complete(self) -> bool:
         return bool(self.system and self.img and self.io and self.version)
 
+    @property
+    def major_minor(self) -> str | None:
+        return major_minor(self.version)
+
     def missing(self) -> list[str]:
         names = {"qemu-system-x86_64": self.system, "qemu-img": self.img, "qemu-io": self.io}
         return [name for name, path in names.items() if not path]
 
+    def env(self) -> dict[str, str] | None:
+        """The environment to run these programs with (None: inherit this process's)."""
+        if not self.module_dir:
+            return None
+        return {**os.environ, "QEMU_MODULE_DIR": self.module_dir}
+
+    @staticmethod
+    def _beside(system: str, name: str) -> str | None:
+        candidate = Path(system).parent / name
+        return str(candidate) if os.access(candidate, os.X_OK) else None
+
     @classmethod
     def find(cls, system: str | None = None, img: str | None = None,
              io: str | None = None) -> QemuBinaries:
-        """Locate the binaries (explicit paths first, then PATH) and read the version."""
+        """Locate the binaries and read the version: explicit paths first, then the tools beside
+        an explicit qemu-system-x86_64, then PATH."""
         found_system = shutil.which(system or "qemu-system-x86_64")
-        found_img = shutil.which(img or "qemu-img")
-        found_io = shutil.which(io or "qemu-io")
+        found_img = shutil.which(img) if img else None
+        found_io = shutil.which(io) if io else None
+        module_dir = None
+        if found_system:
+            if system:  # the image tools of the same build sit beside the binary
+                found_img = found_img or cls._beside(found_system, "qemu-img")
+                found_io = found_io or cls._beside(found_system, "qemu-io")
+            bindir = Path(found_system).resolve().parent  # X/usr/bin, with X other than /
+            if bindir.name == "bin" and bindir.parent.name == "usr" and bindir.parent.parent != Path("/") \
+                    and (bindir.parent.parent / MODULE_SUBDIR).is_dir():
+                module_dir = str(bindir.parent.parent / MODULE_SUBDIR)
+        found_img = found_img or (None if img else shutil.which("qemu-img"))
+        found_io = found_io or (None if io else shutil.which("qemu-io"))
         version = None
         if found_system:
+            env = {**os.environ, "QEMU_MODULE_DIR": module_dir} if module_dir else None
             try:
                 done = subprocess.run([found_system, "--version"], capture_output=True, text=True,
-                                      timeout=30, check=False)
-                version = done.stdout.splitlines()[0].strip() if done.returncode == 0 else None
-            except (OSError, subprocess.TimeoutExpired, IndexError):
+                                      timeout=30, check=False, env=env)
+                first = done.stdout.splitlines()[0].strip() if done.stdout else ""
+                version = first if done.returncode == 0 and major_minor(first) else None
+            except (OSError, subprocess.TimeoutExpired):
                 version = None
-        return cls(found_system, found_img, found_io, version)
+        return cls(found_system, found_img, found_io, version, module_dir)
+
+    @classmethod
+    def named(cls, system: str, img: str | None = None, io: str | None = None) -> QemuBinaries:
+        """The QEMU at a path the user named: raise QemuNotUsable unless it starts as QEMU."""
+        binaries = cls.find(system, img, io)
+        if not binaries.system:
+            raise QemuNotUsable(f"--qemu {system}: no such executable")
+        if not binaries.version:
+            try:
+                done = subprocess.run([binaries.system, "--version"], capture_output=True, text=True,
+                                      timeout=30, check=False, env=binaries.env())
+                said = (done.stdout + done.stderr).strip() or "(nothing)"
+                status = f"exit status {done.returncode}"
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                said, status = str(exc), "did not run"
+            raise QemuNotUsable(f"--qemu {system}: `{binaries.system} --version` does not print a "
+                                f"QEMU version ({status}); it printed: {said}")
+        if not binaries.complete:
+            raise QemuNotUsable(f"--qemu {system} ({binaries.version}): "
+                                f"{', '.join(binaries.missing())} not found beside it or on PATH; "
+                                "name them with --qemu-img and --qemu-io")
+        return binaries
 
 
 class Instance(ABC):
@@ -217,9 +302,16 @@ class EmbeddedInstance(Instance):
 
 
 class Target(ABC):
-    """A kind of target: how to start it and which image tools go with it."""
+    """A kind of target at one QEMU version: how to start it and which image tools go with it."""
 
-    name: str
+    kind: str
+    #: MAJOR.MINOR of the QEMU it is (or emulates); picks the golden set.
+    version: str
+
+    @property
+    def name(self) -> str:
+        """The target's id in test ids, reports and dumps: ``KIND@MAJOR.MINOR``."""
+        return f"{self.kind}@{self.version}"
 
     @abstractmethod
     def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance: ...
@@ -235,35 +327,42 @@ class Target(ABC):
 class QemuTarget(Target):
     """Real qemu-system-x86_64 under ``stdbuf -o0 -e0`` so that HMP qemu-io output is unbuffered."""
 
-    name = "qemu"
+    kind = "qemu"
 
     def __init__(self, binaries: QemuBinaries) -> None:
-        if not binaries.complete:
+        if not binaries.complete or not binaries.major_minor:
             raise ValueError(f"QEMU not found ({', '.join(binaries.missing())}): {INSTALL_HINT}")
         self.binaries = binaries
+        self.version = binaries.major_minor
 
     def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance:
         prefix = ["stdbuf", "-o0", "-e0"] if shutil.which("stdbuf") else []
         argv = [*prefix, str(self.binaries.system), *machine_argv(socket_path, extra_argv)]
-        return ProcessInstance(argv, socket_path, workdir)
+        return ProcessInstance(argv, socket_path, workdir, self.binaries.env())
 
     def tools(self, workdir: Path) -> ImageTools:
-        return QemuImageTools(str(self.binaries.img), str(self.binaries.io), cwd=workdir)
+        return QemuImageTools(str(self.binaries.img), str(self.binaries.io), cwd=workdir,
+                              env=self.binaries.env())
 
     def describe(self) -> str:
-        return str(self.binaries.version)
+        return f"{self.binaries.version}, binary {self.binaries.system}"
 
 
 class EmulatorTarget(Target):
-    """The blocktxn emulator, in-process by default or as ``python -m emulator``."""
+    """The blocktxn emulator in one version profile, in-process by default or as
+    ``python -m emulator``; the profile is chosen with ``-blocktxn-version``."""
 
-    name = "emulator"
+    kind = "emulator"
 
-    def __init__(self, *, separate_process: bool = False) -> None:
+    def __init__(self, version: str = EMULATOR_VERSIONS[-1], *, separate_process: bool = False) -> None:
+        if version not in EMULATOR_VERSIONS:
+            raise ValueError(f"the emulator has no QEMU {version} profile; it has "
+                             f"{', '.join(EMULATOR_VERSIONS)}")
+        self.version = version
         self.separate_process = separate_process
 
     def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance:
-        argv = machine_argv(socket_path, extra_argv)
+        argv = ["-blocktxn-version", self.version, *machine_argv(socket_path, extra_argv)]
         if not self.separate_process:
             return EmbeddedInstance(argv, socket_path, workdir)
         env = dict(os.environ)
@@ -277,11 +376,4 @@ class EmulatorTarget(Target):
 
     def describe(self) -> str:
         mode = "separate process" if self.separate_process else "in-process"
-        try:
-            from emulator import QEMU_VERSION
-
-            triple: Any = QEMU_VERSION["qemu"]
-            return (f"blocktxn emulator ({mode}) reporting QEMU "
-                    f"{triple['major']}.{triple['minor']}.{triple['micro']}")
-        except (ImportError, KeyError, TypeError):
-            return f"blocktxn emulator ({mode})"
+        return f"blocktxn emulator ({mode}) in its QEMU {self.version} profile"

@@ -64,6 +64,8 @@ class VM:
         self._pending_events: list[dict[str, Any]] = []
         self._event_arrived = asyncio.Event()
         self._shut_down = False
+        #: (major, minor) of the QEMU the target is or emulates, from the QMP greeting.
+        self.qemu_version: tuple[int, int] = (0, 0)
 
     # ---- set-up -------------------------------------------------------------------------------
     def path(self, name: str) -> Path:
@@ -122,6 +124,9 @@ class VM:
         self._client = client
         greeting = client.greeting
         self.log.add("greeting", greeting._asdict() if greeting is not None else {})
+        if greeting is not None:
+            triple = greeting.QMP.version["qemu"]
+            self.qemu_version = (int(triple["major"]), int(triple["minor"]))
         self._collect_stdout()
 
     @staticmethod

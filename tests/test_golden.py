@@ -25,7 +25,7 @@ def test_write_then_check_ignores_the_header(tmp_path: Path) -> None:
 
 def test_missing_golden_fails_with_a_recording_hint(tmp_path: Path) -> None:
     golden = Golden.for_case(tmp_path, "test_mod", "test_case")
-    with pytest.raises(GoldenMissing, match="blocktxn record-golden -k test_case"):
+    with pytest.raises(GoldenMissing, match="blocktxn record-golden --qemu BIN -k test_case"):
         golden.check(BODY)
 
 

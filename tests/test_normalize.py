@@ -93,8 +93,21 @@ def test_grouped_failure_renders_per_job_sequences() -> None:
     text = b2_session("typical", waiting=True, offset=LEN)
     assert "== events of job drive0\nJOB_STATUS_CHANGE created\nJOB_STATUS_CHANGE running\n" \
            "JOB_STATUS_CHANGE aborting\nBLOCK_JOB_CANCELLED " in text
-    assert '"error": "Input/output error", "len": 458752, "offset": "MASKED"' in text
+    assert '"error": "Input/output error",\n' in text  # rule L1: a long message is indented
+    assert '  "len": 458752,\n' in text and '  "offset": "MASKED",\n' in text
     assert text.index("== events of job drive0") < text.index("== events of job drive1")
+
+
+def test_short_messages_stay_on_one_line_and_long_ones_are_indented() -> None:
+    """Rule L1: compact JSON up to 100 characters with the prefix, else indented key-sorted
+    JSON whose continuation lines sit under the prefix."""
+    from conformance.normalize import message_lines
+
+    assert message_lines("<- ", {"return": {}}) == ['<- {"return": {}}']
+    long = {"return": [{"node-name": "drive0", "drv": "qcow2", "ro": False, "file": "x" * 60}]}
+    lines = message_lines("<- ", long)
+    assert lines[0] == "<- {" and lines[-1] == "   }"
+    assert '         "drv": "qcow2",' in lines and len(lines) == 10
 
 
 def test_a_real_difference_in_a_job_sequence_is_caught() -> None:
