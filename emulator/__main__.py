@@ -46,16 +46,16 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(exc.format())
         return 1
     if config.action == "version":
-        sys.stdout.write(version_text())
+        sys.stdout.write(version_text(config.profile))
         return 0
     if config.action == "help":
-        sys.stdout.write(help_text())
+        sys.stdout.write(help_text(config.profile))
         return 0
     if not logging.getLogger("emulator").handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("emulator").addHandler(handler)
-    machine = attach(Machine())
+    machine = attach(Machine(profile=config.profile))
     try:
         asyncio.run(_serve(config, machine))
     except CmdlineError as exc:

@@ -4,6 +4,7 @@
     -qmp unix:PATH,server=on,wait=off | tcp:HOST:PORT,server=on,wait=off  (or server,nowait)
     -chardev socket,id=ID,path=PATH[,server=on,wait=off]  -mon chardev=ID,mode=control
     -blockdev JSON or key=value  -drive file=...,if=none,id=...  -version  -h
+    -blocktxn-version 7.2|10.0   (else $BLOCKTXN_QEMU_VERSION, else the newest)
 
 parse_args() turns argv into a Config or raises CmdlineError carrying QEMU's message and the
 option it is about; the caller prints `qemu-system-x86_64: -opt ARG: message` and exits 1.
@@ -19,9 +20,10 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from emulator import QEMU_VERSION
+from emulator import PACKAGE
 from emulator.commands import TYPES
 from emulator.error import QemuError
+from emulator.versions import DEFAULT_PROFILE, VERSION_ENV, QemuProfile, UnsupportedVersion, select, supported_text
 
 from .qmp.jsonparser import parse_json
 from .qmp.keyval import keyval_parse
@@ -34,15 +36,15 @@ if TYPE_CHECKING:
 PROG = "qemu-system-x86_64"
 
 
-def version_text() -> str:
-    triple: Any = QEMU_VERSION["qemu"]
-    return (f"QEMU emulator version {triple['major']}.{triple['minor']}.{triple['micro']} "
-            f"({QEMU_VERSION['package']})\n"
-            "Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n")
+def version_text(profile: QemuProfile | None = None) -> str:
+    """What `-version` prints for `profile` (the selected one by default)."""
+    profile = profile if profile is not None else select()
+    return (f"QEMU emulator version {profile.version_string} ({PACKAGE})\n"
+            f"{profile.copyright_line}\n")
 
 
-def help_text() -> str:
-    return version_text() + f"""usage: {PROG} [options]
+def help_text(profile: QemuProfile | None = None) -> str:
+    return version_text(profile) + f"""usage: {PROG} [options]
 
 The blocktxn emulator accepts the part of QEMU's command line that block-layer tests use:
 
@@ -55,6 +57,8 @@ The blocktxn emulator accepts the part of QEMU's command line that block-layer t
 -mon chardev=ID,mode=control       QMP monitor on a chardev (connects out without server=on)
 -blockdev OPTIONS                  add a block node (JSON or key=value, as blockdev-add)
 -drive file=F,format=FMT,if=none,id=ID[,node-name=N,cache=...,aio=...]
+-blocktxn-version VERSION          behave as QEMU VERSION ({supported_text()}, or a full triple such
+                                   as 7.2.22); default: ${VERSION_ENV}, else the newest
 -version                           print the version
 -h, -help                          print this help
 """
@@ -83,6 +87,8 @@ class Config:
     """What a command line asks for."""
 
     action: str = "run"  # "run", "version" or "help"
+    #: The QEMU version to behave as (-blocktxn-version, else $BLOCKTXN_QEMU_VERSION, else newest).
+    profile: QemuProfile = DEFAULT_PROFILE
     start_paused: bool = False
     monitors: list[Endpoint] = field(default_factory=list)
     #: (location, BlockdevOptions) per -blockdev, visited and converted.
@@ -93,7 +99,7 @@ class Config:
 
 # Options and whether they take an argument (QEMU's qemu-options.def, the part supported here).
 OPTIONS_WITH_ARG = {"M", "machine", "display", "accel", "qmp", "chardev", "mon", "blockdev",
-                    "drive", "name", "m", "smp"}
+                    "drive", "name", "m", "smp", "blocktxn-version"}
 FLAG_OPTIONS = {"nodefaults", "S", "version", "h", "help", "nographic", "no-user-config",
                 "no-shutdown"}
 
@@ -219,6 +225,8 @@ class _Parser:
 
     def parse(self, argv: list[str]) -> Config:
         pairs = self._split(argv)
+        self.config.profile = self._profile(pairs)
+        self.schema = QapiSchema(self.config.profile.qapi_types(TYPES))
         for name, arg in pairs:
             if name in ("version",):
                 self.config.action = "version"
@@ -233,6 +241,20 @@ class _Parser:
             except QemuError as exc:
                 raise CmdlineError(exc.desc, location) from exc
         return self.config
+
+    @staticmethod
+    def _profile(pairs: list[tuple[str, str | None]]) -> QemuProfile:
+        """The last -blocktxn-version wins (as QEMU's options); it beats the environment."""
+        option: str | None = None
+        for name, arg in pairs:
+            if name == "blocktxn-version":
+                option = arg or ""
+        try:
+            return select(option)
+        except UnsupportedVersion as exc:
+            location = (f"-blocktxn-version {option}" if option is not None
+                        else f"{VERSION_ENV}={os.environ.get(VERSION_ENV, '')}")
+            raise CmdlineError(str(exc), location) from exc
 
     @staticmethod
     def _split(argv: list[str]) -> list[tuple[str, str | None]]:
@@ -283,6 +305,7 @@ class _Parser:
             self._blockdev(arg or "")
         elif name == "drive":
             self.config.drives.append((f"-drive {arg}", parse_qemu_opts(arg or "")))
+        # -blocktxn-version: chosen before the other options (parse)
         # -nodefaults, -nographic, -no-user-config, -no-shutdown, -name, -m, -smp: nothing to do
 
     def _machine(self, arg: str) -> None:

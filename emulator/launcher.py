@@ -84,7 +84,7 @@ class EmbeddedEmulator:
             raise EmulatorStartError(exc.format().rstrip("\n")) from exc
         if config.action != "run":
             raise EmulatorStartError(f"-{config.action} does not start an emulator")
-        self.machine = attach(Machine(stdout=self.stdout))
+        self.machine = attach(Machine(stdout=self.stdout, profile=config.profile))
         self._thread = threading.Thread(target=self._thread_main, args=(config, self.machine),
                                         name="blocktxn-emulator", daemon=True)
         self._thread.start()

@@ -10,7 +10,10 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from emulator.versions import QemuProfile
 
 EventListener = Callable[[str, dict[str, Any] | None, tuple[int, int]], None]
 
@@ -18,10 +21,13 @@ EventListener = Callable[[str, dict[str, Any] | None, tuple[int, int]], None]
 class Machine:
     """One emulated QEMU instance."""
 
-    def __init__(self, stdout: TextIO | None = None) -> None:
+    def __init__(self, stdout: TextIO | None = None, profile: QemuProfile | None = None) -> None:
         from emulator.block.graph import BlockGraph
         from emulator.jobs.manager import JobManager
+        from emulator.versions import DEFAULT_PROFILE
 
+        #: The QEMU version this instance behaves as (emulator/versions.py).
+        self.profile: QemuProfile = profile if profile is not None else DEFAULT_PROFILE
         self.stdout: TextIO = stdout if stdout is not None else sys.stdout
         self.block = BlockGraph()
         self.jobs = JobManager()

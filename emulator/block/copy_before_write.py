@@ -8,8 +8,9 @@ it, query-named-block-nodes shows it, and lookups by device name reach it (as in
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
+from .dirty_bitmap import DirtyBitmap
 from .node import BlockNode
 
 CopyHook = Callable[[int, int], None]
@@ -22,7 +23,10 @@ class CopyBeforeWriteNode(BlockNode):
     is_filter = True
 
     def __init__(self, node_name: str, source: BlockNode, target: BlockNode, copy_hook: CopyHook,
-                 *, cluster_size: int, auto_named: bool = False) -> None:
+                 *, cluster_size: int, auto_named: bool = False,
+                 adopt_bitmaps: Sequence[DirtyBitmap] = ()) -> None:
+        """`adopt_bitmaps` move from the source to the filter before the filter's own are made
+        (QEMU 10.0's cbw_open creates the block-copy bitmap on the filter node first)."""
         super().__init__(node_name, auto_named=auto_named)
         # QEMU 7.2 does not mark the filter implicit: query-block shows it above the drive's node.
         self.copy_hook = copy_hook
@@ -31,6 +35,8 @@ class CopyBeforeWriteNode(BlockNode):
         # cbw_open's done_bitmap and access_bitmap (the latter starts fully dirty): QEMU lists
         # them on the filter node while the job runs.
         size = source.length()
+        for bitmap in adopt_bitmaps:
+            self.dirty_bitmaps.take(bitmap, source.dirty_bitmaps)
         self.cluster_size = cluster_size
         self.done_bitmap = self.dirty_bitmaps.create(None, cluster_size, size, disabled=True)
         self.access_bitmap = self.dirty_bitmaps.create(None, cluster_size, size, disabled=True)

@@ -342,6 +342,12 @@ class DirtyBitmapSet:
             raise ValueError(f"releasing {bm!r} while it is in use")
         self._remove(bm)
 
+    def take(self, bm: DirtyBitmap, owner: DirtyBitmapSet) -> None:
+        """Move `bm` from `owner` to the head of this set (a bitmap created for another node,
+        e.g. QEMU 10.0's block-copy bitmap that lives on the copy-before-write filter)."""
+        owner._remove(bm)
+        self._list.insert(0, bm)
+
     def _remove(self, bm: DirtyBitmap) -> None:
         for i, b in enumerate(self._list):
             if b is bm:

@@ -12,11 +12,13 @@ import logging
 import os
 import random
 import re
+from collections.abc import Sequence
 from typing import Any
 
 from emulator.error import QemuError
 
 from .backend import BlockBackend
+from .dirty_bitmap import DirtyBitmap
 from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode
 from .image import probe_format
 from .node import BlockNode
@@ -265,14 +267,16 @@ class BlockGraph:
 
     # ---- filters ------------------------------------------------------------------------------
     def insert_cbw_filter(self, source: BlockNode, target: BlockNode, copy_hook: Any,
-                          node_name: str | None = None, *, cluster_size: int = 65536) -> BlockNode:
+                          node_name: str | None = None, *, cluster_size: int = 65536,
+                          adopt_bitmaps: Sequence[DirtyBitmap] = ()) -> BlockNode:
         """bdrv_cbw_append: put a copy-before-write filter above `source` for its devices."""
         from .copy_before_write import CopyBeforeWriteNode
 
         if node_name:
             self._check_node_name(node_name)
         node = CopyBeforeWriteNode(node_name or "", source, target, copy_hook,
-                                   cluster_size=cluster_size, auto_named=not node_name)
+                                   cluster_size=cluster_size, auto_named=not node_name,
+                                   adopt_bitmaps=adopt_bitmaps)
         if not node_name:
             node.node_name = self._generate_node_name()
         self._register(node)

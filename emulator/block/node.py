@@ -52,6 +52,9 @@ class BlockNode:
         self.monitor_owned = False  # created by blockdev-add
         self.implicit = False  # an automatically inserted filter the user did not name
         self.options: dict[str, Any] = {}  # the options it was opened with (for query output)
+        # !BDRV_O_INACTIVE: nothing here inactivates a node yet (no migration, no
+        # blockdev-set-active), so every node stays active; 10.0 reports it in queries.
+        self.active = True
         # QEMU's bs->write_gen / bs->flushed_gen: a flush with nothing written since is cheap.
         self.write_gen = 0
         self.flushed_gen = 0

@@ -197,8 +197,9 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
         raise
+    adopt = [job.copy_bitmap] if machine.profile.block_copy_bitmap_on_filter else []
     cbw = graph.insert_cbw_filter(source, target, job.copy_before_write, args.get("filter-node-name"),
-                                  cluster_size=job.cluster_size)
+                                  cluster_size=job.cluster_size, adopt_bitmaps=adopt)
     filter_box.append(cbw)
     job.add_node(cbw)
     return job

@@ -49,8 +49,10 @@ def cluster_size_of(node: BlockNode) -> int | None:
     return None
 
 
-def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str, Any]:
-    """ImageInfo of `node` (bdrv_query_image_info)."""
+def image_info(node: BlockNode, *, with_backing_image: bool = True,
+               file_format_specific: bool = False) -> dict[str, Any]:
+    """ImageInfo of `node` (bdrv_query_image_info); `file_format_specific` is the profile's
+    flag for 10.0's {"type": "file", "data": {}} on file nodes."""
     info: dict[str, Any] = {
         "virtual-size": node.length(),
         "filename": node_filename(node),
@@ -66,6 +68,10 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str,
         info["cluster-size"] = cluster
     if isinstance(node, Qcow2Node):
         info["format-specific"] = {"type": "qcow2", "data": node.image.format_specific()}
+    elif isinstance(node, FileNode) and file_format_specific:
+        # file-posix's raw_get_specific_info: extent-size-hint only when one is set (never here)
+        info["format-specific"] = {"type": "file", "data": {}}
+    if isinstance(node, Qcow2Node):
         backing_name = node.image.backing_file
         if backing_name:
             info["backing-filename"] = backing_name
@@ -74,7 +80,8 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str,
                 info["backing-filename-format"] = node.image.backing_format
     below = filtered_or_cow_child(node)
     if with_backing_image and below is not None:
-        info["backing-image"] = image_info(below, with_backing_image=True)
+        info["backing-image"] = image_info(below, with_backing_image=True,
+                                           file_format_specific=file_format_specific)
     return info
 
 
@@ -96,6 +103,7 @@ def _backing_depth(node: BlockNode) -> int:
 
 def device_info(machine: Machine, node: BlockNode, *, flat: bool = False) -> dict[str, Any]:
     """BlockDeviceInfo of `node` (bdrv_block_device_info)."""
+    profile = machine.profile
     info: dict[str, Any] = {
         "file": node_filename(node),
         "node-name": node.node_name,
@@ -104,11 +112,14 @@ def device_info(machine: Machine, node: BlockNode, *, flat: bool = False) -> dic
         "encrypted": False,
         "detect_zeroes": node.options.get("detect-zeroes", "off"),
         "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0,
-        "image": image_info(node, with_backing_image=not flat),
+        "image": image_info(node, with_backing_image=not flat,
+                            file_format_specific=profile.file_format_specific),
         "cache": {"writeback": True, "direct": False, "no-flush": False},
         "write_threshold": 0,
         "backing_file_depth": 0 if flat else _backing_depth(node),
     }
+    if profile.node_active_field:
+        info["active"] = node.active
     backing = node.backing
     if backing is not None:
         info["backing_file"] = node_filename(backing)

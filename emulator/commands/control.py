@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from emulator import QEMU_VERSION
+from emulator import PACKAGE
 from emulator.error import QemuError
 
 from .registry import COMMANDS, qapi_types, qmp_command
@@ -65,22 +65,22 @@ def qmp_qmp_capabilities(machine: Machine, enable: list[str] | None = None) -> N
 
 @qmp_command("query-version")
 def qmp_query_version(machine: Machine) -> dict[str, Any]:
-    triple = QEMU_VERSION["qemu"]
-    assert isinstance(triple, dict)
-    return {"qemu": {"major": triple["major"], "minor": triple["minor"], "micro": triple["micro"]},
-            "package": QEMU_VERSION["package"]}
+    major, minor, micro = machine.profile.version
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
 
 
 @qmp_command("query-status")
 def qmp_query_status(machine: Machine) -> dict[str, Any]:
     state = runstate(machine)
-    return {"running": state == "running", "singlestep": False, "status": state}
+    if machine.profile.status_singlestep:
+        return {"running": state == "running", "singlestep": False, "status": state}
+    return {"running": state == "running", "status": state}
 
 
 @qmp_command("query-commands")
 def qmp_query_commands(machine: Machine) -> list[dict[str, str]]:
     # QEMU prepends while walking its command list, so the last registered comes first.
-    return [{"name": name} for name in reversed(COMMANDS)]
+    return [{"name": name} for name in reversed(COMMANDS) if machine.profile.has_command(name)]
 
 
 @qmp_command("quit")

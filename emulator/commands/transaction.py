@@ -1,8 +1,10 @@
-"""The QMP `transaction` command (QEMU 7.2's qmp_transaction) and the drain around it.
+"""The QMP `transaction` command (QEMU's qmp_transaction) and the drain around it.
 
 Each QAPI TransactionAction becomes a TransactionAction object (emulator/transaction.py).  With
 `completion-mode: grouped` every job the actions create joins one JobTxn; actions that cannot take
-part in a group refuse in their prepare phase, as QEMU 7.2's action_check_completion_mode does.
+part in a group refuse: in their prepare phase, in order, as QEMU 7.2's
+action_check_completion_mode does, or all of them (abort included) before anything is prepared,
+as QEMU 10.0 does (profile.grouped_checked_before_prepare).
 Transaction-class commands drain all I/O first, which QEMU's running jobs show as a
 paused/running pair; jobs started by the command show the same pair.
 """
@@ -73,15 +75,15 @@ class AbortAction(BaseAction):
 class CompletionModeCheck(BaseAction):
     """Refuse grouped mode in prepare, then delegate (QEMU 7.2's action_check_completion_mode)."""
 
-    def __init__(self, kind: str, mode: str, inner: TransactionAction | None) -> None:
+    def __init__(self, kind: str, mode: str, inner: TransactionAction | None, message: str) -> None:
         self.kind = kind
         self.mode = mode
         self.inner = inner
+        self.message = message
 
     def prepare(self) -> None:
         if self.mode != "individual":
-            raise QemuError(f"Action '{self.kind}' does not support Transaction property "
-                            f"completion-mode = {self.mode}")
+            raise QemuError(self.message % (self.kind, self.mode))
         if self.inner is None:
             raise QemuError(f"Action '{self.kind}' is not supported by blocktxn-emulator")
         self.inner.prepare()
@@ -113,22 +115,35 @@ def _bitmap_action_factory(kind: str) -> ActionFactory | None:
     return lambda machine, data: factory(machine, kind, data)
 
 
+GROUPED_ACTIONS = ("drive-backup", "blockdev-backup")
+
+
 def build_action(machine: Machine, action: dict[str, Any], mode: str, txn: JobTxn | None
                  ) -> TransactionAction:
     kind = action["type"]
     data = action.get("data", {})
+    message = machine.profile.errors.TXN_PROPERTY_UNSUPPORTED
     if kind == "abort":
         return AbortAction()
-    if kind in ("drive-backup", "blockdev-backup"):
+    if kind in GROUPED_ACTIONS:
         return BackupAction(machine, kind, data, txn)
     if kind in ("blockdev-snapshot-sync", "blockdev-snapshot"):
         from .snapshot import ExternalSnapshotAction
 
-        return CompletionModeCheck(kind, mode, ExternalSnapshotAction(machine, kind, data))
+        return CompletionModeCheck(kind, mode, ExternalSnapshotAction(machine, kind, data), message)
     if kind.startswith("block-dirty-bitmap-"):
         factory = _bitmap_action_factory(kind)
-        return CompletionModeCheck(kind, mode, factory(machine, data) if factory else None)
-    return CompletionModeCheck(kind, mode, None)
+        return CompletionModeCheck(kind, mode, factory(machine, data) if factory else None, message)
+    return CompletionModeCheck(kind, mode, None, message)
+
+
+def check_grouped_actions(machine: Machine, actions: list[dict[str, Any]], mode: str) -> None:
+    """QEMU 10.0's up-front check: only backups may join a non-individual transaction."""
+    if mode == "individual":
+        return
+    for action in actions:
+        if action["type"] not in GROUPED_ACTIONS:
+            raise QemuError(machine.profile.errors.TXN_PROPERTY_UNSUPPORTED % (action["type"], mode))
 
 
 def run_actions(machine: Machine, actions: list[TransactionAction]) -> None:
@@ -141,6 +156,8 @@ def run_actions(machine: Machine, actions: list[TransactionAction]) -> None:
 def qmp_transaction(machine: Machine, actions: list[dict[str, Any]],
                     properties: dict[str, Any] | None = None) -> None:
     mode = (properties or {}).get("completion-mode", "individual")
+    if machine.profile.grouped_checked_before_prepare:
+        check_grouped_actions(machine, actions, mode)
     txn = JobTxn() if mode == "grouped" else None
     built = [build_action(machine, action, mode, txn) for action in actions]
     run_actions(machine, built)

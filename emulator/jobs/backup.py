@@ -247,7 +247,9 @@ class BackupJob(BlockJob):
         self._cleanup_sync_bitmap(-1)
 
     def clean(self) -> None:
-        if self.copy_bitmap in list(self.source.dirty_bitmaps):
+        # The bitmap is on the source (QEMU 7.2) or went with the copy-before-write filter
+        # (QEMU 10.0), which the release below removes.
+        if self.copy_bitmap in self.source.dirty_bitmaps:
             self.source.dirty_bitmaps.remove(self.copy_bitmap)
         try:
             self.target.flush()

@@ -67,8 +67,12 @@ class Dispatcher:
     def __init__(self, machine: Machine, commands: Mapping[str, CommandDef] | None = None,
                  types: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.machine = machine
-        self.commands = COMMANDS if commands is None else commands
-        self.schema = QapiSchema(TYPES if types is None else types)
+        profile = machine.profile
+        # The registry holds the union of all versions; the profile drops what its version lacks.
+        table = COMMANDS if commands is None else commands
+        self.commands = {name: command for name, command in table.items()
+                         if profile.has_command(name)}
+        self.schema = QapiSchema(profile.qapi_types(TYPES if types is None else types))
 
     async def dispatch(self, request: Any, monitor: DispatchMonitor) -> dict[str, Any]:
         """The response to one parsed request (an "id" member is echoed whenever present)."""

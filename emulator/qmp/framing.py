@@ -9,23 +9,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator import QEMU_VERSION
+from emulator import PACKAGE
+from emulator.versions import DEFAULT_PROFILE, QemuProfile
 
 from .qobject import to_json
 
 CAPABILITIES = ("oob",)
 
 
-def greeting() -> dict[str, Any]:
+def greeting(profile: QemuProfile = DEFAULT_PROFILE) -> dict[str, Any]:
     """The message a client gets on connecting (monitor/qmp.c qmp_greeting)."""
-    return {"QMP": {"version": version_info(), "capabilities": list(CAPABILITIES)}}
+    return {"QMP": {"version": version_info(profile), "capabilities": list(CAPABILITIES)}}
 
 
-def version_info() -> dict[str, Any]:
+def version_info(profile: QemuProfile = DEFAULT_PROFILE) -> dict[str, Any]:
     """VersionInfo with members in QAPI order (major, minor, micro), as QEMU builds it."""
-    triple: Any = QEMU_VERSION["qemu"]
-    return {"qemu": {"major": triple["major"], "minor": triple["minor"], "micro": triple["micro"]},
-            "package": QEMU_VERSION["package"]}
+    major, minor, micro = profile.version
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
 
 
 def encode_message(message: dict[str, Any]) -> bytes:

@@ -77,7 +77,7 @@ class MonitorSession:
     # -- the connection's life -------------------------------------------------------------------
     async def run(self) -> None:
         """Greet, then serve requests until the peer goes away or the server closes us."""
-        self.send(greeting())
+        self.send(greeting(self._dispatcher.machine.profile))
         try:
             await self._drain()
             while not self._writer.is_closing() and not self._shutting_down:

@@ -1,6 +1,8 @@
 """`blocktxn img`: the qemu-img subset the test suites use (create, info, check, compare, map).
 
-Options, output text and exit codes follow qemu-img 7.2.  JSON objects are printed in the order
+Options, output text and exit codes follow qemu-img 7.2, or 10.0 where its output differs (`info`
+shows the protocol child): `--blocktxn-version V` as the first argument, else
+$BLOCKTXN_QEMU_VERSION, else the newest (emulator/versions.py).  JSON objects are printed in the order
 QEMU's QDict iterates them (hash-bucket order), so the text matches qemu-img's byte for byte.
 
 Usage:  python -m emulator.tools.img COMMAND [options] ...
@@ -28,6 +30,7 @@ from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
 from emulator.block.qcow2 import Qcow2Image
 from emulator.block.qemu_io import strtosz
 from emulator.error import QemuError
+from emulator.versions import DEFAULT_PROFILE, QemuProfile, UnsupportedVersion, select
 
 IO_BUF_SIZE = 2 * 1024 * 1024
 #: qcow2 creation options whose only supported value is QEMU's default.
@@ -119,8 +122,10 @@ def size_to_str(val: int) -> str:
 class Tool:
     """One qemu-img invocation, with its output streams."""
 
-    def __init__(self, out: TextIO, err: TextIO) -> None:
+    def __init__(self, out: TextIO, err: TextIO, profile: QemuProfile = DEFAULT_PROFILE) -> None:
         self.out, self.err = out, err
+        #: The QEMU version whose qemu-img this behaves as (only `info` output differs).
+        self.profile = profile
 
     def error(self, msg: str) -> None:
         self.err.write(f"{PROG}: {msg}\n")
@@ -277,6 +282,15 @@ class Tool:
                 if img.qcow2.backing_format:
                     info["backing-filename-format"] = img.qcow2.backing_format
             info["format-specific"] = {"type": "qcow2", "data": img.qcow2.format_specific()}
+        if self.profile.img_info_children:
+            # QEMU 10.0's BlockGraphInfo: the protocol child, as a node of its own.
+            file_info: dict[str, Any] = {
+                # bdrv_getlength counts whole sectors: the file length rounded up to 512
+                "children": [], "virtual-size": -(-img.file.length() // 512) * 512,
+                "filename": img.filename,
+                "format": "file", "actual-size": img.file.allocated_size(),
+                "format-specific": {"type": "file", "data": {}}, "dirty-flag": False}
+            info["children"] = [{"name": "file", "info": file_info}]
         return info
 
     def cmd_info(self, argv: list[str]) -> int:
@@ -293,7 +307,7 @@ class Tool:
             img.close()
         if ofmt == "json":
             if chain:
-                self.out.write("[" + ", ".join(qobject_json(i) for i in infos) + "]\n")
+                self.out.write(_pretty_json([qdict_order(i) for i in infos], 0) + "\n")
             else:
                 self.out.write(qobject_json(infos[0]) + "\n")
             return 0
@@ -323,6 +337,13 @@ class Tool:
         if "format-specific" in info:
             lines.append("Format specific information:")
             dump_qobject(qdict_order(info["format-specific"]["data"]), 1, lines)
+        for child in info.get("children", []):
+            # bdrv_node_info_dump(protocol=true); an empty format-specific prints nothing.
+            sub = child["info"]
+            lines += [f"Child node '/{child['name']}':", f"    filename: {sub['filename']}",
+                      f"    protocol type: {sub['format']}",
+                      f"    file length: {size_to_str(sub['virtual-size'])} ({sub['virtual-size']} bytes)",
+                      f"    disk size: {size_to_str(sub['actual-size'])}"]
         return "\n".join(lines) + "\n"
 
     # ---- check --------------------------------------------------------------------------------
@@ -619,7 +640,16 @@ COMMANDS = {"create": Tool.cmd_create, "info": Tool.cmd_info, "check": Tool.cmd_
 def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
     """Run `qemu-img`-style ARGV (without the program name); returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    tool = Tool(out or sys.stdout, err or sys.stderr)
+    option = None
+    if argv and argv[0] in ("--blocktxn-version", "-blocktxn-version"):
+        option = argv[1] if len(argv) > 1 else ""
+        argv = argv[2:]
+    try:
+        profile = select(option)
+    except UnsupportedVersion as exc:
+        (err or sys.stderr).write(f"{PROG}: {exc}\n")
+        return 1
+    tool = Tool(out or sys.stdout, err or sys.stderr, profile)
     if not argv:
         tool.error("Not enough arguments")
         tool.err.write(f"Try '{PROG} --help' for more information\n")

@@ -1,0 +1,166 @@
+"""QEMU version profiles: everything a client can observe that differs between the QEMU versions
+the emulator speaks, held as data.
+
+One frozen QemuProfile per supported version (QEMU 7.2.22 and QEMU 10.0.2, the two measured on
+this machine), each with an ErrorTexts catalogue for the messages whose wording changed.  The
+Machine carries the active profile; handlers read `profile.<flag>` and `profile.errors.<NAME>`
+rather than comparing version numbers, so a new version is a new table entry, not a code hunt.
+
+Every entry was measured against the real binaries (greeting, query output, error replies, the
+QAPI schema from query-qmp-schema); the comment on each field says what the difference is.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+#: Environment variable naming the version when no -blocktxn-version option is given.
+VERSION_ENV = "BLOCKTXN_QEMU_VERSION"
+
+
+class UnsupportedVersion(ValueError):
+    """A version string that names no profile; the message lists the supported ones."""
+
+
+@dataclass(frozen=True)
+class ErrorTexts:
+    """Error messages whose text differs between versions, by name (printf-style placeholders)."""
+
+    #: qmp_transaction's refusal of a non-backup action in a grouped transaction:
+    #: "Transaction property" (7.2, blockdev.c action_check_completion_mode) became
+    #: "transaction property" (10.0, checked up front in qmp_transaction).
+    TXN_PROPERTY_UNSUPPORTED: str
+    #: block-job-change on a job whose driver has no .change (10.0 only; 7.2 has no command).
+    JOB_CHANGE_UNSUPPORTED: str = "Job type does not support change"
+
+
+@dataclass(frozen=True)
+class QemuProfile:
+    """One QEMU version as the emulator presents it."""
+
+    #: The short name used on the command line and in BLOCKTXN_QEMU_VERSION ("7.2", "10.0").
+    name: str
+    #: (major, minor, micro) in the greeting, query-version and -version.
+    version: tuple[int, int, int]
+    #: The second line of `-version`.
+    copyright_line: str
+    errors: ErrorTexts
+    #: BlockDeviceInfo has `"active": true|false` (10.0: nodes can be inactivated with
+    #: blockdev-set-active / blockdev-add active=false).
+    node_active_field: bool
+    #: `file` nodes report ImageInfo "format-specific": {"type": "file", "data": {}} (10.0's
+    #: raw_get_specific_info in file-posix; 7.2 has no such member for protocol nodes).
+    file_format_specific: bool
+    #: query-status has `"singlestep": false` (removed in 10.0 after deprecation in 8.1).
+    status_singlestep: bool
+    #: In a grouped transaction every action is checked before any is prepared, `abort`
+    #: included (10.0); 7.2 checks each action in its own prepare, in order, and lets `abort`
+    #: fail with "Transaction aborted using Abort action".
+    grouped_checked_before_prepare: bool
+    #: The backup job's block-copy bitmap lives on the copy-before-write filter node (10.0,
+    #: listed after the filter's own two bitmaps); 7.2 creates it on the source node.
+    block_copy_bitmap_on_filter: bool
+    #: `qemu-img info` prints the protocol child of a format node ("Child node '/file':" in
+    #: human output, "children" in JSON) (10.0).
+    img_info_children: bool
+    #: QMP commands of the emulator's area this version does not have (CommandNotFound).
+    commands_absent: frozenset[str] = frozenset()
+    #: QAPI struct members this version does not have: type name -> member names (as written
+    #: in the schema, e.g. "*discard-source").  The emulator's schema is the union of versions.
+    members_absent: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def version_string(self) -> str:
+        return "%d.%d.%d" % self.version
+
+    def has_command(self, name: str) -> bool:
+        return name not in self.commands_absent
+
+    def qapi_types(self, types: Mapping[str, Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+        """The emulator's QAPI types as this version has them (absent members dropped)."""
+        result: dict[str, Mapping[str, Any]] = dict(types)
+        for type_name, absent in self.members_absent.items():
+            expr = types.get(type_name)
+            if expr is None:
+                continue
+            data = {key: value for key, value in expr["data"].items() if key not in absent}
+            result[type_name] = {**expr, "data": data}
+        return result
+
+
+QEMU_7_2 = QemuProfile(
+    name="7.2",
+    version=(7, 2, 22),
+    copyright_line="Copyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers",
+    errors=ErrorTexts(
+        TXN_PROPERTY_UNSUPPORTED="Action '%s' does not support Transaction property "
+                                 "completion-mode = %s",
+    ),
+    node_active_field=False,
+    file_format_specific=False,
+    status_singlestep=True,
+    grouped_checked_before_prepare=False,
+    block_copy_bitmap_on_filter=False,
+    img_info_children=False,
+    commands_absent=frozenset({"block-job-change", "blockdev-set-active"}),
+    members_absent=MappingProxyType({
+        # 10.0's BackupCommon.discard-source and BackupPerf.min-cluster-size (both 9.1).
+        "BackupCommon": frozenset({"*discard-source"}),
+        "BackupPerf": frozenset({"*min-cluster-size"}),
+        # 10.0's BlockdevOptions.active (10.0) and qcow2's discard-no-unref (8.1).
+        "BlockdevOptionsBase": frozenset({"*active"}),
+        "BlockdevOptionsQcow2": frozenset({"*discard-no-unref"}),
+    }),
+)
+
+QEMU_10_0 = QemuProfile(
+    name="10.0",
+    version=(10, 0, 2),
+    copyright_line="Copyright (c) 2003-2025 Fabrice Bellard and the QEMU Project developers",
+    errors=ErrorTexts(
+        TXN_PROPERTY_UNSUPPORTED="Action '%s' does not support transaction property "
+                                 "completion-mode = %s",
+    ),
+    node_active_field=True,
+    file_format_specific=True,
+    status_singlestep=False,
+    grouped_checked_before_prepare=True,
+    block_copy_bitmap_on_filter=True,
+    img_info_children=True,
+)
+
+#: Supported profiles by short name, oldest first.
+PROFILES: Mapping[str, QemuProfile] = MappingProxyType({p.name: p for p in (QEMU_7_2, QEMU_10_0)})
+#: The profile used when nothing selects one: the newest.
+DEFAULT_PROFILE = QEMU_10_0
+
+
+def supported_text() -> str:
+    return ", ".join(PROFILES)
+
+
+def lookup(text: str) -> QemuProfile:
+    """The profile for "7.2"/"10.0" or a full triple of it ("7.2.22", "10.0.2")."""
+    value = text.strip()
+    if value in PROFILES:
+        return PROFILES[value]
+    for profile in PROFILES.values():
+        if value == profile.version_string:
+            return profile
+    raise UnsupportedVersion(f"unsupported QEMU version '{text}'; supported versions: "
+                             f"{supported_text()}")
+
+
+def select(option: str | None = None, env: Mapping[str, str] | None = None) -> QemuProfile:
+    """The command-line option if given, else $BLOCKTXN_QEMU_VERSION, else the newest."""
+    if option is not None:
+        return lookup(option)
+    value = (os.environ if env is None else env).get(VERSION_ENV)
+    if value:
+        return lookup(value)
+    return DEFAULT_PROFILE
