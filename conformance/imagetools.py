@@ -230,7 +230,12 @@ class EmulatorImageTools(ImageTools):
     """The emulator's qemu-img/qemu-io, called in-process with their output captured.
 
     In-process runs share the working directory with everything else, so give absolute paths.
+    `version` is the QEMU profile (MAJOR.MINOR) whose tools they behave as.
     """
+
+    def __init__(self, cwd: Path | None = None, version: str | None = None) -> None:
+        super().__init__(cwd)
+        self.version = version
 
     def _call(self, module_name: str, args: list[str]) -> tuple[int, str, str]:
         import importlib
@@ -247,7 +252,8 @@ class EmulatorImageTools(ImageTools):
         return int(code or 0), out.getvalue(), err.getvalue()
 
     def _run_img(self, args: list[str]) -> tuple[int, str, str]:
-        return self._call("emulator.tools.img", args)
+        profile = ["--blocktxn-version", self.version] if self.version else []
+        return self._call("emulator.tools.img", [*profile, *args])
 
     def _run_io(self, args: list[str]) -> tuple[int, str, str]:
         return self._call("emulator.tools.io", args)
@@ -260,4 +266,6 @@ class EmulatorImageTools(ImageTools):
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
+        if self.version:
+            env["BLOCKTXN_QEMU_VERSION"] = self.version
         return env

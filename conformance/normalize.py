@@ -19,7 +19,7 @@ F5. Auto-generated node names (``#block123``) become ``#blockNNN``: the number i
 F6. Host-dependent fields are masked: ``actual-size`` (the file system's allocation) becomes
     ``"MASKED"`` — in QMP replies and in ``qemu-img info --output=json`` lines alike (real QEMU's
     value for the same writes was seen to differ run to run) — as does qemu-img's human
-    ``disk size:`` line.
+    ``disk size:`` line, also where qemu-img 10.0 indents it under ``Child node '/file':``.
 F8. The ``virtual-size`` of a protocol node's image info (``"format": "file"``) is masked: it is
     the host file's length, which depends on where the qcow2 driver placed its clusters and
     metadata — an implementation choice, not behaviour (the format node above reports the guest
@@ -81,7 +81,7 @@ _QEMU_IO_TIMING = re.compile(
     r"^(?P<size>[0-9.]+ (?:bytes|[KMGTPE]iB)), (?P<ops>\d+) ops; [0-9:.]+ sec "
     r"\((?:[0-9.]+|inf) [KMGTPE]?i?B/sec and (?:[0-9.]+|inf) ops/sec\)$"
 )
-_DISK_SIZE = re.compile(r"^disk size: .*$")
+_DISK_SIZE = re.compile(r"^(\s*)disk size: .*$")
 _TOOL_ACTUAL_SIZE = re.compile(r'^(\s*"actual-size": )\d+')
 
 #: BLOCK_JOB_* events whose job is named by data.device; BLOCK_JOB_PENDING uses data.id.
@@ -116,7 +116,7 @@ def filter_text(text: str, paths: PathMap) -> str:
         r"\g<size>, \g<ops> ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)", text
     )
     text = _TOOL_ACTUAL_SIZE.sub(rf'\1"{MASKED}"', text)
-    return _DISK_SIZE.sub(f"disk size: {MASKED}", text)
+    return _DISK_SIZE.sub(rf"\1disk size: {MASKED}", text)
 
 
 def filter_value(value: Any, paths: PathMap) -> Any:

@@ -372,7 +372,7 @@ class EmulatorTarget(Target):
         return ProcessInstance([sys.executable, "-m", "emulator", *argv], socket_path, workdir, env)
 
     def tools(self, workdir: Path) -> ImageTools:
-        return EmulatorImageTools(cwd=workdir)
+        return EmulatorImageTools(cwd=workdir, version=self.version)
 
     def describe(self) -> str:
         mode = "separate process" if self.separate_process else "in-process"

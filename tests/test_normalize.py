@@ -206,6 +206,7 @@ def test_text_filters() -> None:
     assert filter_text("4 KiB, 1 ops; 00.00 sec (inf GiB/sec and inf ops/sec)", PATHS).endswith(
         "(XXX YYY/sec and XXX ops/sec)")
     assert filter_text("disk size: 196 KiB", PATHS) == "disk size: MASKED"
+    assert filter_text("    disk size: 536 KiB", PATHS) == "    disk size: MASKED"  # qemu-img 10.0 child
     assert filter_text("/tmp/btxabc/qmp.sock", PATHS) == "SOCK_DIR/qmp.sock"
     assert filter_text("wrote 512/512 bytes at offset 0", PATHS) == "wrote 512/512 bytes at offset 0"
 
