@@ -28,6 +28,8 @@ CASES_DIR = ROOT / "conformance" / "cases"
 UNIT_DIR = ROOT / "tests"
 #: Where scripts/setup-qemu-10.sh unpacks QEMU 10.0.2 by default.
 QEMU_10_FOLDER = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "blocktxn" / "qemu-10.0.2"
+#: The real QEMU versions `blocktxn test --require-qemu` needs (each has a golden set).
+REFERENCE_VERSIONS = EMULATOR_VERSIONS
 PYTEST_HINT = ("Any other option goes to pytest (e.g. -k EXPR, -x, -v, -n auto, a case file); "
                "`.venv/bin/python -m pytest --help` lists pytest's own.")
 
@@ -162,6 +164,11 @@ def _test(args: argparse.Namespace, extra: list[str]) -> int:
         args.qemu = [str(b.system) for b in qemus]
         for binaries in qemus:
             print(f"blocktxn test: real QEMU found: {binaries.version} ({binaries.system})", flush=True)
+        lacking = [v for v in REFERENCE_VERSIONS if v not in {b.major_minor for b in qemus}]
+        if args.require_qemu and lacking:
+            print(f"blocktxn test: --require-qemu: no real QEMU {', '.join(lacking)} found. "
+                  f"QEMU 7.2: {INSTALL_HINT}; QEMU 10.0: scripts/setup-qemu-10.sh", flush=True)
+            return 1
     if not args.target:
         args.target = ["emulator", "qemu"] if args.qemu or args.require_qemu else ["emulator"]
     if not args.qemu:
@@ -205,13 +212,13 @@ def _io(extra: list[str]) -> int:
     return int(io_main(extra) or 0)
 
 
-#: Subcommands whose options blocktxn parses: (handler, summary, description, is-record).
+#: Subcommands whose options blocktxn parses: (handler, summary, is-record).
 SUITE_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, list[str]], int], str, bool]] = {
     "conform": (_conform, "run the conformance cases (default: on every emulator profile)", False),
-    "test": (_test, "run all tests: unit tests, conformance on the emulator and on every real QEMU "
-                    "found (PATH, and QEMU 10.0 from scripts/setup-qemu-10.sh)", False),
-    "record-golden": (_record_golden, "record goldens from real QEMU into golden/qemu-MAJOR.MINOR "
-                                      "(--qemu BIN; -k EXPR or case files to select)", True),
+    "test": (_test, ("run all tests: unit tests, conformance on the emulator and on every real QEMU "
+                     "found (PATH, and QEMU 10.0 from scripts/setup-qemu-10.sh)"), False),
+    "record-golden": (_record_golden, ("record goldens from real QEMU into golden/qemu-MAJOR.MINOR "
+                                       "(--qemu BIN; -k EXPR or case files to select)"), True),
 }
 #: Subcommands that take their own command line as it is.
 PASSTHROUGH_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {

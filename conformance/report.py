@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import difflib
+import itertools
 import math
 import re
 from collections.abc import Iterable
@@ -444,7 +445,7 @@ def version_changes(root: Path) -> list[VersionChange]:
     normalized behaviour differs (what a client of the newer QEMU sees differently)."""
     versions = golden_versions(root)
     changes = []
-    for old, new in zip(versions, versions[1:], strict=False):
+    for old, new in itertools.pairwise(versions):
         before, after = _golden_bodies(golden_set(root, old)), _golden_bodies(golden_set(root, new))
         cases = []
         for case in sorted(set(before) & set(after)):

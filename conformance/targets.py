@@ -12,8 +12,8 @@ there) and on stderr, and a way to stop it.
 from __future__ import annotations
 
 import logging
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys

@@ -125,7 +125,7 @@ class VM:
         greeting = client.greeting
         self.log.add("greeting", greeting._asdict() if greeting is not None else {})
         if greeting is not None:
-            triple = greeting.QMP.version["qemu"]
+            triple: Any = greeting.QMP.version["qemu"]  # type: ignore[index]
             self.qemu_version = (int(triple["major"]), int(triple["minor"]))
         self._collect_stdout()
 

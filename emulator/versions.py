@@ -76,7 +76,8 @@ class QemuProfile:
 
     @property
     def version_string(self) -> str:
-        return "%d.%d.%d" % self.version
+        major, minor, micro = self.version
+        return f"{major}.{minor}.{micro}"
 
     def has_command(self, name: str) -> bool:
         return name not in self.commands_absent
