@@ -19,6 +19,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from conformance.targets import EMULATOR_VERSIONS, INSTALL_HINT, QemuBinaries, QemuNotUsable
@@ -133,12 +134,22 @@ def _check_named_qemus(args: argparse.Namespace) -> None:
             raise SystemExit(f"blocktxn: {exc}") from None
 
 
-def _conform(args: argparse.Namespace, extra: list[str]) -> int:
+@dataclass
+class PytestPlan:
+    """What a suite subcommand runs: pytest on `paths` with `args` (or `status` without pytest)."""
+
+    paths: list[Path]
+    args: list[str]
+    prog: str
+    status: int | None = None
+
+
+def _conform(args: argparse.Namespace, extra: list[str]) -> PytestPlan:
     _check_named_qemus(args)
     extra, named = pytest_extra(extra)
     if not args.target:
         args.target = ["qemu"] if args.qemu else ["emulator"]
-    return run_pytest([] if named else [CASES_DIR], [*_plugin_args(args), *extra], "blocktxn conform")
+    return PytestPlan([] if named else [CASES_DIR], [*_plugin_args(args), *extra], "blocktxn conform")
 
 
 def discover_qemus() -> list[QemuBinaries]:
@@ -156,7 +167,7 @@ def discover_qemus() -> list[QemuBinaries]:
     return found
 
 
-def _test(args: argparse.Namespace, extra: list[str]) -> int:
+def _test(args: argparse.Namespace, extra: list[str]) -> PytestPlan:
     _check_named_qemus(args)
     extra, _ = pytest_extra(extra)
     if not args.qemu:
@@ -168,7 +179,7 @@ def _test(args: argparse.Namespace, extra: list[str]) -> int:
         if args.require_qemu and lacking:
             print(f"blocktxn test: --require-qemu: no real QEMU {', '.join(lacking)} found. "
                   f"QEMU 7.2: {INSTALL_HINT}; QEMU 10.0: scripts/setup-qemu-10.sh", flush=True)
-            return 1
+            return PytestPlan([], [], "blocktxn test", status=1)
     if not args.target:
         args.target = ["emulator", "qemu"] if args.qemu or args.require_qemu else ["emulator"]
     if not args.qemu:
@@ -177,13 +188,13 @@ def _test(args: argparse.Namespace, extra: list[str]) -> int:
         print(f"blocktxn test: no real QEMU found; {verdict}. Install: {INSTALL_HINT} (and "
               "scripts/setup-qemu-10.sh for QEMU 10.0)", flush=True)
     image_check = ["--qemu-img-check"] if args.qemu else []
-    return run_pytest([UNIT_DIR, CASES_DIR], [*_plugin_args(args), *image_check, *extra], "blocktxn test")
+    return PytestPlan([UNIT_DIR, CASES_DIR], [*_plugin_args(args), *image_check, *extra], "blocktxn test")
 
 
-def _record_golden(args: argparse.Namespace, extra: list[str]) -> int:
+def _record_golden(args: argparse.Namespace, extra: list[str]) -> PytestPlan:
     _check_named_qemus(args)
     extra, named = pytest_extra(extra)
-    return run_pytest([] if named else [CASES_DIR],
+    return PytestPlan([] if named else [CASES_DIR],
                       ["--target", "qemu", "--update-golden", "--require-qemu", *_plugin_args(args),
                        *extra], "blocktxn record-golden")
 
@@ -213,7 +224,7 @@ def _io(extra: list[str]) -> int:
 
 
 #: Subcommands whose options blocktxn parses: (handler, summary, is-record).
-SUITE_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, list[str]], int], str, bool]] = {
+SUITE_COMMANDS: dict[str, tuple[Callable[[argparse.Namespace, list[str]], PytestPlan], str, bool]] = {
     "conform": (_conform, "run the conformance cases (default: on every emulator profile)", False),
     "test": (_test, ("run all tests: unit tests, conformance on the emulator and on every real QEMU "
                      "found (PATH, and QEMU 10.0 from scripts/setup-qemu-10.sh)"), False),
@@ -244,14 +255,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def plan(argv: Sequence[str]) -> PytestPlan:
+    """The pytest run a suite subcommand's command line asks for (SystemExit on a usage error)."""
+    args, extra = build_parser().parse_known_args(list(argv))
+    return SUITE_COMMANDS[args.command][0](args, extra)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``blocktxn`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if argv and argv[0] in PASSTHROUGH_COMMANDS:
         return PASSTHROUGH_COMMANDS[argv[0]][0](argv[1:])
-    args, extra = parser.parse_known_args(argv)
-    return SUITE_COMMANDS[args.command][0](args, extra)
+    chosen = plan(argv)
+    if chosen.status is not None:
+        return chosen.status
+    return run_pytest(chosen.paths, chosen.args, chosen.prog)
 
 
 if __name__ == "__main__":

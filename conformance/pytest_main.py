@@ -8,6 +8,7 @@ rewrites its assertions) rather than before it.
 
 from __future__ import annotations
 
+import inspect
 import sys
 from pathlib import Path
 
@@ -18,6 +19,13 @@ def main() -> int:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository, not this folder
     prog, args = sys.argv[1], sys.argv[2:]
     sys.argv = [prog, *args]
+    # pytest.main() calls itself "pytest.main()" in usage errors; the function behind it takes the
+    # name to use (pytest 8.4 and newer). Older pytest: its own name it is.
+    from _pytest import config
+
+    run = getattr(config, "_main", None)
+    if run is not None and "prog" in inspect.signature(run).parameters:
+        return int(run(args=args, prog=prog))
     return int(pytest.main(args))
 
 

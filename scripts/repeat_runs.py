@@ -9,6 +9,7 @@ done twice over, serially and with ``-n auto``, and all runs' logs are compared 
 
     scripts/repeat_runs.py                            # 20 runs x (serial, -n auto), emulator
     scripts/repeat_runs.py --target qemu --runs 5
+    scripts/repeat_runs.py --target qemu --qemu /usr/bin/qemu-system-x86_64 --qemu Q10 --runs 5
     scripts/repeat_runs.py --runs 50 --xdist-only     # the 50-run flake check
     scripts/repeat_runs.py --runs 3 -- -k transaction # extra pytest arguments after --
 
@@ -93,10 +94,11 @@ def dumped_logs(directory: Path) -> dict[str, str]:
 
 
 def run_once(number: int, mode: str, workdir: Path, paths: Sequence[Path], targets: Sequence[str],
-             workers: str, extra: Sequence[str]) -> Run:
+             workers: str, extra: Sequence[str], qemus: Sequence[str] = ()) -> Run:
     directory = workdir / f"{mode}-{number:03d}"
     directory.mkdir(parents=True)
     args = [arg for target in targets for arg in ("--target", target)]
+    args += [arg for qemu in qemus for arg in ("--qemu", qemu)]
     args += ["--blocktxn-dump-logs", str(directory / "logs"), "--junitxml", str(directory / "junit.xml"),
              "-q", "-p", "no:cacheprovider"]
     if mode == "xdist":
@@ -205,8 +207,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=20, help="runs per mode (default 20)")
-    parser.add_argument("--target", action="append", dest="targets", choices=("emulator", "qemu"),
-                        help="target to run against (repeatable; default emulator)")
+    parser.add_argument("--target", action="append", dest="targets", metavar="KIND[@VERSION]",
+                        help="target to run against, as blocktxn conform's --target (repeatable; "
+                             "default emulator: every profile)")
+    parser.add_argument("--qemu", action="append", default=[], metavar="BIN",
+                        help="a real qemu-system-x86_64 for the qemu targets (repeatable)")
     modes = parser.add_mutually_exclusive_group()
     modes.add_argument("--xdist-only", action="store_true", help="only runs with -n WORKERS")
     modes.add_argument("--serial-only", action="store_true", help="only runs without -n")
@@ -246,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for mode in modes:
             for number in range(1, args.runs + 1):
-                run = run_once(number, mode, workdir, paths, targets, args.workers, extra)
+                run = run_once(number, mode, workdir, paths, targets, args.workers, extra, args.qemu)
                 runs.append(run)
                 counts = run.counts
                 print(f"  {run.label}: exit {run.returncode}, {counts['passed']} passed, "

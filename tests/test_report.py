@@ -24,7 +24,6 @@ from pathlib import Path
 
 import pytest
 
-from conformance.cli import translate_report_option
 from conformance.normalize import PathMap, normalize
 from conformance.qmplog import QmpLog
 from conformance.report import (
@@ -136,16 +135,6 @@ def test_upstream_comes_from_the_marker_or_the_docstring() -> None:
     assert upstream_of(None, None) is None
 
 
-def test_report_option_translation(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)
-    out = str(tmp_path / "out")
-    assert translate_report_option(["--report", "out", "-k", "x"]) == \
-        ["--blocktxn-report", out, "-k", "x"]
-    assert translate_report_option(["--report=out"]) == ["--blocktxn-report", out]
-    with pytest.raises(SystemExit):
-        translate_report_option(["--report"])
-
-
 @dataclass
 class _Report:
     when: str
@@ -225,11 +214,11 @@ async def test_not_applicable(vm: VM) -> None:
 
 #: The synthetic run's expected outcome per (case, target).
 EXPECTED = {
-    ("test_grouped_failure", "emulator"): "passed",
-    ("test_golden_mismatch", "emulator"): "failed",
-    ("test_assertion_fails", "emulator"): "failed",
-    ("test_emulator_side", "emulator"): "passed",
-    ("test_not_applicable", "emulator"): "skipped",
+    ("test_grouped_failure", "emulator@10.0"): "passed",
+    ("test_golden_mismatch", "emulator@10.0"): "failed",
+    ("test_assertion_fails", "emulator@10.0"): "failed",
+    ("test_emulator_side", "emulator@10.0"): "passed",
+    ("test_not_applicable", "emulator@10.0"): "skipped",
     ("test_grouped_failure", "qemu"): "skipped",
     ("test_golden_mismatch", "qemu"): "skipped",
     ("test_assertion_fails", "qemu"): "skipped",
@@ -237,15 +226,18 @@ EXPECTED = {
     ("test_not_applicable", "qemu"): "skipped",
 }
 EXPECTED_TOTALS = {
-    "emulator": {"passed": 2, "failed": 2, "error": 0, "emulator-only": 0, "skipped": 1},
+    "emulator@10.0": {"passed": 2, "failed": 2, "error": 0, "emulator-only": 0, "skipped": 1},
     "qemu": {"passed": 0, "failed": 0, "error": 0, "emulator-only": 1, "skipped": 4},
 }
 
 
-def _run_pytest(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _run_pytest(workdir: Path, *args: str, without_qemu: bool = False) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(workdir),
                                                       env.get("PYTHONPATH")]))
+    if without_qemu:  # the run's PATH is an empty folder: no QEMU is found
+        (workdir / "empty-path").mkdir(exist_ok=True)
+        env["PATH"] = str(workdir / "empty-path")
     argv = [sys.executable, "-m", "pytest", "--rootdir", str(workdir), "-c", os.devnull,
             "-p", "no:blocktxn", "-p", "conformance.plugin", "-p", "no:cacheprovider",
             "-o", "console_output_style=classic", *args]
@@ -275,25 +267,26 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> SyntheticRun:
     workdir = tmp_path_factory.mktemp("synthetic")
     _write_synthetic_suite(workdir)
     golden = workdir / "golden"
-    common = ["--target", "emulator", "--target", "qemu", "--qemu", str(workdir / "no-such-qemu"),
-              "--golden-dir", str(golden), "test_synthetic.py"]
+    # no QEMU on PATH (the run's PATH is an empty folder): the qemu target is skipped
+    common = ["--target", "emulator@10.0", "--target", "qemu", "--golden-dir", str(golden),
+              "test_synthetic.py"]
     # the sessions hold no host paths, so their normalized form is known here
     session = grouped_failure_log()
     session.case = "test_synthetic/test_grouped_failure"
     normalized = normalize(session, PathMap()).render()
-    (golden / "test_synthetic").mkdir(parents=True)
-    (golden / "test_synthetic" / "test_grouped_failure.log").write_text(
+    (golden / "qemu-10.0" / "test_synthetic").mkdir(parents=True)
+    (golden / "qemu-10.0" / "test_synthetic" / "test_grouped_failure.log").write_text(
         "# synthetic golden\n" + normalized)
-    (golden / "test_synthetic" / "test_golden_mismatch.log").write_text(
+    (golden / "qemu-10.0" / "test_synthetic" / "test_golden_mismatch.log").write_text(
         normalized.replace('"completion-mode": "grouped"', '"completion-mode": "individual"')
         .replace("test_grouped_failure", "test_golden_mismatch"))
     dumped = workdir / "dump"
     serial = workdir / "serial"
     run = _run_pytest(workdir, *common, "--blocktxn-report", str(serial),
-                      "--blocktxn-dump-logs", str(dumped))
+                      "--blocktxn-dump-logs", str(dumped), without_qemu=True)
     assert run.returncode == 1, run.stdout + run.stderr
     parallel = workdir / "parallel"
-    xdist = _run_pytest(workdir, *common, "--blocktxn-report", str(parallel), "-n", "2")
+    xdist = _run_pytest(workdir, *common, "--blocktxn-report", str(parallel), "-n", "2", without_qemu=True)
     assert xdist.returncode == 1, xdist.stdout + xdist.stderr
     return SyntheticRun(workdir, serial, parallel, run.stdout, dumped)
 
@@ -352,14 +345,14 @@ def _check_report(dom: _Dom) -> None:
     assert _matrix(dom) == EXPECTED
     assert _totals(dom) == EXPECTED_TOTALS
     summary = " ".join(dom.text_by_id["summary"].split())
-    assert summary.startswith("5 cases × 2 targets: emulator 2 passed, 2 failed, 1 skipped; "
+    assert summary.startswith("5 cases × 2 targets: emulator@10.0 2 passed, 2 failed, 1 skipped; "
                               "qemu 1 emulator-only, 4 skipped"), summary
     rows = {row["data-case"]: row for row in dom.having("tr", **{"class": "case-row"})}
     assert rows["test_synthetic::test_emulator_side"].get("data-emulator-only") == "true"
     # one timeline per run case and target: the four cases that ran on the emulator
     timelines = dom.having("svg", **{"class": "timeline"})
     assert len(timelines) == 4
-    assert {t["data-target"] for t in timelines} == {"emulator"}
+    assert {t["data-target"] for t in timelines} == {"emulator@10.0"}
     assert {(t["data-lanes"], t["data-events"]) for t in timelines} == {("3", "14")}
     statuses = [a["data-status"] for a in dom.having("rect", **{"class": "segment"})]
     assert statuses.count("aborting") == 8 and "running" in statuses
@@ -402,7 +395,7 @@ def test_junit_xml_is_written_next_to_the_report(synthetic_run: SyntheticRun) ->
         assert suite is not None
         assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("10", "2", "6")
         cases = {case.get("name"): case for case in suite.iter("testcase")}
-        assert cases["test_golden_mismatch[emulator]"].find("failure") is not None
+        assert cases["test_golden_mismatch[emulator@10.0]"].find("failure") is not None
         skipped = cases["test_emulator_side[qemu]"].find("skipped")
         assert skipped is not None and "emulator-only" in (skipped.get("message") or "")
         assert "blocktxn-record" not in (directory / "junit.xml").read_text()
@@ -411,24 +404,25 @@ def test_junit_xml_is_written_next_to_the_report(synthetic_run: SyntheticRun) ->
 def test_terminal_summary_lists_emulator_only_and_skips(synthetic_run: SyntheticRun) -> None:
     out = synthetic_run.serial_output
     summary = out[out.index("blocktxn conformance summary"):]
-    assert "targets: emulator, qemu" in summary
-    assert "QEMU: not found: apt-get install qemu-system-x86 qemu-utils" in summary
-    assert "  emulator: 2 passed, 2 failed, 1 skipped" in summary
+    assert "targets:\n  emulator@10.0: blocktxn emulator (in-process) in its QEMU 10.0 profile\n" in summary
+    assert "  qemu: QEMU not found (qemu-system-x86_64, qemu-img, qemu-io): apt-get update && " \
+           "apt-get install qemu-system-x86 qemu-utils" in summary
+    assert "  emulator@10.0: 2 passed, 2 failed, 1 skipped" in summary
     assert "  qemu: 1 emulator-only, 4 skipped" in summary
     assert "  test_synthetic::test_emulator_side: checks emulator-side bookkeeping" in summary
-    assert "test_synthetic.py::test_not_applicable[emulator]: not applicable to this machine" in summary
+    assert "test_synthetic.py::test_not_applicable[emulator@10.0]: not applicable to this machine" in summary
     assert f"report: {synthetic_run.serial / 'report.html'}" in summary
 
 
 def test_dumped_logs_are_the_normalized_sessions(synthetic_run: SyntheticRun) -> None:
     logs = sorted(str(p.relative_to(synthetic_run.dumped)) for p in synthetic_run.dumped.rglob("*.log"))
-    assert logs == [f"emulator/test_synthetic/{name}.log" for name in
+    assert logs == [f"emulator@10.0/test_synthetic/{name}.log" for name in
                     ("test_assertion_fails", "test_emulator_side", "test_golden_mismatch",
                      "test_grouped_failure", "test_not_applicable")]
-    text = (synthetic_run.dumped / "emulator/test_synthetic/test_grouped_failure.log").read_text()
+    text = (synthetic_run.dumped / "emulator@10.0/test_synthetic/test_grouped_failure.log").read_text()
     assert text.startswith("case: test_synthetic/test_grouped_failure\n")
     assert "== events of job drive1" in text and "timestamp" not in text
-    golden = synthetic_run.workdir / "golden/test_synthetic/test_grouped_failure.log"
+    golden = synthetic_run.workdir / "golden/qemu-10.0/test_synthetic/test_grouped_failure.log"
     assert "# synthetic golden\n" + text == golden.read_text()
 
 
@@ -494,8 +488,10 @@ async def test_two_backups(vm: VM) -> None:
 
 
 def test_timeline_of_a_real_qemu_session(tmp_path: Path) -> None:
-    if not QemuBinaries.find().complete:
+    qemu = QemuBinaries.find()
+    if not qemu.complete:
         pytest.skip("QEMU not found: apt-get install qemu-system-x86 qemu-utils")
+    target = f"qemu@{qemu.major_minor}"
     (tmp_path / "test_real.py").write_text(textwrap.dedent(REAL_CASE), encoding="utf-8")
     run = _run_pytest(tmp_path, "--target", "qemu", "--update-golden", "--golden-dir",
                       str(tmp_path / "golden"), "--blocktxn-report", str(tmp_path / "out"),
@@ -503,10 +499,10 @@ def test_timeline_of_a_real_qemu_session(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     html = unescape((tmp_path / "out" / "report.html").read_text())
     dom = _Dom(html)
-    assert _matrix(dom) == {("test_two_backups", "qemu"): "passed"}
+    assert _matrix(dom) == {("test_two_backups", target): "passed"}
     assert "golden: recorded" in html
     (svg,) = dom.having("svg", **{"class": "timeline"})
-    assert svg["data-target"] == "qemu"
+    assert svg["data-target"] == target
     lanes = [a["data-lane"] for t, a in dom.elements if t == "g" and "data-lane" in a]
     assert lanes[:2] == ["job drive0", "job drive1"]
     statuses = {a["data-status"] for a in dom.having("rect", **{"class": "segment"})}
@@ -555,7 +551,7 @@ def _repeat_runs(workdir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["REPEAT_COUNTER"] = str(workdir / "counter")
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "repeat_runs.py"),
-                           "--cases", str(workdir / "test_repeat.py"), *args],
+                           "--cases", str(workdir / "test_repeat.py"), "--target", "emulator@10.0", *args],
                           cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=RUN_TIMEOUT, check=False)
 
@@ -576,7 +572,7 @@ def test_repeat_runs_finds_changing_logs_and_flip_flopping_outcomes(repeat_suite
     assert "  failed run xdist#1: test_flip_flop\n" in out
     assert "FLAKY outcomes (1 tests):\n  test_flip_flop: 1 failed, 1 passed\n" in out
     assert "NOT identical: 1 of 2 normalized logs differ between runs:" in out
-    assert "emulator/test_repeat/test_changing_log.log: 2 variants" in out
+    assert "emulator@10.0/test_repeat/test_changing_log.log: 2 variants" in out
     assert "test_deterministic.log:" not in out
     for label in ("serial#1", "xdist#1"):
         assert f"\n{label} " in out
