@@ -23,7 +23,14 @@ from typing import TYPE_CHECKING, Any
 from emulator import PACKAGE
 from emulator.commands import TYPES
 from emulator.error import QemuError
-from emulator.versions import DEFAULT_PROFILE, VERSION_ENV, QemuProfile, UnsupportedVersion, select, supported_text
+from emulator.versions import (
+    DEFAULT_PROFILE,
+    VERSION_ENV,
+    QemuProfile,
+    UnsupportedVersion,
+    select,
+    supported_text,
+)
 
 from .qmp.jsonparser import parse_json
 from .qmp.keyval import keyval_parse

@@ -76,7 +76,7 @@ class QemuProfile:
 
     @property
     def version_string(self) -> str:
-        return "%d.%d.%d" % self.version
+        return ".".join(str(part) for part in self.version)
 
     def has_command(self, name: str) -> bool:
         return name not in self.commands_absent
