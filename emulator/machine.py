@@ -24,10 +24,11 @@ class Machine:
     def __init__(self, stdout: TextIO | None = None, profile: QemuProfile | None = None) -> None:
         from emulator.block.graph import BlockGraph
         from emulator.jobs.manager import JobManager
-        from emulator.versions import DEFAULT_PROFILE
+        from emulator.versions import select
 
-        #: The QEMU version this instance behaves as (emulator/versions.py).
-        self.profile: QemuProfile = profile if profile is not None else DEFAULT_PROFILE
+        #: The QEMU version this instance behaves as (emulator/versions.py); without one given,
+        #: $BLOCKTXN_QEMU_VERSION or the newest, as on the command line.
+        self.profile: QemuProfile = profile if profile is not None else select()
         self.stdout: TextIO = stdout if stdout is not None else sys.stdout
         self.block = BlockGraph()
         self.jobs = JobManager()

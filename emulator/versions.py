@@ -76,8 +76,7 @@ class QemuProfile:
 
     @property
     def version_string(self) -> str:
-        major, minor, micro = self.version
-        return f"{major}.{minor}.{micro}"
+        return ".".join(str(part) for part in self.version)
 
     def has_command(self, name: str) -> bool:
         return name not in self.commands_absent

@@ -20,6 +20,7 @@ from emulator.error import QemuError
 from .backend import BlockBackend
 from .dirty_bitmap import DirtyBitmap
 from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode
+from .file import FileStorage
 from .image import probe_format
 from .node import BlockNode
 
@@ -147,6 +148,12 @@ class BlockGraph:
         node: BlockNode
         if driver == "file":
             filename = options["filename"]
+            if options.get("aio") == "native" and not (options.get("cache") or {}).get("direct"):
+                # raw_open_common refuses after opening the file, before taking any lock
+                # (QEMU 7.2 and 10.0 alike)
+                FileStorage(filename, read_only=read_only).close()
+                raise QemuError("aio=native was specified, but it requires cache.direct=on, "
+                                "which was not specified.")
             node = FileNode(name, filename, read_only=read_only, auto_named=auto)
         elif driver == "null-co":
             node = NullCoNode(name, int(options.get("size", 1 << 30)),

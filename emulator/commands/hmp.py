@@ -33,9 +33,11 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
         return _hmp_output("Parameter 'command' is missing\n" if len(words) < 2 else
                            "qemu-io: too many arguments\n")
     device, command = words
-    backend = machine.block.find_backend(device)
-    if device_only and backend is None:  # -d: the name must be a device (hmp_qemu_io)
+    if device_only:
+        # -d names a guest device (blk_by_qdev_id); machine "none" has none, and a -drive
+        # if=none backend is not one (measured on QEMU 7.2.22 and 10.0.2).
         return _hmp_output(f"Error: Device '{device}' not found\n")
+    backend = machine.block.find_backend(device)
     target = backend.root if backend is not None else machine.block.find_node(device)
     if target is None:
         return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")

@@ -1,4 +1,4 @@
-"""Job-control QMP commands (QEMU 7.2's job-qmp.c and the block-job-* half of blockdev.c) and the
+"""Job-control QMP commands (QEMU's job-qmp.c and the block-job-* half of blockdev.c) and the
 QMP event sink for jobs (JOB_STATUS_CHANGE and the BLOCK_JOB_* events of blockjob.c).
 
 job-* commands find any job by `id` (GenericError "Job not found"); block-job-* commands find
@@ -25,6 +25,12 @@ qapi_types(
     {"struct": "JobInfo", "data": {"id": "str", "type": "JobType", "status": "JobStatus",
                                    "current-progress": "int", "total-progress": "int",
                                    "*error": "str"}},
+    # block-job-change (QEMU 8.2+; absent from the 7.2 profile)
+    {"enum": "MirrorCopyMode", "data": ["background", "write-blocking"]},
+    {"struct": "BlockJobChangeOptionsMirror", "data": {"copy-mode": "MirrorCopyMode"}},
+    {"struct": "BlockJobChangeOptionsBase", "data": {"id": "str", "type": "JobType"}},
+    {"union": "BlockJobChangeOptions", "base": "BlockJobChangeOptionsBase",
+     "discriminator": "type", "data": {"mirror": "BlockJobChangeOptionsMirror"}},
 )
 
 
@@ -169,3 +175,15 @@ def qmp_block_job_finalize(machine: Machine, id: str) -> None:
 @qmp_command("block-job-dismiss", {"id": "str"})
 def qmp_block_job_dismiss(machine: Machine, id: str) -> None:
     find_block_job(machine, id).dismiss()
+
+
+@qmp_command("block-job-change", "BlockJobChangeOptions")
+def qmp_block_job_change(machine: Machine, id: str, type: str, copy_mode: str | None = None) -> None:
+    """QEMU 8.2+'s block_job_change_locked: the `change` verb, then the driver's .change.
+
+    Only mirror jobs have one (copy-mode); the emulator runs no mirror job, so every job it
+    has refuses, as a backup job does in QEMU 10.0.
+    """
+    job = find_block_job(machine, id)
+    job.apply_verb(JobVerb.CHANGE)
+    raise QemuError(machine.profile.errors.JOB_CHANGE_UNSUPPORTED)

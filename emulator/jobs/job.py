@@ -54,7 +54,7 @@ class JobStatus(str, enum.Enum):
 
 
 class JobVerb(str, enum.Enum):
-    """QAPI JobVerb of QEMU 7.2 (`change` only arrived in 8.2)."""
+    """QAPI JobVerb (`change` arrived in 8.2, for block-job-change)."""
 
     CANCEL = "cancel"
     PAUSE = "pause"
@@ -63,6 +63,7 @@ class JobVerb(str, enum.Enum):
     COMPLETE = "complete"
     FINALIZE = "finalize"
     DISMISS = "dismiss"
+    CHANGE = "change"
 
     def __str__(self) -> str:
         return self.value
@@ -96,6 +97,7 @@ VERBS: dict[JobVerb, frozenset[JobStatus]] = {
     JobVerb.COMPLETE: frozenset({S.READY, S.STANDBY}),
     JobVerb.FINALIZE: frozenset({S.PENDING}),
     JobVerb.DISMISS: frozenset({S.CONCLUDED}),
+    JobVerb.CHANGE: _ACTIVE,
 }
 
 #: job_is_completed(): the job's own work is over (it may still wait for its txn).
