@@ -1,14 +1,20 @@
-"""Differential testing: hypothesis drives real QEMU 7.2 and the emulator through the same steps.
+"""Differential testing: hypothesis drives real QEMU and the emulator through the same scenarios.
 
-`DifferentialMachine` is a hypothesis RuleBasedStateMachine.  Each example starts both targets
-on identical images (conformance.differential_steps.launch_scenario), applies generated steps
-(conformance.differential_gen) to both in lockstep and compares them after every step and at
-the end (conformance.differential_runner).  A divergence fails the example; hypothesis shrinks
-it to a minimal step sequence, and its final replay renders that sequence as a ready-to-commit
-conformance case (conformance.differential_case) with the command recording its golden.
+A scenario is drawn whole from the seed (conformance.differential_plan.scenarios), then runs:
+both targets start on identical images (conformance.differential_steps.launch_scenario), every
+applicable step (differential_plan.skip_reason, from what the reference replied) runs on both in
+lockstep, and they are compared after every step and at the end
+(conformance.differential_runner).  A divergence fails the example; hypothesis shrinks the drawn
+list, and its final replay renders the steps as a ready-to-commit conformance case
+(conformance.differential_case) with the command recording its golden.
+
+Known crashes of real QEMU (conformance.differential_crashes) are skipped unless asked for.
+``blocktxn fuzz`` keeps its deadline to seconds: no step starts after it, a running one is
+abandoned shortly after it, and every step is bounded (STEP_TIMEOUT).  It prints a progress line
+every 10 s and ends with ``N scenarios, M divergences, K reference failures``.
 
 Entry points: tests/test_differential.py (a bounded, derandomized run) and `main`, the
-``blocktxn fuzz --minutes M [--seed S] [--out DIR]`` command.
+``blocktxn fuzz --minutes M [--seed S] [--out DIR] [--qemu BIN]`` command.
 """
 
 from __future__ import annotations
@@ -20,32 +26,32 @@ import re
 import shutil
 import sys
 import tempfile
+import threading
 import time
-import traceback
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from hypothesis import HealthCheck, Phase, note, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, Phase, given, note, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis.control import current_build_context
 from hypothesis.errors import InvalidArgument
-from hypothesis.stateful import RuleBasedStateMachine, precondition, rule, run_state_machine_as_test
 
 from conformance.differential_case import RECORD_COMMAND, render_case
-from conformance.differential_gen import (
-    AVOIDABLE,
-    backup_step,
-    bitmap_step,
-    hmp_io_step,
-    job_step,
-    query_step,
-    transaction_step,
-)
+from conformance.differential_crashes import KNOWN_CRASHES
+from conformance.differential_gen import AVOIDABLE
+from conformance.differential_plan import scenarios, skip_reason
 from conformance.differential_runner import DifferentialRun, Divergence, ReferenceFailure
 from conformance.differential_steps import Step
-from conformance.targets import INSTALL_HINT, EmulatorTarget, QemuBinaries, QemuTarget, Target
+from conformance.differential_targets import (
+    OPTION_ENV,
+    VERSION_ENV,
+    VERSION_OPTION,
+    FuzzProfile,
+    parse_version,
+)
+from conformance.targets import INSTALL_HINT, QemuBinaries, Target
 
 
 @dataclass
@@ -64,33 +70,54 @@ class Finding:
 
 @dataclass
 class FuzzConfig:
-    """What the machine runs against, and what it has seen (hypothesis instantiates the machine
-    without arguments, so this is module state set by `configure`)."""
+    """What the scenarios run against, and what they have seen (module state set by
+    `configure`, read by the progress reporter thread)."""
 
-    binaries: QemuBinaries | None = None
+    profile: FuzzProfile | None = None
     workroot: Path | None = None
     candidate: str = "emulator"
     avoid: frozenset[str] = frozenset()
+    include_known_crashes: bool = False
+    #: time.monotonic() after which no step starts and a running one is abandoned.
+    deadline: float | None = None
+    #: Raise reference failures (the test), or record them and go on (``blocktxn fuzz``).
+    raise_reference_failures: bool = True
     scenarios: int = 0
     steps: int = 0
+    skipped: int = 0
+    abandoned: int = 0
+    diverging_scenarios: int = 0
     findings: list[Finding] = field(default_factory=list)
+    reference_failures: list[Finding] = field(default_factory=list)
+    #: The latest failing example (hypothesis runs the smallest one last), rendered.
+    last_failure: Finding | None = None
     #: Every failing example, shrinking included (for diagnosing the fuzzer itself).
     failures: list[tuple[str, list[Step]]] = field(default_factory=list)
+
+    @property
+    def binaries(self) -> QemuBinaries:
+        if self.profile is None:
+            raise RuntimeError("conformance.differential.configure() was not called")
+        return self.profile.binaries
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 CONFIG = FuzzConfig()
 
 
-def configure(binaries: QemuBinaries, workroot: Path, candidate: str = "emulator",
-              avoid: frozenset[str] = frozenset()) -> FuzzConfig:
-    """Point the machine at real QEMU and a scratch directory; resets the counters."""
+def configure(binaries: QemuBinaries | FuzzProfile, workroot: Path, candidate: str = "emulator",
+              avoid: frozenset[str] = frozenset(), *, include_known_crashes: bool = False,
+              deadline: float | None = None, raise_reference_failures: bool = True) -> FuzzConfig:
+    """Point the scenarios at real QEMU and a scratch directory; resets the counters."""
     global CONFIG
-    CONFIG = FuzzConfig(binaries=binaries, workroot=workroot, candidate=candidate, avoid=avoid)
+    profile = binaries if isinstance(binaries, FuzzProfile) else FuzzProfile(
+        binaries, parse_version(binaries.version))
+    CONFIG = FuzzConfig(profile=profile, workroot=workroot, candidate=candidate, avoid=avoid,
+                        include_known_crashes=include_known_crashes, deadline=deadline,
+                        raise_reference_failures=raise_reference_failures)
     return CONFIG
-
-
-def make_target(kind: str, binaries: QemuBinaries) -> Target:
-    return QemuTarget(binaries) if kind == "qemu" else EmulatorTarget()
 
 
 def _signature(kind: str, detail: str) -> str:
@@ -98,7 +125,7 @@ def _signature(kind: str, detail: str) -> str:
     numbers and names of jobs, targets and bitmaps masked."""
     lines = [line for line in detail.splitlines()
              if line.startswith(("-", "+", "job ", "t", "drive")) and not line.startswith(("---", "+++"))]
-    text = " | ".join(lines[:2]) or detail.splitlines()[0]
+    text = " | ".join(lines[:2]) or (detail.splitlines() or [""])[0]
     return f"{kind}: " + re.sub(r"\b(j|t|b)\d+\b|\d+", "N", text)[:300]
 
 
@@ -107,114 +134,122 @@ def _step_log(run: DifferentialRun, failure: BaseException) -> str:
     return f"{failure}\n\n== steps\n{labels}\n\n== raw logs\n{run.raw_logs()}"
 
 
-class DifferentialMachine(RuleBasedStateMachine):
-    """Real QEMU (reference) and the emulator (candidate) driven through the same steps."""
+def _render(failure: Divergence | ReferenceFailure, run: DifferentialRun) -> Finding:
+    if isinstance(failure, ReferenceFailure):
+        return Finding("reference-failure", str(failure), None, None, _step_log(run, failure),
+                       _signature("reference-failure", str(failure)), list(run.steps))
+    name, source = render_case(failure, run, str(CONFIG.binaries.img))
+    return Finding(failure.kind, failure.detail, name, source, _step_log(run, failure),
+                   _signature(failure.kind, failure.detail), list(run.steps))
 
-    def __init__(self) -> None:
-        super().__init__()
-        if CONFIG.binaries is None or CONFIG.workroot is None:
-            raise RuntimeError("conformance.differential.configure() was not called")
-        self.loop = asyncio.new_event_loop()
-        self.workdir = Path(tempfile.mkdtemp(prefix="scenario", dir=CONFIG.workroot))
-        self.run = DifferentialRun(QemuTarget(CONFIG.binaries),
-                                   make_target(CONFIG.candidate, CONFIG.binaries),
-                                   self.workdir, CONFIG.binaries, CONFIG.avoid)
-        self.failed = False
-        CONFIG.scenarios += 1
-        try:
-            self._call(self.run.start())
-        except BaseException:  # hypothesis does not call teardown when __init__ fails
-            self.loop.run_until_complete(self.run.aclose())
-            self.loop.close()
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            raise
 
-    # ---- plumbing -----------------------------------------------------------------------------
-    def _call(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        try:
-            return self.loop.run_until_complete(coroutine)
-        except (Divergence, ReferenceFailure) as failure:
-            self.failed = True
-            self._report(failure)
-            raise
+# ---- one scenario -------------------------------------------------------------------------------
 
-    def _report(self, failure: Divergence | ReferenceFailure) -> None:
-        """On hypothesis's final replay of the minimal example: render and keep the finding."""
-        try:
-            final = current_build_context().is_final
-        except InvalidArgument:  # not under hypothesis (a plain replay)
-            final = True
-        summary = f"{type(failure).__name__} after {len(self.run.steps)} steps: {str(failure)[:2000]}"
-        CONFIG.failures.append((summary, list(self.run.steps)))
-        if not final:
-            return
-        assert CONFIG.binaries is not None
-        kind = failure.kind if isinstance(failure, Divergence) else "reference-failure"
-        name = source = None
-        if isinstance(failure, Divergence):
-            name, source = render_case(failure, self.run, str(CONFIG.binaries.img))
-            note(f"ready-to-commit case conformance/cases/{name}.py:\n{source}\n"
-                 f"record its golden with: {RECORD_COMMAND.format(name=name)}")
-        detail = failure.detail if isinstance(failure, Divergence) else str(failure)
-        CONFIG.findings.append(Finding(kind, detail, name, source, _step_log(self.run, failure),
-                                       _signature(kind, detail), list(self.run.steps)))
+#: Bound of one step (or the set-up, or the end checks) when no deadline is nearer.
+STEP_TIMEOUT = 60.0
+#: How long a step may run past the deadline before it is abandoned.
+DEADLINE_GRACE = 2.0
 
-    def _apply(self, step: Step) -> None:
+
+class _Abandoned(Exception):
+    """The deadline passed: the scenario stops without a verdict."""
+
+
+async def _bounded(coroutine: Coroutine[Any, Any, Any], what: str) -> None:
+    """Await `coroutine` within STEP_TIMEOUT and the deadline (plus a grace)."""
+    timeout = STEP_TIMEOUT
+    if CONFIG.deadline is not None:
+        remaining = CONFIG.deadline - time.monotonic()
+        if remaining <= 0:
+            coroutine.close()
+            raise _Abandoned(what)
+        timeout = min(timeout, remaining + DEADLINE_GRACE)
+    try:
+        await asyncio.wait_for(coroutine, timeout)
+    except TimeoutError:
+        if CONFIG.out_of_time():
+            raise _Abandoned(what) from None
+        raise ReferenceFailure(f"{what} took more than {timeout:.0f} s") from None
+
+
+async def _drive(run: DifferentialRun, plan: Sequence[Step]) -> None:
+    """Set up, apply every applicable step of `plan`, then the end checks."""
+    version = CONFIG.profile.version if CONFIG.profile else None
+    await _bounded(run.start(), "the set-up")
+    for step in plan:
+        reason = skip_reason(step, run.model, version,
+                             include_known_crashes=CONFIG.include_known_crashes)
+        if reason is not None:
+            CONFIG.skipped += 1
+            continue
         CONFIG.steps += 1
-        self._call(self.run.apply(step))
-
-    # ---- rules --------------------------------------------------------------------------------
-    @rule(data=st.data())
-    def guest_io(self, data: st.DataObject) -> None:
-        self._apply(hmp_io_step(data, self.run.model))
-
-    @rule(data=st.data())
-    def bitmap_command(self, data: st.DataObject) -> None:
-        self._apply(bitmap_step(data, self.run.model))
-
-    @rule(data=st.data())
-    def backup(self, data: st.DataObject) -> None:
-        self._apply(backup_step(data, self.run.model))
-
-    @rule(data=st.data())
-    def transaction(self, data: st.DataObject) -> None:
-        self._apply(transaction_step(data, self.run.model))
-
-    @precondition(lambda self: bool(self.run.model.live_jobs()))
-    @rule(data=st.data())
-    def job_command(self, data: st.DataObject) -> None:
-        self._apply(job_step(data, self.run.model))
-
-    @precondition(lambda self: self.run.model.progress_is_timing_free())
-    @rule(data=st.data())
-    def query(self, data: st.DataObject) -> None:
-        self._apply(query_step(data, self.run.model))
-
-    def teardown(self) -> None:
-        try:
-            if not self.failed:
-                self._call(self.run.finish())
-        finally:
-            self.loop.run_until_complete(self.run.aclose())
-            self.loop.close()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        await _bounded(run.apply(step), step.label)
+    await _bounded(run.finish(), "the end checks")
 
 
-def machine_settings(examples: int, steps: int, *, derandomize: bool = False,
-                     shrink: bool = True) -> settings:
+def _is_final() -> bool:
+    try:
+        return bool(current_build_context().is_final)
+    except InvalidArgument:  # not under hypothesis (a plain replay)
+        return True
+
+
+def run_scenario(plan: Sequence[Step]) -> None:
+    """Run one drawn scenario on a fresh (reference, candidate) pair.  Raises Divergence (and
+    ReferenceFailure when configured to); returns quietly when the deadline cut it short."""
+    if CONFIG.out_of_time():
+        return
+    profile, workroot = CONFIG.profile, CONFIG.workroot
+    if profile is None or workroot is None:
+        raise RuntimeError("conformance.differential.configure() was not called")
+    CONFIG.scenarios += 1
+    loop = asyncio.new_event_loop()
+    workdir = Path(tempfile.mkdtemp(prefix="scenario", dir=workroot))
+    run = DifferentialRun(profile.reference(), profile.candidate(CONFIG.candidate), workdir,
+                          profile.binaries, CONFIG.avoid)
+    try:
+        loop.run_until_complete(_drive(run, plan))
+    except _Abandoned:
+        CONFIG.abandoned += 1
+    except Divergence as failure:
+        CONFIG.diverging_scenarios += 1
+        CONFIG.failures.append((f"Divergence after {len(run.steps)} steps: {str(failure)[:2000]}",
+                                list(run.steps)))
+        CONFIG.last_failure = _render(failure, run)
+        if _is_final() and CONFIG.last_failure.case_name:
+            note(f"ready-to-commit case conformance/cases/{CONFIG.last_failure.case_name}.py:\n"
+                 f"{CONFIG.last_failure.case_source}\nrecord its golden with: "
+                 f"{RECORD_COMMAND.format(name=CONFIG.last_failure.case_name)}")
+        raise
+    except ReferenceFailure as failure:
+        CONFIG.reference_failures.append(_render(failure, run))
+        if CONFIG.raise_reference_failures:
+            raise
+    finally:
+        loop.run_until_complete(run.aclose())
+        loop.close()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def scenario_settings(examples: int, *, derandomize: bool = False, shrink: bool = True) -> settings:
     phases = [phase for phase in Phase if shrink or phase not in (Phase.shrink, Phase.explain)]
-    return settings(max_examples=examples, stateful_step_count=steps, deadline=None,
-                    derandomize=derandomize, database=None, print_blob=False, phases=phases,
-                    suppress_health_check=list(HealthCheck))
+    return settings(max_examples=examples, deadline=None, derandomize=derandomize, database=None,
+                    print_blob=False, phases=phases, suppress_health_check=list(HealthCheck))
 
 
-def run_machine(examples: int, steps: int, *, seed: int | None = None,
-                derandomize: bool = False, shrink: bool = True) -> None:
-    """Run the state machine (raises on the minimal divergence; findings go to CONFIG).
+def run_scenarios(examples: int, steps: int, *, seed: int | None = None,
+                  derandomize: bool = False, shrink: bool = True) -> None:
+    """Run `examples` drawn scenarios (raises on the minimal divergence; findings go to CONFIG).
     Without `shrink`, the first failing example is reported as found (fast, for CI)."""
-    DifferentialMachine._hypothesis_internal_use_seed = seed  # type: ignore[attr-defined]
-    run_state_machine_as_test(DifferentialMachine, settings=machine_settings(
-        examples, steps, derandomize=derandomize, shrink=shrink))
+
+    @scenario_settings(examples, derandomize=derandomize, shrink=shrink)
+    @given(scenarios(steps, CONFIG.avoid))
+    def check(plan: list[Step]) -> None:
+        run_scenario(plan)
+
+    if seed is not None and not derandomize:
+        check = hypothesis_seed(seed)(check)
+    check()
 
 
 # ---- replays: minimizing, rendering, and checking QEMU's own determinism ----------------------
@@ -225,23 +260,36 @@ async def _replay(steps: Sequence[Step], reference: Target, candidate: Target, w
     run = DifferentialRun(reference, candidate, workdir, binaries)
     failure: Divergence | ReferenceFailure | None = None
     try:
-        await run.start()
-        for step in steps:
-            await run.apply(step)
-        await run.finish()
+        await asyncio.wait_for(_replay_steps(run, steps), STEP_TIMEOUT * (len(steps) + 2))
     except (Divergence, ReferenceFailure) as caught:
         failure = caught
+    except TimeoutError:
+        failure = ReferenceFailure(f"the replay of {len(steps)} steps took too long")
     finally:
         await run.aclose()
     return run, failure
 
 
+async def _replay_steps(run: DifferentialRun, steps: Sequence[Step]) -> None:
+    await run.start()
+    for step in steps:
+        await run.apply(step)
+    await run.finish()
+
+
+def _profile() -> FuzzProfile:
+    if CONFIG.profile is None:
+        raise RuntimeError("conformance.differential.configure() was not called")
+    return CONFIG.profile
+
+
 def replay(steps: Sequence[Step], binaries: QemuBinaries, workroot: Path, candidate: str = "emulator",
            keep: bool = False) -> tuple[DifferentialRun, Divergence | ReferenceFailure | None]:
     """Synchronous `_replay` in a scratch directory (removed unless `keep`)."""
+    profile = _profile()
     workdir = Path(tempfile.mkdtemp(prefix="replay", dir=workroot))
     try:
-        return asyncio.run(_replay(steps, QemuTarget(binaries), make_target(candidate, binaries),
+        return asyncio.run(_replay(steps, profile.reference(), profile.candidate(candidate),
                                    workdir, binaries))
     finally:
         if not keep:
@@ -252,13 +300,21 @@ def _same_failure(failure: BaseException | None, signature: str) -> bool:
     return isinstance(failure, Divergence) and _signature(failure.kind, failure.detail) == signature
 
 
+def _time_left() -> float:
+    return float("inf") if CONFIG.deadline is None else CONFIG.deadline - time.monotonic()
+
+
+#: A replay needs this much time before the deadline to be started.
+REPLAY_RESERVE = 15.0
+
+
 def minimize(steps: Sequence[Step], signature: str, binaries: QemuBinaries, workroot: Path,
              budget: int = 80) -> list[Step]:
     """Greedily drop steps (last first) while the same divergence still shows; hypothesis's
-    shrinking cannot always drop a step whose draws feed later steps."""
+    shrinking cannot always drop a step whose draws feed later steps.  Stops at the deadline."""
     current = list(steps)
     index = len(current) - 2  # the last step is where it diverged (or the end checks)
-    while index >= 0 and budget > 0:
+    while index >= 0 and budget > 0 and _time_left() > REPLAY_RESERVE:
         candidate = current[:index] + current[index + 1:]
         budget -= 1
         if _same_failure(replay(candidate, binaries, workroot)[1], signature):
@@ -272,6 +328,8 @@ def qemu_against_qemu(steps: Sequence[Step], binaries: QemuBinaries, workroot: P
     """Replay `steps` with real QEMU on both sides `times` times; the divergences seen."""
     seen = []
     for attempt in range(times):
+        if _time_left() < REPLAY_RESERVE:
+            break
         _, failure = replay(steps, binaries, workroot, candidate="qemu")
         if failure is not None:
             seen.append(f"replay {attempt}: {failure}")
@@ -280,18 +338,12 @@ def qemu_against_qemu(steps: Sequence[Step], binaries: QemuBinaries, workroot: P
 
 def finding_from(steps: Sequence[Step], binaries: QemuBinaries, workroot: Path) -> Finding | None:
     """Replay `steps` once more and render the divergence (None if it did not show)."""
+    profile = _profile()
     workdir = Path(tempfile.mkdtemp(prefix="render", dir=workroot))
     try:
-        run, failure = asyncio.run(_replay(steps, QemuTarget(binaries), EmulatorTarget(), workdir,
-                                           binaries))
-        if failure is None:
-            return None
-        if isinstance(failure, ReferenceFailure):
-            return Finding("reference-failure", str(failure), None, None, _step_log(run, failure),
-                           _signature("reference-failure", str(failure)), list(steps))
-        name, source = render_case(failure, run, str(binaries.img))
-        return Finding(failure.kind, failure.detail, name, source, _step_log(run, failure),
-                       _signature(failure.kind, failure.detail), list(steps))
+        run, failure = asyncio.run(_replay(steps, profile.reference(), profile.candidate(),
+                                           workdir, binaries))
+        return None if failure is None else _render(failure, run)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -311,12 +363,49 @@ def _write_finding(out: Path, finding: Finding) -> Path:
     return directory
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``blocktxn fuzz --minutes M [--seed S] [--out DIR]``: exit 0 when nothing diverged, 1 when
-    something did, 2 when real QEMU is missing."""
+def summary_line(scenarios: int, divergences: int, reference_failures: int) -> str:
+    """The last line ``blocktxn fuzz`` prints (scripts parse it)."""
+    return f"{scenarios} scenarios, {divergences} divergences, {reference_failures} reference failures"
+
+
+class Progress:
+    """Prints a progress line every `interval` seconds from a daemon thread."""
+
+    def __init__(self, started: float, divergences: Callable[[], int], interval: float = 10.0) -> None:
+        self.started = started
+        self.divergences = divergences
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="fuzz-progress", daemon=True)
+
+    def line(self) -> str:
+        elapsed = time.monotonic() - self.started
+        rate = CONFIG.scenarios / elapsed * 60 if elapsed > 0 else 0.0
+        return (f"blocktxn fuzz: {elapsed:4.0f} s: {CONFIG.scenarios} scenarios ({rate:.1f}/min), "
+                f"{self.divergences()} divergences ({CONFIG.diverging_scenarios} diverging scenarios), "
+                f"{len(CONFIG.reference_failures)} reference failures, {CONFIG.steps} steps run, "
+                f"{CONFIG.skipped} skipped")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            print(self.line(), flush=True)
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blocktxn fuzz", description=(
-        "Differential testing of the emulator against real QEMU 7.2 (hypothesis state machine)."))
-    parser.add_argument("--minutes", type=float, required=True, help="how long to fuzz")
+        "Differential testing of the emulator against real QEMU: hypothesis draws whole scenarios "
+        "from the seed, both targets run them in lockstep.  Exit 0 when nothing diverged, 1 when "
+        "something did, 2 when real QEMU is missing.  The last line is "
+        "'N scenarios, M divergences, K reference failures'."))
+    parser.add_argument("--minutes", type=float, required=True, help="how long to fuzz (kept to seconds)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the first round")
     parser.add_argument("--out", type=Path, default=Path("fuzz-out"),
                         help="where each divergence's case and step log go (default fuzz-out)")
@@ -325,65 +414,115 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--avoid", action="append", default=[], choices=sorted(AVOIDABLE),
                         help="do not generate a known divergence (repeatable): "
                              + "; ".join(f"{name}: {text}" for name, text in AVOIDABLE.items()))
+    parser.add_argument("--include-known-crashes", action="store_true",
+                        help="also run steps that crash or hang real QEMU (skipped by default): "
+                             + "; ".join(f"{crash.name} ({', '.join(f'{a}.{b}' for a, b in sorted(crash.versions))})"
+                                         f": {crash.description}" for crash in KNOWN_CRASHES))
     parser.add_argument("--replays", type=int, default=3,
                         help="QEMU-against-QEMU replays of each divergence (0: none)")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
-    binaries = QemuBinaries.find()
-    if not binaries.complete:
-        print(f"blocktxn fuzz: QEMU not found ({', '.join(binaries.missing())}): {INSTALL_HINT}")
+    parser.add_argument("--qemu", default=None, help="qemu-system-x86_64 to compare with (default: PATH)")
+    parser.add_argument("--qemu-img", default=None, help="qemu-img (default: beside --qemu, then PATH)")
+    parser.add_argument("--qemu-io", default=None, help="qemu-io (default: beside --qemu, then PATH)")
+    parser.add_argument("--emulator-version-option", action="store_true", default=None,
+                        help=f"also pass {VERSION_OPTION} MAJOR.MINOR to the emulator (it always gets "
+                             f"{VERSION_ENV}; or set {OPTION_ENV}=1)")
+    return parser
+
+
+def _process(config: FuzzConfig, args: argparse.Namespace, workroot: Path,
+             signatures: dict[str, Path], label: str) -> None:
+    """Confirm, minimize, classify and write the round's minimal divergence (as time allows)."""
+    recorded = config.last_failure
+    if recorded is None:
+        return
+    binaries = config.binaries
+    first: Finding | None = recorded
+    if _time_left() > REPLAY_RESERVE:
+        first = finding_from(recorded.steps, binaries, workroot)
+        if first is None:
+            print(f"{label}: a {recorded.kind} divergence did not reproduce on replay "
+                  f"(timing-dependent?): {recorded.signature[:160]}", flush=True)
+            return
+        if first.kind == "reference-failure":
+            config.reference_failures.append(first)
+            return
+    else:
+        recorded.classification = "not replayed (the deadline came first)"
+    assert first is not None
+    if first.signature in signatures:
+        print(f"{label}: again {first.signature[:160]}", flush=True)
+        return
+    finding = first
+    if _time_left() > REPLAY_RESERVE:
+        smaller = minimize(first.steps, first.signature, binaries, workroot)
+        if len(smaller) < len(first.steps) and _time_left() > REPLAY_RESERVE:
+            finding = finding_from(smaller, binaries, workroot) or first
+    if args.replays and finding.case_source is not None and _time_left() > REPLAY_RESERVE:
+        racy = qemu_against_qemu(finding.steps, binaries, workroot, args.replays)
+        finding.classification = (
+            "QEMU is racy here: QEMU-against-QEMU replays diverged too:\n" + "\n".join(racy)
+            if racy else f"emulator: {args.replays} QEMU-against-QEMU replays agreed")
+    config.findings.append(finding)
+    directory = _write_finding(args.out, finding)
+    signatures[finding.signature] = directory
+    print(f"{label}: {finding.kind} divergence in {len(finding.steps)} steps -> {directory} "
+          f"[{finding.classification.splitlines()[0]}]", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``blocktxn fuzz --minutes M [--seed S] [--out DIR] [--qemu BIN]``: exit 0 when nothing
+    diverged, 1 when something did, 2 when real QEMU is missing."""
+    args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    profile = FuzzProfile.find(args.qemu, args.qemu_img, args.qemu_io,
+                               use_option=args.emulator_version_option)
+    if not profile.binaries.complete:
+        print(f"blocktxn fuzz: QEMU not found ({', '.join(profile.binaries.missing())}): {INSTALL_HINT}")
+        print(summary_line(0, 0, 0))
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
-    workroot = Path(tempfile.mkdtemp(prefix="btxfuzz"))
-    config = configure(binaries, workroot, avoid=frozenset(args.avoid))
-    seeds = random.Random(args.seed if args.seed is not None else time.time_ns())
     started = time.monotonic()
-    deadline = started + args.minutes * 60
+    workroot = Path(tempfile.mkdtemp(prefix="btxfuzz"))
+    config = configure(profile, workroot, avoid=frozenset(args.avoid),
+                       include_known_crashes=args.include_known_crashes,
+                       deadline=started + args.minutes * 60, raise_reference_failures=False)
+    print(f"blocktxn fuzz: {profile.binaries.version} ({profile.binaries.system}) against the emulator "
+          f"with {VERSION_ENV}={profile.version_text}"
+          + (f" and {VERSION_OPTION} {profile.version_text}" if profile.use_option else "")
+          + (f"; QEMU_MODULE_DIR={profile.module_dir}" if profile.env else "")
+          + ("; known crashes included" if args.include_known_crashes else ""), flush=True)
+    seeds = random.Random(args.seed if args.seed is not None else time.time_ns())
     rounds = 0
     signatures: dict[str, Path] = {}
+    written_references: set[str] = set()
     try:
-        while time.monotonic() < deadline:
-            rounds += 1
-            seed = seeds.randrange(2**32)
-            known = len(config.failures)
-            try:
-                run_machine(args.examples, args.steps, seed=seed)
-            except (Divergence, ReferenceFailure):
-                pass
-            except Exception:  # noqa: BLE001 - e.g. hypothesis's Flaky: keep the smallest failure
-                traceback.print_exc()
-            if len(config.failures) == known:
-                continue
-            # The last failing example of the round is hypothesis's minimal one.
-            text, steps = config.failures[-1]
-            failure_kind = text.split(" ", 1)[0]
-            first = finding_from(steps, binaries, workroot)
-            if first is None:
-                print(f"round {rounds} (seed {seed}): a {failure_kind} did not reproduce on replay "
-                      f"(timing-dependent?): {text.splitlines()[0]}", flush=True)
-                continue
-            if first.signature in signatures:
-                print(f"round {rounds} (seed {seed}): again {first.signature[:160]}", flush=True)
-                continue
-            smaller = minimize(steps, first.signature, binaries, workroot)
-            finding = finding_from(smaller, binaries, workroot) or first
-            if args.replays and finding.case_source is not None:
-                racy = qemu_against_qemu(finding.steps, binaries, workroot, args.replays)
-                finding.classification = (
-                    "QEMU is racy here: QEMU-against-QEMU replays diverged too:\n" + "\n".join(racy)
-                    if racy else f"emulator: {args.replays} QEMU-against-QEMU replays agreed")
-            config.findings.append(finding)
-            directory = _write_finding(args.out, finding)
-            signatures[finding.signature] = directory
-            print(f"round {rounds} (seed {seed}): {finding.kind} divergence in "
-                  f"{len(finding.steps)} steps -> {directory} "
-                  f"[{finding.classification.splitlines()[0]}]", flush=True)
+        with Progress(started, lambda: len(signatures)):
+            while not config.out_of_time():
+                rounds += 1
+                seed = seeds.randrange(2**32)
+                config.last_failure = None
+                try:
+                    run_scenarios(args.examples, args.steps, seed=seed)
+                except Divergence:
+                    pass
+                except Exception as error:  # noqa: BLE001 - e.g. Flaky: keep the smallest failure
+                    if not config.out_of_time():
+                        print(f"round {rounds} (seed {seed}): {type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''}", flush=True)
+                _process(config, args, workroot, signatures, f"round {rounds} (seed {seed})")
+                for failure in config.reference_failures:
+                    if failure.signature not in written_references:
+                        written_references.add(failure.signature)
+                        directory = _write_finding(args.out, failure)
+                        print(f"round {rounds} (seed {seed}): reference failure -> {directory}: "
+                              f"{failure.signature[:160]}", flush=True)
     finally:
         shutil.rmtree(workroot, ignore_errors=True)
     elapsed = time.monotonic() - started
-    print(f"blocktxn fuzz: {rounds} rounds, {config.scenarios} scenarios, {config.steps} steps, "
-          f"{elapsed / 60:.1f} min, {len(signatures)} distinct divergences")
+    print(f"blocktxn fuzz: {rounds} rounds, {config.steps} steps run, {config.skipped} skipped, "
+          f"{config.abandoned} scenarios cut short by the deadline, {elapsed / 60:.1f} min")
     for signature, directory in signatures.items():
         print(f"  {directory}: {signature}")
+    print(summary_line(config.scenarios, len(signatures), len(config.reference_failures)), flush=True)
     return 1 if signatures else 0
 
 

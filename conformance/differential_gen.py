@@ -1,7 +1,11 @@
-"""Hypothesis strategies for differential steps, drawn against the current Model.
+"""Hypothesis strategies for differential steps, drawn against a *predicted* Model.
 
-Every generator returns a Step.  What is generated is limited to what real QEMU 7.2 does
-deterministically and survives:
+Every generator returns a Step.  The model a generator sees is the one conformance.differential_plan
+predicts from the steps drawn before (never the reference's replies), so the seed alone decides
+the scenario.  Generation favours what real QEMU does deterministically and survives; the runtime
+check (conformance.differential_plan.skip_reason, against the model learnt from the reference)
+skips a step that would not be, and the known crashes (conformance.differential_crashes) are
+generated only now and then, to be skipped unless ``blocktxn fuzz --include-known-crashes``:
 
 * speed-limited (``speed=1``) jobs are the only jobs alive between steps; unlimited jobs are
   waited for by the runner's settle;
@@ -20,10 +24,11 @@ deterministically and survives:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from hypothesis import strategies as st
 
+from conformance.differential_crashes import enable_is_safe
 from conformance.differential_model import NODE_OF, Model
 from conformance.differential_steps import IMAGE_BYTES, CreateImage, HmpIo, Img, Qmp, Step
 
@@ -48,9 +53,19 @@ AVOIDABLE = {
 }
 
 
+T = TypeVar("T")
+
+
+class Draws(Protocol):
+    """What the generators draw from: hypothesis's ``st.data()`` object, or the draw function
+    of a composite strategy wrapped by conformance.differential_plan."""
+
+    def draw(self, strategy: st.SearchStrategy[T], label: Any = None) -> T: ...
+
+
 # ---- small pieces -----------------------------------------------------------------------------
 
-def _extent(data: st.DataObject) -> tuple[int, int]:
+def _extent(data: Draws) -> tuple[int, int]:
     """An (offset, length) inside the image: cluster-, sector- or byte-aligned."""
     kind = data.draw(st.sampled_from(("cluster", "sector", "byte")), label="alignment")
     if kind == "cluster":
@@ -65,29 +80,29 @@ def _extent(data: st.DataObject) -> tuple[int, int]:
     return offset, max(1, min(length, IMAGE_BYTES - offset))
 
 
-def _bitmap_name(data: st.DataObject) -> str:
+def _bitmap_name(data: Draws) -> str:
     return data.draw(st.sampled_from(BITMAP_NAMES) | st.just(""), label="bitmap name")
 
 
-def _node_name(data: st.DataObject, *, allow_unknown: bool = True) -> str:
+def _node_name(data: Draws, *, allow_unknown: bool = True) -> str:
     choices = st.sampled_from(NODE_NAMES)
     return data.draw(choices | st.just("nodev") if allow_unknown else choices, label="node")
 
 
-def _rarely(data: st.DataObject, one_in: int) -> bool:
+def _rarely(data: Draws, one_in: int) -> bool:
     """True once in `one_in` draws; shrinks to False (hypothesis shrinks integers towards 0),
     so a minimal scenario keeps only the unusual choices that matter."""
     return data.draw(st.integers(0, one_in - 1), label=f"1 in {one_in}") == one_in - 1
 
 
-def _flag(data: st.DataObject, label: str, default: bool = True) -> bool | None:
+def _flag(data: Draws, label: str, default: bool = True) -> bool | None:
     """None (the option left out) most of the time; otherwise an explicit value."""
     return data.draw(st.sampled_from((None, None, None, not default, default)), label=label)
 
 
 # ---- guest I/O --------------------------------------------------------------------------------
 
-def hmp_io_step(data: st.DataObject, model: Model) -> Step:
+def hmp_io_step(data: Draws, model: Model) -> Step:
     """A qemu-io command through HMP: a pattern or zero write, a read, or a flush."""
     devices = [name for name in NODE_NAMES
                if not ("node-io-during-job" in model.avoid and name != "drive0"
@@ -114,7 +129,7 @@ def hmp_io_step(data: st.DataObject, model: Model) -> Step:
 
 # ---- bitmaps ----------------------------------------------------------------------------------
 
-def bitmap_arguments(data: st.DataObject, kind: str, model: Model) -> dict[str, Any]:
+def bitmap_arguments(data: Draws, kind: str, model: Model) -> dict[str, Any]:
     """Arguments of one block-dirty-bitmap-* command or action."""
     node = _node_name(data)
     existing = [bitmap.name for bitmap in model.bitmaps.values() if bitmap.node == NODE_OF.get(node)]
@@ -126,6 +141,8 @@ def bitmap_arguments(data: st.DataObject, kind: str, model: Model) -> dict[str, 
                 lambda n, b: {"node": n, "name": b}, st.sampled_from(NODE_NAMES),
                 st.sampled_from(BITMAP_NAMES)),
             min_size=1, max_size=3), label="merge sources")
+        if _rarely(data, 12):
+            sources = []  # a known crash (merge-empty-list): skipped unless included
         return {"node": node, "target": name, "bitmaps": sources}
     arguments: dict[str, Any] = {"node": node, "name": name}
     if kind == "block-dirty-bitmap-add":
@@ -144,7 +161,7 @@ BITMAP_KINDS = ("block-dirty-bitmap-add", "block-dirty-bitmap-add", "block-dirty
                 "block-dirty-bitmap-disable", "block-dirty-bitmap-merge")
 
 
-def bitmap_step(data: st.DataObject, model: Model) -> Step:
+def bitmap_step(data: Draws, model: Model) -> Step:
     kind = data.draw(st.sampled_from(BITMAP_KINDS), label="bitmap command")
     arguments = bitmap_arguments(data, kind, model)
     return Step(f"{kind} {arguments.get('name', arguments.get('target'))}",
@@ -153,7 +170,7 @@ def bitmap_step(data: st.DataObject, model: Model) -> Step:
 
 # ---- backups ----------------------------------------------------------------------------------
 
-def backup_arguments(data: st.DataObject, model: Model, *, surely_valid: bool = False,
+def backup_arguments(data: Draws, model: Model, *, surely_valid: bool = False,
                      device: str | None = None) -> tuple[dict[str, Any], tuple[CreateImage, ...]]:
     """drive-backup arguments (with a fresh target) and the images to create first.  With
     `surely_valid`, only what cannot fail to prepare (the caller picks an idle device)."""
@@ -222,31 +239,14 @@ def _backup_label(arguments: dict[str, Any]) -> str:
     return f"{arguments['job-id']}: {arguments['sync']} backup of {arguments['device']} " + " ".join(extra)
 
 
-def backup_step(data: st.DataObject, model: Model) -> Step:
+def backup_step(data: Draws, model: Model) -> Step:
     arguments, creates = backup_arguments(data, model)
     return Step(f"drive-backup {_backup_label(arguments)}", (*creates, Qmp("drive-backup", arguments)))
 
 
 # ---- transactions -----------------------------------------------------------------------------
 
-def _mentions(action: dict[str, Any], node: str, name: str) -> bool:
-    data = action.get("data") or {}
-    if action["type"] == "drive-backup":
-        return NODE_OF.get(str(data.get("device"))) == node and data.get("bitmap") == name
-    return NODE_OF.get(str(data.get("node"))) == node and name in (data.get("name"), data.get("target"))
-
-
-def _enable_is_safe(model: Model, earlier: list[dict[str, Any]], data: dict[str, Any]) -> bool:
-    """An enable action whose prepare cannot fail: the bitmap exists, is not busy, and no
-    earlier action of the transaction touches it."""
-    node = NODE_OF.get(str(data["node"]))
-    name = str(data["name"])
-    return (node is not None and (node, name) in model.bitmaps
-            and (node, name) not in model.busy_bitmaps()
-            and not any(_mentions(action, node, name) for action in earlier))
-
-
-def transaction_step(data: st.DataObject, model: Model) -> Step:
+def transaction_step(data: Draws, model: Model) -> Step:
     mode = data.draw(st.sampled_from((None, "individual", "grouped")), label="completion mode")
     idle = [device for device in ("drive0", "drive1") if not model.node_has_job(NODE_OF[device])]
     creates: list[CreateImage] = []
@@ -263,16 +263,17 @@ def transaction_step(data: st.DataObject, model: Model) -> Step:
         for _ in range(count):
             kind = data.draw(st.sampled_from(kinds), label="action")
             if kind == "drive-backup":
-                if sum(action["type"] == "drive-backup" for action in actions) and mode == "grouped":
-                    continue  # a second backup only as above
+                if (sum(action["type"] == "drive-backup" for action in actions) and mode == "grouped"
+                        and not _rarely(data, 6)):
+                    continue  # a second backup only as above (else: grouped-rollback-hang)
                 if "busy-node" in model.avoid and any(action["type"] == "drive-backup"
                                                       for action in actions):
                     continue
                 arguments, made = backup_arguments(data, model)
                 if any(action["type"] == "drive-backup"
                        and NODE_OF.get(str(action["data"]["device"])) == NODE_OF.get(str(arguments["device"]))
-                       for action in actions):
-                    continue  # QEMU 7.2 aborts (bdrv_do_drained_end assertion) on this rollback
+                       for action in actions) and not _rarely(data, 6):
+                    continue  # QEMU aborts (bdrv_do_drained_end assertion): same-node-backups
                 creates += made
                 actions.append({"type": kind, "data": arguments})
             elif kind == "abort":
@@ -280,8 +281,9 @@ def transaction_step(data: st.DataObject, model: Model) -> Step:
             else:
                 arguments = bitmap_arguments(data, kind, model)
                 if kind == "block-dirty-bitmap-enable" and (
-                        mode == "grouped" or not _enable_is_safe(model, actions, arguments)):
-                    continue
+                        mode == "grouped" or not enable_is_safe(model, actions, arguments)) \
+                        and not _rarely(data, 6):
+                    continue  # enable-prepare-fails
                 actions.append({"type": kind, "data": arguments})
     transaction: dict[str, Any] = {"actions": actions}
     if mode is not None:
@@ -292,7 +294,7 @@ def transaction_step(data: st.DataObject, model: Model) -> Step:
 
 # ---- job commands -----------------------------------------------------------------------------
 
-def job_step(data: st.DataObject, model: Model) -> Step:
+def job_step(data: Draws, model: Model) -> Step:
     """A job verb on a live job (sometimes on an unknown one), in whatever state it rests."""
     live = [job.id for job in model.live_jobs()]
     job_id = data.draw(st.sampled_from(live) if live else st.just("nosuch"), label="job")
@@ -325,7 +327,7 @@ QUERIES = (("query-block", None), ("query-named-block-nodes", {"flat": True}), (
            ("query-block-jobs", None))
 
 
-def query_step(data: st.DataObject, model: Model) -> Step:
+def query_step(data: Draws, model: Model) -> Step:
     queries: tuple[tuple[str, dict[str, Any] | None], ...] = QUERIES
     if "query-during-job" in model.avoid and model.live_jobs():
         queries = tuple(query for query in QUERIES if query[0] in ("query-jobs", "query-block-jobs"))

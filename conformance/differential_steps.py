@@ -107,6 +107,8 @@ class Step:
 
     label: str
     primitives: tuple[Primitive, ...]
+    #: The generator rule that drew it (conformance.differential_plan.RULES); "" for teardown.
+    rule: str = ""
 
 
 @dataclass

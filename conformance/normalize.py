@@ -26,6 +26,7 @@ F8. The ``virtual-size`` of a protocol node's image info (``"format": "file"``) 
     size, which is compared).
 F7. qemu-io's timing line (``64 KiB, 1 ops; 00.00 sec (387 MiB/sec and 6192 ops/sec)``) keeps
     the size and op count and masks the time and rates, as iotests' filter_qemu_io does.
+    A rate under 1 KiB/s is printed in plain bytes (``865.664458 bytes/sec``).
 
 Layout (not a filter: nothing is dropped):
 
@@ -79,7 +80,7 @@ MASKED = "MASKED"
 _NODE_NAME = re.compile(r"#block\d+")
 _QEMU_IO_TIMING = re.compile(
     r"^(?P<size>[0-9.]+ (?:bytes|[KMGTPE]iB)), (?P<ops>\d+) ops; [0-9:.]+ sec "
-    r"\((?:[0-9.]+|inf) [KMGTPE]?i?B/sec and (?:[0-9.]+|inf) ops/sec\)$"
+    r"\((?:[0-9.]+|inf) (?:bytes|[KMGTPE]?i?B)/sec and (?:[0-9.]+|inf) ops/sec\)$"
 )
 _DISK_SIZE = re.compile(r"^(\s*)disk size: .*$")
 _TOOL_ACTUAL_SIZE = re.compile(r'^(\s*"actual-size": )\d+')

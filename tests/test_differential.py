@@ -1,6 +1,6 @@
 """Differential testing of the emulator against real QEMU 7.2 (conformance.differential).
 
-A bounded, derandomized run of the hypothesis state machine: every example drives real QEMU and
+A bounded, derandomized run of hypothesis-drawn scenarios: every example drives real QEMU and
 the in-process emulator through the same generated steps and compares them after every step
 and at the end.  A divergence fails the test; hypothesis shrinks it and prints (as a note) a
 ready-to-commit conformance case.  Skipped, with the reason printed, when QEMU is not installed;
@@ -53,5 +53,6 @@ def qemu(request: pytest.FixtureRequest) -> QemuBinaries:
 def test_emulator_matches_qemu(qemu: QemuBinaries, tmp_path: Path) -> None:
     """Real QEMU and the emulator agree on every generated scenario (fixed examples)."""
     config = differential.configure(qemu, tmp_path, avoid=AVOID)
-    differential.run_machine(EXAMPLES, STEPS, derandomize=True, shrink=SHRINK)
+    differential.run_scenarios(EXAMPLES, STEPS, derandomize=True, shrink=SHRINK)
     assert config.scenarios >= EXAMPLES
+    assert config.reference_failures == []

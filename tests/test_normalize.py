@@ -205,6 +205,9 @@ def test_text_filters() -> None:
                        PATHS).startswith("512 bytes, 1 ops; XX:XX")
     assert filter_text("4 KiB, 1 ops; 00.00 sec (inf GiB/sec and inf ops/sec)", PATHS).endswith(
         "(XXX YYY/sec and XXX ops/sec)")
+    # Under 1 KiB/s QEMU writes the rate in plain bytes (qemu-io's cvtstr).
+    slow = "512 bytes, 1 ops; 00.59 sec (865.664458 bytes/sec and 1.6907 ops/sec)"
+    assert filter_text(slow, PATHS) == "512 bytes, 1 ops; XX:XX:XX.X (XXX YYY/sec and XXX ops/sec)"
     assert filter_text("disk size: 196 KiB", PATHS) == "disk size: MASKED"
     assert filter_text("    disk size: 536 KiB", PATHS) == "    disk size: MASKED"  # qemu-img 10.0 child
     assert filter_text("/tmp/btxabc/qmp.sock", PATHS) == "SOCK_DIR/qmp.sock"

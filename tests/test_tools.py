@@ -189,3 +189,41 @@ def test_io_tool_with_commands_and_eof(images: Path) -> None:
     out, err = io.StringIO(), io.StringIO()
     rc = io_tool.main(["-f", "qcow2", str(images / "c3")], stdin=io.StringIO("read -q -P 4 1M 4k\n"), out=out, err=err)
     assert (rc, out.getvalue(), err.getvalue()) == (0, "qemu-io> qemu-io> ", "")
+
+
+def test_img_help_lists_usage_commands_and_formats_and_exits_0() -> None:
+    """`blocktxn img --help` (and -h after a command) prints qemu-img's help layout, exit 0."""
+    for argv in (["--help"], ["-h"], ["info", "-h"], ["create", "--help"]):
+        out, err = io.StringIO(), io.StringIO()
+        assert img_tool.main(argv, out=out, err=err) == 0, (argv, err.getvalue())
+        text = out.getvalue()
+        assert text.splitlines()[1] == "usage: qemu-img [standard options] command [command options]"
+        assert "Command syntax:" in text and "Command parameters:" in text
+        for command in ("check", "compare", "create", "info", "map", "rebase"):
+            assert f"\n  {command} [" in text
+        assert text.rstrip().endswith("Supported formats: qcow2 raw") and err.getvalue() == ""
+
+
+def test_io_help_lists_options_and_commands_and_exits_0() -> None:
+    from emulator.block.qemu_io import COMMANDS
+    from emulator.tools import io as io_tool
+
+    for argv in (["--help"], ["-h"]):
+        out, err = io.StringIO(), io.StringIO()
+        assert io_tool.main(argv, out=out, err=err) == 0
+        text = out.getvalue()
+        assert text.startswith("Usage: qemu-io [OPTIONS]... [-c STRING]... [file]\n")
+        for option in ("-c, --cmd STRING", "-f, --format FMT", "-r, --read-only", "-d, --discard=MODE",
+                       "-U, --force-share", "-h, --help"):
+            assert f"\n  {option}" in text
+        for name in COMMANDS:
+            assert f"\n  {name}" in text
+        assert err.getvalue() == ""
+
+
+def test_blocktxn_img_and_io_help_from_the_command_line() -> None:
+    for tool in ("img", "io"):
+        done = subprocess.run([sys.executable, "-m", "conformance.cli", tool, "--help"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.splitlines()) > 10

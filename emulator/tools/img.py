@@ -147,6 +147,9 @@ class Tool:
             raise _Exit(1) from None
         parsed: dict[str, list[str]] = {}
         for o, a in opts:
+            if o in ("-h", "--help"):  # qemu-img: -h after any command prints the whole help
+                self.out.write(HELP)
+                raise _Exit(0)
             parsed.setdefault(o, []).append(a)
         return parsed, args
 
@@ -633,6 +636,52 @@ def cmd_rebase(tool: Tool, argv: list[str]) -> int:
     return 0
 
 
+HELP = f"""\
+blocktxn img: a {PROG} work-alike over the blocktxn emulator's image code
+usage: {PROG} [standard options] command [command options]
+QEMU disk image utility (the subset below)
+
+    '-h', '--help'       display this help and exit
+
+Command syntax:
+  check [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-U] filename
+  compare [-f fmt] [-F fmt] [-p] [-q] [-s] [-U] filename1 filename2
+  create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u] [-o options] filename [size]
+  info [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename
+  map [-f fmt] [--start-offset=offset] [--max-length=len] [--output=ofmt] [-U] filename
+  rebase [-q] [-f fmt] [-U] -u -b backing_file [-F backing_fmt] filename
+
+Command parameters:
+  'filename' is a disk image filename
+  'fmt' is the disk image format (raw or qcow2). It is guessed automatically in most cases
+  'size' is the disk image size in bytes. Optional suffixes
+    'k' or 'K' (kilobyte, 1024), 'M' (megabyte, 1024k), 'G' (gigabyte, 1024M),
+    'T' (terabyte, 1024G), 'P' (petabyte, 1024T) and 'E' (exabyte, 1024P)  are
+    supported. 'b' is ignored.
+  'options' is a comma separated list of format specific options in a
+    name=value format (qcow2: size, cluster_size, backing_file, backing_fmt and
+    the defaults of the other options)
+  '-u' for rebasing: only the backing file name in the header changes (the
+       safe mode is not supported); for image creation, allow creating
+       without opening the backing file
+  '-h' with or without a command shows this help
+  '-p' accepted for compatibility; no progress is shown
+  '-q' use Quiet mode - do not print any output (except errors)
+  '--output' takes the format in which the output must be done (human or json)
+
+Parameters to check subcommand:
+  '-r' tries to repair any inconsistencies that are found during the check.
+       '-r leaks' repairs only cluster leaks, whereas '-r all' fixes all
+       kinds of errors.
+
+Parameters to compare subcommand:
+  '-f' first image format
+  '-F' second image format
+  '-s' run in Strict mode - fail on different image size or sector allocation
+
+Supported formats: {" ".join(sorted(FORMATS))}
+"""
+
 COMMANDS = {"create": Tool.cmd_create, "info": Tool.cmd_info, "check": Tool.cmd_check,
             "compare": Tool.cmd_compare, "map": Tool.cmd_map, "rebase": cmd_rebase}
 
@@ -650,6 +699,9 @@ def main(argv: list[str] | None = None, *, out: TextIO | None = None, err: TextI
         (err or sys.stderr).write(f"{PROG}: {exc}\n")
         return 1
     tool = Tool(out or sys.stdout, err or sys.stderr, profile)
+    if argv and argv[0] in ("-h", "--help"):
+        tool.out.write(HELP)
+        return 0
     if not argv:
         tool.error("Not enough arguments")
         tool.err.write(f"Try '{PROG} --help' for more information\n")

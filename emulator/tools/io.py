@@ -13,7 +13,7 @@ import sys
 from typing import TextIO
 
 from emulator.block.image import FORMATS, open_image_chain
-from emulator.block.qemu_io import QemuIo
+from emulator.block.qemu_io import COMMANDS, QemuIo
 from emulator.error import QemuError
 
 PROG = "qemu-io"
@@ -24,6 +24,27 @@ _RAW_PROBE_WARNING = (
     "block 0 will be restricted.\n"
     "         Specify the 'raw' format explicitly to remove the restrictions.\n"
 )
+
+
+def usage() -> str:
+    """qemu-io's --help layout, listing only the options and commands this work-alike implements
+    (the other qemu-io options are accepted and ignored)."""
+    commands = "".join(f"  {c.name} {c.args}".rstrip() + f"\n      {c.oneline}\n"
+                       for c in sorted(COMMANDS.values(), key=lambda c: c.name))
+    return (f"Usage: {PROG} [OPTIONS]... [-c STRING]... [file]\n"
+            "QEMU Disk exerciser (blocktxn io: a qemu-io work-alike over the blocktxn emulator's "
+            "image code)\n\n"
+            "  -c, --cmd STRING     execute command with its arguments\n"
+            "                       from the given string\n"
+            f"  -f, --format FMT     specifies the block driver to use ({', '.join(FORMATS)})\n"
+            "  -r, --read-only      export read-only\n"
+            "  -d, --discard=MODE   use the given discard mode for the image\n"
+            "                       (ignore, off, unmap, on)\n"
+            "  -U, --force-share    force shared permissions\n"
+            "  -h, --help           display this help and exit\n\n"
+            "Without -c, commands are read from standard input after a "
+            f"'{PROMPT.strip()} ' prompt.\n\n"
+            f"Commands (see '{PROG} -c \"help COMMAND\" FILE' for details):\n{commands}")
 
 
 def main(argv: list[str] | None = None, *, stdin: TextIO | None = None, out: TextIO | None = None,
@@ -58,7 +79,7 @@ def main(argv: list[str] | None = None, *, stdin: TextIO | None = None, out: Tex
                 return 1
             discard = a in ("unmap", "on")
         elif o in ("-h", "--help"):
-            out.write(f"Usage: {PROG} [OPTIONS]... [-c STRING]... [file]\n")
+            out.write(usage())
             return 0
     if len(args) > 1:
         err.write(f"{PROG}: too many arguments\nTry '{PROG} --help' for more information.\n")
