@@ -44,13 +44,7 @@ from conformance.differential_gen import AVOIDABLE
 from conformance.differential_plan import scenarios, skip_reason
 from conformance.differential_runner import DifferentialRun, Divergence, ReferenceFailure
 from conformance.differential_steps import Step
-from conformance.differential_targets import (
-    OPTION_ENV,
-    VERSION_ENV,
-    VERSION_OPTION,
-    FuzzProfile,
-    parse_version,
-)
+from conformance.differential_targets import FuzzProfile, parse_version
 from conformance.targets import INSTALL_HINT, QemuBinaries, Target
 
 
@@ -423,9 +417,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--qemu", default=None, help="qemu-system-x86_64 to compare with (default: PATH)")
     parser.add_argument("--qemu-img", default=None, help="qemu-img (default: beside --qemu, then PATH)")
     parser.add_argument("--qemu-io", default=None, help="qemu-io (default: beside --qemu, then PATH)")
-    parser.add_argument("--emulator-version-option", action="store_true", default=None,
-                        help=f"also pass {VERSION_OPTION} MAJOR.MINOR to the emulator (it always gets "
-                             f"{VERSION_ENV}; or set {OPTION_ENV}=1)")
     return parser
 
 
@@ -473,8 +464,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``blocktxn fuzz --minutes M [--seed S] [--out DIR] [--qemu BIN]``: exit 0 when nothing
     diverged, 1 when something did, 2 when real QEMU is missing."""
     args = _parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    profile = FuzzProfile.find(args.qemu, args.qemu_img, args.qemu_io,
-                               use_option=args.emulator_version_option)
+    profile = FuzzProfile.find(args.qemu, args.qemu_img, args.qemu_io)
     if not profile.binaries.complete:
         print(f"blocktxn fuzz: QEMU not found ({', '.join(profile.binaries.missing())}): {INSTALL_HINT}")
         print(summary_line(0, 0, 0))
@@ -486,9 +476,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        include_known_crashes=args.include_known_crashes,
                        deadline=started + args.minutes * 60, raise_reference_failures=False)
     print(f"blocktxn fuzz: {profile.binaries.version} ({profile.binaries.system}) against the emulator "
-          f"with {VERSION_ENV}={profile.version_text}"
-          + (f" and {VERSION_OPTION} {profile.version_text}" if profile.use_option else "")
-          + (f"; QEMU_MODULE_DIR={profile.module_dir}" if profile.env else "")
+          f"in its QEMU {profile.emulator_version} profile"
+          + (f"; QEMU_MODULE_DIR={profile.binaries.module_dir}" if profile.binaries.module_dir else "")
           + ("; known crashes included" if args.include_known_crashes else ""), flush=True)
     seeds = random.Random(args.seed if args.seed is not None else time.time_ns())
     rounds = 0

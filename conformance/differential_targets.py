@@ -1,41 +1,17 @@
-"""Which real QEMU the fuzzers compare against, and the emulator profile that matches it.
+"""Which real QEMU the differential fuzzer compares against, and the emulator profile that matches it.
 
-`FuzzProfile.find` locates qemu-system-x86_64 (``--qemu BIN``), qemu-img and qemu-io (explicit
-paths, else beside BIN, else PATH) and reads ``MAJOR.MINOR`` from ``BIN --version``.
-
-* A QEMU unpacked from a distribution package (``X/usr/bin/qemu-system-x86_64`` with its modules
-  in ``X/usr/lib/x86_64-linux-gnu/qemu``) only finds its modules through ``QEMU_MODULE_DIR``;
-  the reference target and the image tools get it in their environment.
-* The emulator is told which QEMU to behave like through the environment variable
-  ``BLOCKTXN_QEMU_VERSION=MAJOR.MINOR`` and, once the emulator accepts it, the command-line
-  option ``-blocktxn-version MAJOR.MINOR`` (``use_option``: ``blocktxn fuzz
-  --emulator-version-option`` or ``BLOCKTXN_FUZZ_VERSION_OPTION=1``; an emulator without the
-  option refuses to start with it).
+`FuzzProfile.find` locates qemu-system-x86_64 (``--qemu BIN``) and its qemu-img and qemu-io as
+conformance.targets.QemuBinaries does (explicit paths, else beside BIN, else PATH; QEMU_MODULE_DIR
+for a QEMU unpacked beside the system's), and reads ``MAJOR.MINOR`` from ``BIN --version``.  The
+emulator is started in the profile of that version (``-blocktxn-version MAJOR.MINOR``).
 """
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-from conformance.targets import (
-    EmulatorTarget,
-    Instance,
-    ProcessInstance,
-    QemuBinaries,
-    QemuTarget,
-    Target,
-    machine_argv,
-)
-
-VERSION_ENV = "BLOCKTXN_QEMU_VERSION"
-VERSION_OPTION = "-blocktxn-version"
-#: Switch the command-line option on without a flag (once the emulator has it).
-OPTION_ENV = "BLOCKTXN_FUZZ_VERSION_OPTION"
-MODULE_SUBDIR = Path("usr/lib/x86_64-linux-gnu/qemu")
+from conformance.targets import EMULATOR_VERSIONS, EmulatorTarget, QemuBinaries, QemuTarget, Target
 
 Version = tuple[int, int]
 
@@ -46,99 +22,33 @@ def parse_version(text: str | None) -> Version | None:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
-def module_dir_for(binary: str | None) -> str | None:
-    """The module directory of an unpacked package's binary (X/usr/bin/NAME), if it exists."""
-    if not binary:
-        return None
-    path = Path(binary).resolve()
-    if path.parent.name != "bin" or path.parent.parent.name != "usr":
-        return None
-    root = path.parent.parent.parent
-    if root == Path("/"):
-        return None  # an installed QEMU finds its own modules
-    modules = root / MODULE_SUBDIR
-    return str(modules) if modules.is_dir() else None
-
-
-def _beside(system: str | None, name: str) -> str | None:
-    if system is None:
-        return None
-    candidate = Path(system).parent / name
-    return str(candidate) if candidate.is_file() and os.access(candidate, os.X_OK) else None
-
-
-def option_wanted() -> bool:
-    return os.environ.get(OPTION_ENV, "") == "1"
-
-
 @dataclass(frozen=True)
 class FuzzProfile:
-    """Real QEMU's programs and version, and how the emulator is told to match it."""
+    """Real QEMU's programs and version, and the emulator profile that matches it."""
 
     binaries: QemuBinaries
     version: Version | None
-    module_dir: str | None = None
-    use_option: bool = False
-    env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def find(cls, qemu: str | None = None, qemu_img: str | None = None, qemu_io: str | None = None,
-             *, use_option: bool | None = None) -> FuzzProfile:
-        """Locate the programs; with `module_dir` set in this process before reading the version."""
-        system = shutil.which(qemu or "qemu-system-x86_64")
-        module_dir = module_dir_for(system)
-        env = {"QEMU_MODULE_DIR": module_dir} if module_dir and "QEMU_MODULE_DIR" not in os.environ else {}
-        os.environ.update(env)  # qemu-img/qemu-io and `--version` run with it too
-        binaries = QemuBinaries.find(system or qemu, qemu_img or _beside(system, "qemu-img"),
-                                     qemu_io or _beside(system, "qemu-io"))
-        return cls(binaries, parse_version(binaries.version), module_dir,
-                   option_wanted() if use_option is None else use_option, env)
+    def find(cls, qemu: str | None = None, qemu_img: str | None = None,
+             qemu_io: str | None = None) -> FuzzProfile:
+        binaries = QemuBinaries.find(qemu, qemu_img, qemu_io)
+        return cls(binaries, parse_version(binaries.version))
 
     @property
     def version_text(self) -> str | None:
         return f"{self.version[0]}.{self.version[1]}" if self.version else None
 
+    @property
+    def emulator_version(self) -> str:
+        """The emulator profile to compare with: the reference's version (newest when it has none)."""
+        text = self.version_text
+        return text if text in EMULATOR_VERSIONS else EMULATOR_VERSIONS[-1]
+
     def reference(self) -> Target:
-        return ReferenceQemuTarget(self.binaries, self.env)
+        return QemuTarget(self.binaries)
 
     def candidate(self, kind: str = "emulator") -> Target:
         if kind == "qemu":
             return self.reference()
-        return ProfiledEmulatorTarget(self.version_text, use_option=self.use_option)
-
-    def emulator_env(self) -> dict[str, str]:
-        """The environment variable that tells the emulator which QEMU to be."""
-        return {VERSION_ENV: self.version_text} if self.version_text else {}
-
-
-class ReferenceQemuTarget(QemuTarget):
-    """Real QEMU, with QEMU_MODULE_DIR when its modules are beside it."""
-
-    def __init__(self, binaries: QemuBinaries, env: dict[str, str]) -> None:
-        super().__init__(binaries)
-        self.env = env
-
-    def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance:
-        if not self.env:
-            return super().start(socket_path, workdir, extra_argv)
-        prefix = ["stdbuf", "-o0", "-e0"] if shutil.which("stdbuf") else []
-        argv = [*prefix, str(self.binaries.system), *machine_argv(socket_path, extra_argv)]
-        return ProcessInstance(argv, socket_path, workdir, env={**os.environ, **self.env})
-
-
-class ProfiledEmulatorTarget(EmulatorTarget):
-    """The emulator told to behave like QEMU `version` (env, and the option when `use_option`)."""
-
-    def __init__(self, version: str | None, *, use_option: bool = False,
-                 separate_process: bool = False) -> None:
-        super().__init__(separate_process=separate_process)
-        self.version = version
-        self.use_option = use_option
-
-    def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance:
-        if self.version is None:
-            return super().start(socket_path, workdir, extra_argv)
-        # The in-process emulator reads this process's environment; a separate one inherits it.
-        os.environ[VERSION_ENV] = self.version
-        extra = [VERSION_OPTION, self.version, *extra_argv] if self.use_option else extra_argv
-        return super().start(socket_path, workdir, extra)
+        return EmulatorTarget(self.emulator_version)
