@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from conformance.qmpfuzz import COMPARE_LIMIT, Campaign, Finding, InputGenerator, LiveTarget, qemu_available
-from conformance.targets import EmulatorTarget, QemuBinaries, QemuTarget
+from conformance.targets import EMULATOR_VERSIONS, EmulatorTarget, QemuBinaries, QemuTarget
 
 
 def main() -> int:
@@ -56,8 +56,10 @@ def main() -> int:
     print(f"bench_qmp_fuzz: {args.inputs} inputs, seed {args.seed}, max size {args.max_size}, "
           f"{'every ' + str(args.compare_every) + 'th input up to ' + str(args.compare_limit) + ' bytes against QEMU' if use_qemu else 'no QEMU'}",
           flush=True)
-    emulator = LiveTarget(EmulatorTarget(separate_process=True), name="emulator")
-    qemu = LiveTarget(QemuTarget(QemuBinaries.find()), name="qemu") if use_qemu else None
+    binaries = QemuBinaries.find()
+    version = binaries.major_minor if binaries.major_minor in EMULATOR_VERSIONS else EMULATOR_VERSIONS[-1]
+    emulator = LiveTarget(EmulatorTarget(version, separate_process=True), name="emulator")
+    qemu = LiveTarget(QemuTarget(binaries), name="qemu") if use_qemu else None
     try:
         campaign = Campaign(emulator, qemu, batch_size=args.batch, compare_limit=args.compare_limit,
                             compare_every=args.compare_every, on_finding=on_finding)

@@ -47,7 +47,7 @@ needs_qemu = pytest.mark.skipif(not qemu_available(), reason="qemu-system-x86_64
 
 @pytest.fixture(scope="module")
 def emulator() -> Iterator[LiveTarget]:
-    with LiveTarget(EmulatorTarget(separate_process=True), name="emulator") as target:
+    with LiveTarget(EmulatorTarget("7.2", separate_process=True), name="emulator") as target:
         yield target
 
 
