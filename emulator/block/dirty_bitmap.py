@@ -16,6 +16,7 @@ Semantics follow QEMU 7.2 exactly where they are observable:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -293,6 +294,16 @@ class DirtyBitmap:
                 self._bits.add_range(start, stop)
             value >>= run
             pos += run
+
+    def sha256(self) -> str:
+        """hbitmap_sha256: SHA-256 of the finest HBitmap level, as QEMU holds it in memory.
+
+        That level is an array of 64-bit little-endian words (at least one), bit i of the array
+        being granule i; iotests compare bitmaps across runs and versions through this digest.
+        """
+        words = max((self.granules + 63) // 64, 1)
+        dense = self.to_dense(0, self.granules)
+        return hashlib.sha256(dense.ljust(words * 8, b"\0")).hexdigest()
 
     def __repr__(self) -> str:
         return (f"<DirtyBitmap {self.name!r} gran={self.granularity} count={self.count()}"
