@@ -101,7 +101,7 @@ def tool_version(path: str) -> str | None:
 def find_tools(source: Source, tools_dir: str | None) -> dict[str, str]:
     """Env var -> path of each real tool of the tree's version; RunnerError says what is wrong."""
     directory = Path(tools_dir) if tools_dir else default_tools_dir(source.major_minor)
-    hint = (f"pass --tools-dir DIR" if tools_dir else
+    hint = ("pass --tools-dir DIR" if tools_dir else
             SETUP_HINT_10 if source.major_minor == "10.0" else SETUP_HINT_7)
     found: dict[str, str] = {}
     problems: list[str] = []

@@ -51,6 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     if config.action == "help":
         sys.stdout.write(help_text())
         return 0
+    if config.action == "format-help":
+        from emulator.machine import types
+
+        sys.stdout.write(types.format_help(config.version))
+        return 0
+    if config.action in ("machine-help", "device-help"):
+        from emulator.machine import types
+
+        if config.help_output:
+            sys.stdout.write(config.help_output)
+        elif config.action == "machine-help":
+            sys.stdout.write(types.machine_help(config.version))
+        else:
+            sys.stdout.write(types.device_help(config.version))
+        return 0
     if not logging.getLogger("emulator").handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s %(name)s: %(message)s"))

@@ -18,6 +18,19 @@ class BlockBackend:
         self.name = name
         self.root = root
         root.parents.append(self)
+        #: The attached device's qdev id or path (None while no device uses the backend).
+        self.dev: str | None = None
+        self.removable = False
+
+    def attach_dev(self, qdev: str, *, removable: bool = False) -> None:
+        """blk_attach_dev: a device now uses this backend; query-block reports it as `qdev`."""
+        self.dev = qdev
+        self.removable = removable
+
+    def detach_dev(self) -> None:
+        """blk_detach_dev: the device went away."""
+        self.dev = None
+        self.removable = False
 
     def detach(self) -> None:
         if self in self.root.parents:
