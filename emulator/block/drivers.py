@@ -13,6 +13,7 @@ from emulator.error import QemuError
 
 from .file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
 from .node import BACKING_ALLOWED_OPS, BLOCK_ALLOCATED, BLOCK_ZERO, BlockNode
+from .permissions import PERM_RESIZE, ROLE_FILTERED
 from .qcow2 import Qcow2Image
 
 log = logging.getLogger("emulator.block")
@@ -88,6 +89,15 @@ class RawNode(_FormatNode):
     """Format driver "raw": the guest sees its file child as is."""
 
     driver = "raw"
+
+    def child_role(self, role: str) -> int:
+        return ROLE_FILTERED  # raw without offset/size is a filter for its file
+
+    def child_perm(self, role: str, perm: int, shared: int) -> tuple[int, int]:
+        """raw_child_perm: take write/resize on the file only if the parents want them."""
+        nperm, nshared = super().child_perm(role, perm, shared)
+        nperm = (nperm & ~(PERM_WRITE | PERM_RESIZE)) | (perm & (PERM_WRITE | PERM_RESIZE))
+        return nperm, nshared
 
     def _length(self) -> int:
         return self.children["file"].length()

@@ -20,6 +20,7 @@ from .backend import BlockBackend
 from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode
 from .image import probe_format
 from .node import BlockNode
+from .permissions import check_perms, qapi_perms
 
 _LOG = logging.getLogger(__name__)
 
@@ -29,6 +30,17 @@ _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 def id_wellformed(name: str) -> bool:
     """QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'."""
     return bool(_ID_RE.match(name))
+
+
+def _retarget_codec(parent: BlockNode, role: str, new: BlockNode) -> None:
+    """A qcow2 codec holds its file and backing Storage directly: point it at the new child."""
+    image = getattr(parent, "image", None)
+    if image is None or not hasattr(image, "set_backing"):
+        return
+    if role == "backing":
+        image.set_backing(new)
+    elif role == "file":
+        image.file = new
 
 
 class BlockGraph:
@@ -99,6 +111,8 @@ class BlockGraph:
         added_before = len(self.nodes)
         try:
             node = self._open(options, read_only=bool(options.get("read-only", False)))
+            # Attaching the new tree's children (possibly existing nodes) refreshes their perms.
+            check_perms([node])
         except BaseException:
             self._forget_nodes_after(added_before)
             raise
@@ -160,7 +174,10 @@ class BlockGraph:
             node = BlkdebugNode(name, image, inject_errors=list(options.get("inject-error", [])),
                                 set_states=list(options.get("set-state", [])),
                                 align=options.get("align"), config=options.get("config"),
-                                auto_named=auto)
+                                auto_named=auto,
+                                take_child_perms=qapi_perms(options.get("take-child-perms", [])),
+                                unshare_child_perms=qapi_perms(
+                                    options.get("unshare-child-perms", [])))
             node.options = options
             self.nodes.insert(slot, node)
             return node
@@ -276,20 +293,39 @@ class BlockGraph:
         if not node_name:
             node.node_name = self._generate_node_name()
         self._register(node)
-        for backend in self.backends.values():
-            if backend.root is source:
-                self.set_backend_root(backend, node)
+        self.replace_node(source, node)
         return node
 
     def remove_filter(self, node: BlockNode) -> None:
         """bdrv_cbw_drop: give the filter's devices back to its child and close the filter."""
         child = node.children.get("file")
-        for backend in self.backends.values():
-            if backend.root is node and child is not None:
-                self.set_backend_root(backend, child)
+        if child is not None:
+            self.replace_node(node, child)
         node.close()
         if node in self.nodes:
             self.nodes.remove(node)
+
+    def replace_node(self, old: BlockNode, new: BlockNode) -> None:
+        """bdrv_replace_node: every user of `old` uses `new` instead, except jobs (whose nodes
+        stay where they are) and `new` itself.  QEMU walks old's parents newest first and
+        head-inserts each into new's list, so they end up in reverse order there."""
+        for parent in list(reversed(old.parents)):
+            if parent is new:
+                continue
+            if isinstance(parent, BlockNode):
+                if old not in parent.children.values():
+                    continue
+                for role, child in list(parent.children.items()):
+                    if child is old:
+                        parent.children[role] = new
+                        old.parents.remove(parent)
+                        new.parents.append(parent)
+                        _retarget_codec(parent, role, new)
+            elif getattr(parent, "is_backend", False):
+                self.set_backend_root(parent, new)
+            elif not hasattr(parent, "job_type"):  # temporary users follow the node
+                old.parents.remove(parent)
+                new.parents.append(parent)
 
     @staticmethod
     def set_backend_root(backend: BlockBackend, root: BlockNode) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from emulator.error import QemuError
 
 from .dirty_bitmap import DirtyBitmapSet
+from .permissions import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_METADATA, default_perms
 
 # Block status flags (as QEMU's BDRV_BLOCK_*).
 BLOCK_DATA = 0x01
@@ -90,6 +91,19 @@ class BlockNode:
 
         walk(self)
         return seen
+
+    # ---- permissions (QEMU's .bdrv_child_perm) --------------------------------------------------
+    def child_role(self, role: str) -> int:
+        """The BdrvChildRole bits of the child attached as `role` (bdrv_default_perms' rule)."""
+        if role == "backing":
+            return ROLE_COW
+        if self.is_filter:
+            return ROLE_FILTERED
+        return ROLE_DATA | ROLE_METADATA
+
+    def child_perm(self, role: str, perm: int, shared: int) -> tuple[int, int]:
+        """What this node needs from (and shares on) its child `role`, given its parents' needs."""
+        return default_perms(self.child_role(role), perm, shared, not self.read_only)
 
     # ---- op blockers (QEMU's bdrv_op_block / bdrv_op_is_blocked) -------------------------------
     def op_block(self, op: str, reason: str) -> None:

@@ -8,11 +8,13 @@ from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode
 from emulator.block.filename import node_filename
 from emulator.block.image import backing_path
 from emulator.block.node import BlockNode
+from emulator.block.permissions import PERM_ALL, PERM_RESIZE, TemporaryUser, check_perms
 from emulator.error import QemuError
 from emulator.machine import Machine
 
 from . import block_schema  # noqa: F401  (registers the BlockdevOptions types)
 from .registry import qmp_command
+from .version import is_qemu_10
 
 
 # ---- BlockDeviceInfo / ImageInfo as QEMU 7.2 builds them (block/qapi.c) ------------------------
@@ -160,7 +162,17 @@ def qmp_block_resize(machine: Machine, size: int, device: str | None = None,
     node = _lookup_resize_target(machine, device, node_name)
     if size < 0:
         raise QemuError("Parameter 'size' expects a >0 size")
-    node.op_check("resize")
+    if node.op_blockers.get("resize"):
+        if not is_qemu_10(machine):  # 7.2: QERR_DEVICE_IN_USE with the device argument
+            raise QemuError(f"Device '{device if device is not None else '(null)'}' is in use")
+        node.op_check("resize")
+    # blk_new_with_bs(bs, BLK_PERM_RESIZE, BLK_PERM_ALL): every other user must allow resizing.
+    user = TemporaryUser(PERM_RESIZE, PERM_ALL)
+    node.parents.append(user)
+    try:
+        check_perms([node])
+    finally:
+        node.parents.remove(user)
     if node.read_only:
         raise QemuError(f"Node '{node.node_name}' is read only")
     node.truncate(size)

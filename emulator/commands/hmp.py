@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 
 from emulator.block.node import BlockNode
+from emulator.block.permissions import PERM_ALL, PERM_WRITE, TemporaryUser, check_perms
 from emulator.block.qemu_io import run_command
 from emulator.error import QemuError
 from emulator.machine import Machine
@@ -65,15 +66,16 @@ def _needs_write(command: str) -> bool:
 
 
 def _write_conflict(node: BlockNode) -> str | None:
-    """A node-name qemu-io attaches an unnamed BlockBackend; asking it for 'write' fails while a
-    copy-before-write filter above the node holds it without sharing writes (QEMU's message)."""
-    for parent in node.parents:
-        if isinstance(parent, BlockNode) and parent.driver == "copy-before-write" \
-                and parent.children.get("file") is node:
-            return (f"Permission conflict on node '{node.node_name}': permissions 'write' are both "
-                    f"required by an unnamed block device (uses node '{node.node_name}' as 'root' "
-                    f"child) and unshared by node '{parent.node_name}' (uses node "
-                    f"'{node.node_name}' as 'file' child).")
+    """A node-name qemu-io attaches an unnamed BlockBackend, and a writing command asks it for
+    'write' (qemu-io's command_run): QEMU's permission error if a user of the node forbids it."""
+    user = TemporaryUser(PERM_WRITE, PERM_ALL)
+    node.parents.append(user)
+    try:
+        check_perms([node])
+    except QemuError as exc:
+        return exc.desc
+    finally:
+        node.parents.remove(user)
     return None
 
 

@@ -71,7 +71,7 @@ class BackupJob(BlockJob):
         # QEMU holds the source only through the copy-before-write filter (whose ops it blocks):
         # a second backup of the same source is accepted.
         self.add_node(source, block_ops=False)
-        self.add_node(target)
+        self.add_node(target, role="target")
         self.copy_bitmap: DirtyBitmap = source.dirty_bitmaps.create(
             None, self.cluster_size, self.len, disabled=True)
         self._init_copy_bitmap()
