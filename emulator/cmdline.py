@@ -21,16 +21,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emulator import QEMU_VERSION
-from emulator.commands import TYPES
 from emulator.error import QemuError
 
 from .machine import options as option_table
 from .machine import profile
 from .machine import types as machine_types
+from .machine.chardev import Endpoint, fd_is_listening
 from .machine.devices import ALIASES
 from .qmp.jsonparser import parse_json
 from .qmp.keyval import keyval_parse
-from .qmp.server import Endpoint, fd_is_listening
 from .qmp.visitor import QapiSchema, qapi_bool_parse, visit_value
 
 if TYPE_CHECKING:
@@ -220,7 +219,7 @@ def _socket_endpoint(opts: dict[str, str]) -> Endpoint:
         if not is_socket:
             raise QemuError(f"File descriptor '{fd}' is not a socket")
         return Endpoint("fd", fd=fd, listen=fd_is_listening(fd))
-    raise QemuError("chardev: socket: no host given")
+    raise QemuError(f"Unable to parse FD number {opts.get('fd', '')}")
 
 
 def parse_qmp_compat(text: str) -> Endpoint:
@@ -250,7 +249,7 @@ class _Parser:
     def __init__(self) -> None:
         self.config = Config()
         self.chardevs: dict[str, _Chardev] = {}
-        self.schema = QapiSchema(TYPES)
+        self._schema: QapiSchema | None = None
         self.compat_monitors = 0
 
     def parse(self, argv: list[str]) -> Config:
@@ -491,6 +490,15 @@ class _Parser:
             return
         self.config.monitors.append(dataclasses.replace(chardev.endpoint, mode=mode,
                                                         pretty=_bool(opts, "pretty", False)))
+
+    @property
+    def schema(self) -> QapiSchema:
+        """The QAPI schema (importing every command module: only -blockdev needs it)."""
+        if self._schema is None:
+            from emulator.commands import TYPES
+
+            self._schema = QapiSchema(TYPES)
+        return self._schema
 
     def _blockdev(self, arg: str) -> None:
         if arg.startswith("{"):

@@ -16,11 +16,11 @@ import socket
 import stat
 import threading
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emulator.commands import CommandDef
 from emulator.error import QemuError
+from emulator.machine.chardev import Endpoint, fd_is_listening
 
 from .dispatch import Dispatcher
 from .events import EventBroadcaster
@@ -29,46 +29,15 @@ from .session import HmpSession, MonitorSession
 if TYPE_CHECKING:
     from emulator.machine import Machine
 
+__all__ = ["Endpoint", "EndpointError", "QmpServer", "fd_is_listening", "open_client", "open_stdio"]
+
 log = logging.getLogger("emulator.qmp")
 
 UNIX_PATH_MAX = 108
 LOOPBACK = "127.0.0.1"
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a QMP monitor lives: a unix path or a TCP host:port, listening or connecting."""
-
-    kind: str  # "unix", "tcp", "fd" (an inherited socket) or "stdio"
-    path: str = ""
-    host: str = ""
-    port: str = "0"
-    listen: bool = True
-    wait: bool = False
-    fd: int = -1
-    #: "control" (QMP) or "readline" (HMP), and QMP's pretty-printing.
-    mode: str = "control"
-    pretty: bool = False
-    #: The command-line option it came from, for error messages ("-qmp unix:...").
-    origin: str = field(default="", compare=False)
-
-    def describe(self) -> str:
-        if self.kind in ("fd", "stdio"):
-            return f"fd={self.fd}" if self.kind == "fd" else "stdio"
-        where = f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
-        return where + (",server=on" if self.listen else "")
-
-
 Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-def fd_is_listening(fd: int) -> bool:
-    """True if the inherited socket `fd` is a listening one (accept on it), else connected."""
-    sock = socket.socket(fileno=os.dup(fd))
-    try:
-        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
-    finally:
-        sock.close()
 
 
 async def open_stdio() -> Streams:
