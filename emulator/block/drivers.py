@@ -169,6 +169,11 @@ class Qcow2Node(_FormatNode):
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         self.image.pwrite_zeroes(offset, length, may_unmap)
 
+    can_compress = True
+
+    def _pwrite_compressed(self, offset: int, data: bytes) -> None:
+        self.image.write_compressed(offset, data)
+
     def _discard(self, offset: int, length: int) -> None:
         self.image.discard(offset, length)
 

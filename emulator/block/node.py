@@ -195,6 +195,32 @@ class BlockNode:
         self.write_gen += 1
         self.dirty_bitmaps.mark_dirty(offset, len(data))
 
+    def supports_compressed_writes(self) -> bool:
+        """bdrv_supports_compressed_writes: the driver can, and a filter's child can too."""
+        if not self.can_compress:
+            return False
+        child = self.filtered_child()
+        return child.supports_compressed_writes() if child is not None else True
+
+    #: Whether the driver implements compressed writes (QEMU's .bdrv_co_pwritev_compressed_part).
+    can_compress: bool = False
+
+    def _pwrite_compressed(self, offset: int, data: bytes) -> None:
+        child = self.filtered_child()
+        if child is None:
+            raise OSError(errno.ENOTSUP, "Operation not supported")
+        child.pwrite_compressed(offset, data)
+
+    def pwrite_compressed(self, offset: int, data: bytes) -> None:
+        """A BDRV_REQ_WRITE_COMPRESSED write (backup with compress=true): whole clusters."""
+        self._check_request(offset, len(data))
+        if not data:
+            return
+        self._before_write(offset, len(data))
+        self._pwrite_compressed(offset, data)
+        self.write_gen += 1
+        self.dirty_bitmaps.mark_dirty(offset, len(data))
+
     def pwrite_zeroes(self, offset: int, length: int, may_unmap: bool = False) -> None:
         self._check_request(offset, length)
         if not length:

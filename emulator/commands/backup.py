@@ -161,12 +161,13 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
                             f"with sync mode '{sync}'")
     if bitmap_name is None and bitmap_mode is not None:
         raise QemuError("Cannot specify bitmap sync mode without a bitmap")
-    if args.get("compress"):
-        raise QemuError(f"Compression is not supported for this drive {machine.block.device_name(target)}")
 
     # backup_job_create()
     if source is target:
         raise QemuError("Source and target cannot be the same")
+    compress = bool(args.get("compress", False))
+    if compress and not target.supports_compressed_writes():
+        raise QemuError(f"Compression is not supported for this drive {machine.block.device_name(target)}")
     source.op_check("backup-source")
     target.op_check("backup-target")
     if sync == "top" and source.backing is None:
@@ -216,7 +217,8 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
             source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
             on_source_error=args.get("on-source-error", "report"),
-            on_target_error=args.get("on-target-error", "report"), release=release_all)
+            on_target_error=args.get("on-target-error", "report"), release=release_all,
+            compress=compress)
     except BaseException:
         graph.remove_filter(cbw)
         if bitmap is not None:
