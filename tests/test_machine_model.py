@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from emulator.cmdline import CmdlineError, parse_args
+from emulator.block.backend import BlockBackend
 from emulator.machine import Machine
 from emulator.machine.clock import VirtualClock
 from emulator.machine.qtest import QtestServer
@@ -158,23 +159,14 @@ def test_parse_errors_carry_the_option() -> None:
 
 # ---- devices -----------------------------------------------------------------------------------
 
-def test_device_paths_and_qdev_names() -> None:
+def test_device_paths_and_qdev_names(tmp_path: Path) -> None:
     machine = Machine()
     machine.configure("7.2", lookup("7.2", None))
-    from emulator.block.backend import BlockBackend
-    from emulator.block.node import BlockNode
-
-    class Null(BlockNode):
-        pass
 
     def backend(name: str) -> BlockBackend:
-        node = Null.__new__(Null)
-        node.parents = []
-        node.read_only = False
-        b = BlockBackend.__new__(BlockBackend)
-        b.name, b.root, b.dev, b.removable = name, node, None, False
-        machine.block.backends[name] = b
-        return b
+        image = tmp_path / f"{name}.raw"
+        image.write_bytes(b"\0" * 65536)
+        return machine.block.drive_add({"id": name, "file": str(image), "format": "raw"})
 
     d0, d1, d2, d3 = backend("drive0"), backend("drive1"), backend("drive2"), backend("drive3")
     tree = machine.devices
@@ -195,6 +187,7 @@ def test_device_paths_and_qdev_names() -> None:
     unplug()
     assert events == [("DEVICE_DELETED", {"device": "sd0", "path": "/machine/peripheral/sd0"})]
     assert d1.dev is None
+    machine.close()
 
 
 # ---- qtest -------------------------------------------------------------------------------------

@@ -103,6 +103,30 @@ class Device:
         return self.id or self.path
 
 
+def _claim(backend: BlockBackend, model: DeviceModel, *, share_rw: bool) -> None:
+    """blkconf_apply_backend_options: the device takes read (and write unless read-only or a
+    CD-ROM) and shares read, unchanged writes, resize (disks) and writes only with share-rw=on."""
+    from emulator.block import permissions as p
+
+    root = backend.root
+    read_only = model.removable or root is None or bool(getattr(root, "read_only", False))
+    perm = p.PERM_CONSISTENT_READ | (0 if read_only else p.PERM_WRITE)
+    shared = (p.PERM_CONSISTENT_READ | p.PERM_WRITE_UNCHANGED | (0 if model.removable else p.PERM_RESIZE)
+              | (p.PERM_WRITE if share_rw else 0))
+    set_perm = getattr(backend, "set_perm", None)
+    if set_perm is not None:
+        set_perm(perm, shared)
+
+
+def _release(backend: BlockBackend) -> None:
+    """The device is gone: the backend needs nothing and shares everything."""
+    from emulator.block import permissions as p
+
+    set_perm = getattr(backend, "set_perm", None)
+    if set_perm is not None:
+        set_perm(0, p.PERM_ALL)
+
+
 EventSink = Callable[[str, dict[str, Any]], None]
 
 
@@ -187,10 +211,11 @@ class DeviceTree:
             path = f"/machine/peripheral-anon/device[{self._anon}]"
             self._anon += 1
         device = Device(model, dev_id, path, backend, owns_backend, parent)
+        if backend is not None:
+            _claim(backend, model, share_rw=str(opts.get("share-rw", "off")) in ("on", "true", "yes"))
+            backend.attach_dev(device.qdev, removable=model.removable)
         if parent is not None:
             parent.children.append(device)
-        if backend is not None:
-            backend.attach_dev(device.qdev, removable=model.removable)
         self.devices.append(device)
         return device
 
@@ -254,6 +279,7 @@ class DeviceTree:
             device.parent.children.remove(device)
         backend = device.backend
         if backend is not None:
+            _release(backend)
             backend.detach_dev()
             if device.owns_backend and self.block.backends.get(backend.name) is backend:
                 del self.block.backends[backend.name]  # blockdev_auto_del
