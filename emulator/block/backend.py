@@ -17,13 +17,16 @@ class BlockBackend:
 
     is_backend = True
 
-    def __init__(self, name: str, root: BlockNode) -> None:
+    def __init__(self, name: str, root: BlockNode | None) -> None:
         self.name = name
+        #: None for an empty drive (a CD-ROM without medium): lookups say "has no medium".
         self.root = root
-        root.parents.append(self)
+        if root is not None:
+            root.parents.append(self)
         #: The backend's use of its root (blk_new_open for -drive: read, and write unless
         #: read-only, sharing everything; a device narrows it with set_perm()).
-        self.perm = PERM_CONSISTENT_READ | (0 if root.read_only else PERM_WRITE)
+        read_only = root is None or root.read_only
+        self.perm = PERM_CONSISTENT_READ | (0 if read_only else PERM_WRITE)
         self.shared_perm = PERM_ALL
         #: The attached device's qdev id or path (None while no device uses the backend).
         self.dev: str | None = None
@@ -55,14 +58,22 @@ class BlockBackend:
         old = (self.perm, self.shared_perm)
         self.perm, self.shared_perm = perm, shared
         try:
-            check_perms([self.root])
+            if self.root is not None:
+                check_perms([self.root])
         except QemuError:
             self.perm, self.shared_perm = old
             raise
 
+    def root_or_error(self) -> BlockNode:
+        """blk_bs() for a lookup by device name: QEMU's error when the drive is empty."""
+        if self.root is None:
+            raise QemuError(f"Device '{self.name}' has no medium")
+        return self.root
+
     def detach(self) -> None:
-        if self in self.root.parents:
+        if self.root is not None and self in self.root.parents:
             self.root.parents.remove(self)
 
     def __repr__(self) -> str:
-        return f"<BlockBackend {self.name!r} root={self.root.node_name!r}>"
+        root = self.root.node_name if self.root is not None else None
+        return f"<BlockBackend {self.name!r} root={root!r}>"

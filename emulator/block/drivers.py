@@ -6,6 +6,7 @@ The generic behaviour (bitmaps, write notifiers, blkdebug event plumbing) lives 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -235,6 +236,22 @@ class NullCoNode(BlockNode):
         flags = BLOCK_ALLOCATED | (BLOCK_ZERO if self.read_zeroes else 0)
         return length, flags
 
+
+
+class NoMedium(BlockNode):
+    """What a BlockBackend without a medium answers I/O with: -ENOMEDIUM for every request
+    (blk_check_byte_request's blk_co_is_available check).  Never part of the graph."""
+
+    driver = ""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def _length(self) -> int:
+        raise OSError(errno.ENOMEDIUM, os.strerror(errno.ENOMEDIUM))
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        raise OSError(errno.ENOMEDIUM, os.strerror(errno.ENOMEDIUM))
 
 
 def protocol_filename(node: BlockNode) -> str:

@@ -58,7 +58,7 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str,
         "filename": node_filename(node),
         "format": node.driver,
     }
-    if node.driver != "null-co":  # bdrv_get_info works (directly or through a filter's child)
+    if _get_info_works(node):
         info["dirty-flag"] = False
     actual = allocated_file_size(node)
     if actual is not None:
@@ -120,20 +120,36 @@ def device_info(machine: Machine, node: BlockNode, *, flat: bool = False) -> dic
     return info
 
 
+def _get_info_works(node: BlockNode) -> bool:
+    """bdrv_get_info succeeds: the driver has it, or a filter's child does (null-co has none)."""
+    current: BlockNode | None = node
+    while current is not None and current.is_filter:
+        current = current.filtered_child()
+    return current is not None and current.driver != "null-co"
+
+
 @qmp_command("query-block")
 def qmp_query_block(machine: Machine) -> list[dict[str, Any]]:
     result = []
     for backend in machine.block.backends.values():
-        entry: dict[str, Any] = {
-            "device": backend.name,
-            "locked": False,
-            "removable": True,
-            "type": "unknown",
-        }
+        # bdrv_query_info: BlockInfo's members in QAPI order.
+        dev = getattr(backend, "dev", None)
+        # blk_dev_has_removable_media: no device, or one with removable media.
+        removable = True if not dev else bool(getattr(backend, "removable", False))
+        entry: dict[str, Any] = {"device": backend.name}
+        if dev:
+            entry["qdev"] = dev
+        entry.update({"type": "unknown", "removable": removable, "locked": False})
         root = backend.root
-        while root.implicit and root.filtered_child() is not None:  # bdrv_skip_implicit_filters
-            root = root.filtered_child()  # type: ignore[assignment]
-        entry["inserted"] = device_info(machine, root)
+        if root is not None:
+            child = root.filtered_child()
+            while root.implicit and child is not None:  # bdrv_skip_implicit_filters
+                root, child = child, child.filtered_child()
+            entry["inserted"] = device_info(machine, root)
+        if dev and removable:
+            entry["tray_open"] = False
+        if dev:
+            entry["io-status"] = "ok"
         result.append(entry)
     return result
 
@@ -182,7 +198,7 @@ def _lookup_resize_target(machine: Machine, device: str | None, node_name: str |
     if device is not None:
         backend = machine.block.find_backend(device)
         if backend is not None:
-            return backend.root
+            return backend.root_or_error()
     if node_name is not None:
         node = machine.block.find_node(node_name)
         if node is not None:

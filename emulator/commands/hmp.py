@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 
+from emulator.block.drivers import NoMedium
 from emulator.block.node import BlockNode
 from emulator.block.permissions import PERM_ALL, PERM_WRITE, TemporaryUser, check_perms
 from emulator.block.qemu_io import run_command
@@ -37,7 +38,11 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
     backend = machine.block.find_backend(device)
     if device_only and backend is None:  # -d: the name must be a device (hmp_qemu_io)
         return _hmp_output(f"Error: Device '{device}' not found\n")
-    target = backend.root if backend is not None else machine.block.find_node(device)
+    target: BlockNode | None
+    if backend is not None:
+        target = backend.root if backend.root is not None else NoMedium()
+    else:
+        target = machine.block.find_node(device)
     if target is None:
         return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
     if backend is None and _needs_write(command):
