@@ -217,6 +217,12 @@ def _img(extra: list[str]) -> int:
     return int(img_main(extra) or 0)
 
 
+def _iotests(extra: list[str]) -> int:
+    from conformance.iotests import main as iotests_main
+
+    return int(iotests_main(extra) or 0)
+
+
 def _io(extra: list[str]) -> int:
     from emulator.tools.io import main as io_main
 
@@ -237,6 +243,7 @@ PASSTHROUGH_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "fuzz": (_fuzz, "differential fuzzing against real QEMU: --minutes M [--seed S] [--out DIR]"),
     "img": (_img, "qemu-img work-alike over the emulator's image code"),
     "io": (_io, "qemu-io work-alike over the emulator's image code"),
+    "iotests": (_iotests, "QEMU's own iotests against the emulator: --qemu-src DIR [--qemu BIN] [tests]"),
 }
 
 

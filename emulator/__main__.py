@@ -7,18 +7,19 @@ print `terminating on signal N` and send a SHUTDOWN event with reason host-signa
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
 import sys
+from typing import TYPE_CHECKING
 
 from emulator.cmdline import PROG, CmdlineError, Config, help_text, parse_args, version_text
-from emulator.commands import attach
-from emulator.launcher import run_machine
-from emulator.machine import Machine
+
+if TYPE_CHECKING:
+    from emulator.machine import Machine
 
 
 def _install_signal_handlers(machine: Machine) -> None:
+    import asyncio
+    import signal
+
     loop = asyncio.get_running_loop()
 
     def terminate(signum: int) -> None:
@@ -33,6 +34,8 @@ def _install_signal_handlers(machine: Machine) -> None:
 
 
 async def _serve(config: Config, machine: Machine) -> None:
+    from emulator.launcher import run_machine
+
     _install_signal_handlers(machine)
     await run_machine(config, machine)
 
@@ -51,6 +54,37 @@ def main(argv: list[str] | None = None) -> int:
     if config.action == "help":
         sys.stdout.write(help_text(config.profile))
         return 0
+    if config.action == "format-help":
+        from emulator.machine import types
+
+        sys.stdout.write(types.format_help(config.version))
+        return 0
+    if config.action in ("machine-help", "device-help"):
+        from emulator.machine import types
+
+        if config.help_output:
+            sys.stdout.write(config.help_output)
+        elif config.action == "machine-help":
+            sys.stdout.write(types.machine_help(config.version))
+        else:
+            sys.stdout.write(types.device_help(config.version))
+        return 0
+    return _run(config, whole_process=argv is None)
+
+
+def _run(config: Config, *, whole_process: bool) -> int:
+    """Start the machine: only now pay for asyncio and the command modules.
+
+    As a process of its own (argv from sys.argv) the emulator keeps asyncio from importing ssl,
+    a tenth of its start-up: it serves no TLS, and asyncio supports Pythons without ssl."""
+    if whole_process and "ssl" not in sys.modules:
+        sys.modules["ssl"] = None  # type: ignore[assignment]
+    import asyncio
+    import logging
+
+    from emulator.commands import attach
+    from emulator.machine import Machine
+
     if not logging.getLogger("emulator").handlers:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s %(name)s: %(message)s"))

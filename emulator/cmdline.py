@@ -17,11 +17,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emulator import PACKAGE
-from emulator.commands import TYPES
 from emulator.error import QemuError
 from emulator.versions import (
     DEFAULT_PROFILE,
@@ -32,9 +32,12 @@ from emulator.versions import (
     supported_text,
 )
 
+from .machine import options as option_table
+from .machine import types as machine_types
+from .machine.chardev import Endpoint, fd_is_listening
+from .machine.devices import ALIASES
 from .qmp.jsonparser import parse_json
 from .qmp.keyval import keyval_parse
-from .qmp.server import Endpoint
 from .qmp.visitor import QapiSchema, qapi_bool_parse, visit_value
 
 if TYPE_CHECKING:
@@ -93,22 +96,33 @@ class CmdlineError(Exception):
 class Config:
     """What a command line asks for."""
 
-    action: str = "run"  # "run", "version" or "help"
+    action: str = "run"  # "run", "version", "help", "machine-help", "device-help", "format-help"
     #: The QEMU version to behave as (-blocktxn-version, else $BLOCKTXN_QEMU_VERSION, else newest).
     profile: QemuProfile = DEFAULT_PROFILE
     start_paused: bool = False
+    #: The profile's name ("7.2", "10.0"): the machine model's texts are looked up by it.
+    version: str = DEFAULT_PROFILE.name
+    #: -machine type (None: the version's default machine, as QEMU).
+    machine: str | None = None
+    #: Accelerators in the order asked (the first one that works is used).
+    accels: list[str] = field(default_factory=list)
     monitors: list[Endpoint] = field(default_factory=list)
+    #: The qtest chardev (-qtest), its option text for errors, and -qtest-log.
+    qtest: Endpoint | None = None
+    qtest_spec: str = ""
+    qtest_log: str | None = None
+    #: (location, {"driver": ..., props}) per -device.
+    devices: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    #: (location, {"qom-type": ..., "id": ..., props}) per -object.
+    objects: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    #: Text -device DRIVER,help prints.
+    help_output: str = ""
     #: (location, BlockdevOptions) per -blockdev, visited and converted.
     blockdevs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     #: (location, options) per -drive, as QemuOpts strings.
     drives: list[tuple[str, dict[str, str]]] = field(default_factory=list)
 
 
-# Options and whether they take an argument (QEMU's qemu-options.def, the part supported here).
-OPTIONS_WITH_ARG = {"M", "machine", "display", "accel", "qmp", "chardev", "mon", "blockdev",
-                    "drive", "name", "m", "smp", "blocktxn-version"}
-FLAG_OPTIONS = {"nodefaults", "S", "version", "h", "help", "nographic", "no-user-config",
-                "no-shutdown"}
 
 
 # ---- QemuOpts ---------------------------------------------------------------------------------
@@ -184,6 +198,12 @@ CHARDEV_BACKENDS = {"socket", "null", "stdio", "pty", "file", "pipe", "udp", "se
                     "spicevmc", "spiceport", "qemu-vdagent", "dbus"}
 
 
+ACCELERATORS = ("qtest", "tcg", "kvm")
+VGA_TYPES = ("none", "std", "cirrus", "vmware", "qxl", "xenfb", "tcx", "cg3", "virtio")
+#: -object types the emulator knows (the block layer's throttle groups, iothreads, secrets).
+OBJECT_TYPES = ("throttle-group", "iothread", "secret", "memory-backend-ram", "memory-backend-file")
+
+
 @dataclass
 class _Chardev:
     location: str
@@ -199,6 +219,18 @@ def _socket_endpoint(opts: dict[str, str]) -> Endpoint:
     if "host" in opts or "port" in opts:
         return Endpoint("tcp", host=opts.get("host", ""), port=opts.get("port", "0"),
                         listen=server, wait=wait)
+    if "fd" in opts:
+        text = opts["fd"]
+        if not text.isdigit():
+            raise QemuError(f"Unable to parse FD number {text}")
+        fd = int(text)
+        try:
+            is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
+        except OSError:
+            is_socket = False
+        if not is_socket:
+            raise QemuError(f"File descriptor '{fd}' is not a socket")
+        return Endpoint("fd", fd=fd, listen=fd_is_listening(fd))
     raise QemuError(f"Unable to parse FD number {opts.get('fd', '')}")
 
 
@@ -216,7 +248,9 @@ def parse_qmp_compat(text: str) -> Endpoint:
         opts = parse_qemu_opts(tail, allowed=SOCKET_CHARDEV_KEYS) if tail else {}
         opts.update(host=host, port=port)
         return _socket_endpoint(opts)
-    if text in ("stdio", "null", "pty", "vc") or text.startswith(("file:", "pipe:", "udp:", "vc:")):
+    if text == "stdio":
+        return Endpoint("stdio", listen=False)
+    if text in ("null", "pty", "vc") or text.startswith(("file:", "pipe:", "udp:", "vc:")):
         raise QemuError(f"char driver '{text.split(':')[0]}' is not supported by the blocktxn emulator")
     raise QemuError(f"'{text}' is not a valid char driver")
 
@@ -227,13 +261,13 @@ class _Parser:
     def __init__(self) -> None:
         self.config = Config()
         self.chardevs: dict[str, _Chardev] = {}
-        self.schema = QapiSchema(TYPES)
+        self._schema: QapiSchema | None = None
         self.compat_monitors = 0
 
     def parse(self, argv: list[str]) -> Config:
         pairs = self._split(argv)
         self.config.profile = self._profile(pairs)
-        self.schema = QapiSchema(self.config.profile.qapi_types(TYPES))
+        self.config.version = self.config.profile.name
         for name, arg in pairs:
             if name in ("version",):
                 self.config.action = "version"
@@ -247,6 +281,11 @@ class _Parser:
                 self._option(name, arg)
             except QemuError as exc:
                 raise CmdlineError(exc.desc, location) from exc
+            if self.config.action != "run":
+                return self.config
+        if machine_types.lookup(self.config.version, self.config.machine) is None:
+            raise CmdlineError(machine_types.unsupported_message(self.config.version,
+                                                                 self.config.machine or ""))
         return self.config
 
     @staticmethod
@@ -276,15 +315,16 @@ class _Parser:
                 raise CmdlineError("a disk image argument is not supported by the blocktxn emulator; "
                                    "use -drive or -blockdev", word)
             name = word[2:] if word.startswith("--") else word[1:]
-            if name in OPTIONS_WITH_ARG:
+            takes = option_table.takes_arg(name)
+            if takes is None:
+                raise CmdlineError("invalid option", word)
+            if takes:
                 if i >= len(argv):
                     raise CmdlineError("requires an argument", word)
                 pairs.append((name, argv[i]))
                 i += 1
-            elif name in FLAG_OPTIONS:
-                pairs.append((name, None))
             else:
-                raise CmdlineError("invalid option", word)
+                pairs.append((name, None))
         return pairs
 
     def _option(self, name: str, arg: str | None) -> None:
@@ -292,8 +332,27 @@ class _Parser:
             self._machine(arg or "")
         elif name == "accel":
             opts = parse_qemu_opts(arg or "", "accel")
-            if opts.get("accel") != "tcg":
-                raise QemuError(f"invalid accelerator {opts.get('accel', '')}")
+            accel = opts.get("accel", "")
+            if accel not in ACCELERATORS:
+                raise QemuError(f"invalid accelerator {accel}")
+            self.config.accels.append(accel)
+        elif name == "vga":
+            if (arg or "") not in VGA_TYPES:
+                raise CmdlineError(f"unknown vga type: {arg}")
+        elif name in ("serial", "parallel"):
+            self._serial(name, arg or "")
+        elif name == "monitor":
+            self._monitor(arg or "")
+        elif name == "qmp-pretty":
+            self._qmp(arg or "", pretty=True)
+        elif name == "device":
+            self._device(arg or "")
+        elif name == "object":
+            self._object(arg or "")
+        elif name == "qtest":
+            self._qtest(arg or "")
+        elif name == "qtest-log":
+            self.config.qtest_log = arg
         elif name == "display":
             kind = parse_qemu_opts(arg or "", "type").get("type", "")
             if kind in ("gtk", "sdl", "vnc", "curses", "egl-headless", "spice-app", "dbus", "cocoa"):
@@ -311,22 +370,102 @@ class _Parser:
         elif name == "blockdev":
             self._blockdev(arg or "")
         elif name == "drive":
-            self.config.drives.append((f"-drive {arg}", parse_qemu_opts(arg or "")))
+            opts = parse_qemu_opts(arg or "")
+            if opts.get("format") == "help":
+                self.config.action = "format-help"
+                return
+            self.config.drives.append((f"-drive {arg}", opts))
         # -blocktxn-version: chosen before the other options (parse)
         # -nodefaults, -nographic, -no-user-config, -no-shutdown, -name, -m, -smp: nothing to do
 
     def _machine(self, arg: str) -> None:
         opts = parse_qemu_opts(arg, "type")
-        if opts.get("type", "none") != "none":
-            raise CmdlineError("unsupported machine type\nUse -machine help to list supported machines")
+        kind = opts.get("type")
+        if kind == "help":
+            self.config.action = "machine-help"
+            return
+        if kind is not None:
+            self.config.machine = kind
+            if machine_types.lookup(self.config.version, kind) is None:
+                raise CmdlineError(machine_types.unsupported_message(self.config.version, kind))
         accel = opts.get("accel")
-        if accel is not None and "tcg" not in accel.split(":"):
-            raise CmdlineError(f"invalid accelerator {accel}")
+        if accel is not None:
+            for name in accel.split(":"):
+                if name in ACCELERATORS:
+                    self.config.accels.append(name)
+                    break
+            else:
+                raise CmdlineError(f"invalid accelerator {accel}")
 
-    def _qmp(self, arg: str) -> None:
-        location = f"-qmp {arg}"
+    def _serial(self, name: str, arg: str) -> None:
+        if arg in ("none", "null") or arg.startswith("chardev:"):
+            return
+        try:
+            parse_qmp_compat(arg)
+        except QemuError as exc:
+            location = f"-{name} {arg}"
+            device = "serial" if name == "serial" else "parallel"
+            raise CmdlineError(exc.desc, location, text=(
+                f"{PROG}: {location}: {exc.desc}\n"
+                f"{PROG}: {location}: could not connect {device} device to character backend "
+                f"'{arg}'\n")) from exc
+
+    def _monitor(self, arg: str) -> None:
+        if arg == "none":
+            return
         if arg.startswith("chardev:"):
-            self._mon(f"chardev={arg[8:]},mode=control")
+            self._mon(f"chardev={arg[8:]},mode=readline")
+            return
+        self._qmp(arg, option="monitor", mode="readline")
+
+    def _device(self, arg: str) -> None:
+        driver, _, rest = arg.partition(",")
+        if driver == "help" or driver == "?":
+            self.config.action = "device-help"
+            return
+        if "=" in driver:
+            raise QemuError("Parameter 'driver' is missing")
+        opts = {"driver": driver, **parse_qemu_opts(rest)}
+        if opts.get("help") == "on" or "?" in opts:
+            self.config.action = "device-help"
+            self.config.help_output = f"{ALIASES.get(driver, driver)} options:\n"
+            return
+        self.config.devices.append((f"-device {arg}", opts))
+
+    def _object(self, arg: str) -> None:
+        opts = parse_qemu_opts(arg, "qom-type")
+        qom_type = opts.get("qom-type", "")
+        if qom_type not in OBJECT_TYPES:
+            raise QemuError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
+        object_id = opts.get("id")
+        if not object_id:
+            raise QemuError("Parameter 'id' is missing")
+        if any(o.get("id") == object_id for _, o in self.config.objects):
+            raise QemuError(f"Duplicate ID '{object_id}' for object")
+        self.config.objects.append((f"-object {arg}", opts))
+
+    def _qtest(self, arg: str) -> None:
+        if arg.startswith("chardev:"):
+            chardev = self.chardevs.get(arg[8:])
+            if chardev is None:
+                raise CmdlineError(f"Cannot find character device '{arg[8:]}'")
+            chardev.used = True
+            self.config.qtest = chardev.endpoint
+        else:
+            try:
+                self.config.qtest = parse_qmp_compat(arg)
+            except QemuError as exc:
+                raise CmdlineError(exc.desc, text=(
+                    f"{PROG}: {exc.desc}\n"
+                    f"{PROG}: Failed to initialize device for qtest: \"{arg}\"\n")) from exc
+        self.config.qtest_spec = arg
+
+    def _qmp(self, arg: str, *, pretty: bool = False, option: str = "",
+             mode: str = "control") -> None:
+        option = option or ("qmp-pretty" if pretty else "qmp")
+        location = f"-{option} {arg}"
+        if arg.startswith("chardev:"):
+            self._mon(f"chardev={arg[8:]},mode={mode}" + (",pretty=on" if pretty else ""))
             return
         try:
             endpoint = parse_qmp_compat(arg)
@@ -336,13 +475,14 @@ class _Parser:
             raise CmdlineError(lines[0], location,
                                text="".join(f"{PROG}: {location}: {line}\n" for line in lines)) from exc
         self.compat_monitors += 1
-        self.config.monitors.append(dataclasses.replace(endpoint, origin=location))
+        self.config.monitors.append(dataclasses.replace(endpoint, origin=location, mode=mode,
+                                                        pretty=pretty))
 
     def _chardev(self, arg: str, location: str) -> None:
         backend = split_opts(arg)[0] if "=" not in split_opts(arg)[0] else ""
         if backend not in CHARDEV_BACKENDS:
             raise QemuError(f"'{backend}' is not a valid char driver name")
-        if backend != "socket":
+        if backend not in ("socket", "stdio", "null"):
             raise QemuError(f"char driver '{backend}' is not supported by the blocktxn emulator")
         opts = parse_qemu_opts(arg, "backend", allowed=SOCKET_CHARDEV_KEYS)
         chardev_id = opts.get("id")
@@ -350,8 +490,13 @@ class _Parser:
             raise QemuError("chardev: no id specified")
         if chardev_id in self.chardevs:
             raise QemuError(f"Duplicate ID '{chardev_id}' for chardev")
-        self.chardevs[chardev_id] = _Chardev(location, dataclasses.replace(_socket_endpoint(opts),
-                                                                           origin=location))
+        if backend == "stdio":
+            endpoint = Endpoint("stdio", listen=False)
+        elif backend == "null":
+            endpoint = Endpoint("null", listen=False)
+        else:
+            endpoint = _socket_endpoint(opts)
+        self.chardevs[chardev_id] = _Chardev(location, dataclasses.replace(endpoint, origin=location))
 
     def _mon(self, arg: str) -> None:
         opts = parse_qemu_opts(arg, "chardev", allowed=MON_KEYS)
@@ -363,12 +508,20 @@ class _Parser:
             raise QemuError(f"chardev \"{opts.get('chardev', '')}\" not found")
         if chardev.used:
             raise QemuError(f"Device '{opts['chardev']}' is in use")
-        if mode != "control":
-            raise QemuError("the HMP monitor (mode=readline) is not supported by the blocktxn emulator")
-        if _bool(opts, "pretty", False):
-            raise QemuError("pretty=on is not supported by the blocktxn emulator")
         chardev.used = True
-        self.config.monitors.append(chardev.endpoint)
+        if chardev.endpoint.kind == "null":
+            return
+        self.config.monitors.append(dataclasses.replace(chardev.endpoint, mode=mode,
+                                                        pretty=_bool(opts, "pretty", False)))
+
+    @property
+    def schema(self) -> QapiSchema:
+        """The QAPI schema (importing every command module: only -blockdev needs it)."""
+        if self._schema is None:
+            from emulator.commands import TYPES
+
+            self._schema = QapiSchema(self.config.profile.qapi_types(TYPES))
+        return self._schema
 
     def _blockdev(self, arg: str) -> None:
         if arg.startswith("{"):
@@ -405,14 +558,59 @@ def check_drive(opts: dict[str, str]) -> None:
     interface = opts.get("if", "ide")
     if interface not in DRIVE_INTERFACES:
         raise QemuError(f"unsupported bus type '{interface}'")
-    if interface == "virtio":
-        raise QemuError("No 'PCI' bus found for device 'virtio-blk-pci'")
-    if interface not in ("none", "ide"):
+    if interface not in ("none", "ide", "virtio", "scsi"):
         raise QemuError(f"if={interface} is not supported by the blocktxn emulator")
+    media = opts.get("media", "disk")
+    if media not in ("disk", "cdrom"):
+        raise QemuError(f"'{media}' invalid media")
+
+
+def _drive(machine: Machine, opts: dict[str, str]) -> None:
+    interface = opts.get("if", "ide")
+    devices = machine.devices
+    if interface != "none" and devices is not None:
+        # QEMU finds no bus before it opens the image: fail first, as it does.
+        devices.check_drive_bus(interface)
+    drive_opts = {key: value for key, value in opts.items() if key not in DRIVE_ONLY_KEYS}
+    if not opts.get("file") and interface != "none":
+        backend = machine.block.empty_drive_add(drive_opts) if hasattr(
+            machine.block, "empty_drive_add") else None
+        if backend is None:
+            raise QemuError("an empty drive (no file=) is not supported by the blocktxn emulator")
+    else:
+        backend = machine.block.drive_add(drive_opts)
+    if devices is not None:
+        devices.add_drive_device(interface, backend, opts)
+
+
+DRIVE_ONLY_KEYS = ("media", "index", "bus", "unit", "serial", "werror", "rerror", "boot", "addr")
+
+
+def _object(machine: Machine, opts: dict[str, str]) -> None:
+    from emulator.commands import COMMANDS
+
+    qom_type, object_id = opts["qom-type"], opts["id"]
+    handler = COMMANDS.get("object-add")
+    if handler is not None and qom_type != "iothread":
+        props: dict[str, Any] = {k: v for k, v in opts.items() if k not in ("qom-type", "id")}
+        handler.handler(machine, qom_type=qom_type, id=object_id, **props)
+        return
+    if qom_type != "iothread":
+        raise QemuError(f"object type '{qom_type}' is not supported by the blocktxn emulator")
+    machine.objects[object_id] = dict(opts)
 
 
 def apply_block_options(config: Config, machine: Machine) -> None:
-    """Create the -blockdev nodes and -drive backends, in command-line order within each kind."""
+    """Create objects, -blockdev nodes, -drive backends (with their devices) and -device devices,
+    in QEMU's order: objects, then block options, then devices."""
+    if machine.devices is None:
+        machine.configure(config.version, machine_types.lookup(config.version, config.machine),
+                          qtest=config.accels[:1] == ["qtest"])
+    for location, opts in config.objects:
+        try:
+            _object(machine, opts)
+        except QemuError as exc:
+            raise CmdlineError(exc.desc, location) from exc
     for location, options in config.blockdevs:
         try:
             machine.block.blockdev_add(options)
@@ -421,6 +619,11 @@ def apply_block_options(config: Config, machine: Machine) -> None:
     for location, opts in config.drives:
         try:
             check_drive(opts)
-            machine.block.drive_add(opts)
+            _drive(machine, opts)
+        except QemuError as exc:
+            raise CmdlineError(exc.desc, location) from exc
+    for location, opts in config.devices:
+        try:
+            machine.devices.add(opts)
         except QemuError as exc:
             raise CmdlineError(exc.desc, location) from exc

@@ -12,6 +12,7 @@ handlers, no sys.exit.  Command-line errors become EmulatorStartError with QEMU'
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 from collections.abc import Callable
 from typing import TextIO
@@ -21,8 +22,9 @@ from emulator.commands.control import set_runstate
 from emulator.error import QemuError
 from emulator.machine import Machine
 
-from .cmdline import CmdlineError, Config, apply_block_options, parse_args
-from .qmp.server import EndpointError, QmpServer
+from .cmdline import PROG, CmdlineError, Config, apply_block_options, parse_args
+from .machine.types import lookup
+from .qmp.server import EndpointError, QmpServer, open_client
 
 START_TIMEOUT = 30.0
 
@@ -31,10 +33,49 @@ class EmulatorStartError(RuntimeError):
     """The emulator could not start; the message is what QEMU would print on stderr."""
 
 
+async def open_qtest(config: Config, machine: Machine) -> None:
+    """-qtest: connect the qtest chardev at start-up (the harness blocks in accept() until we do)
+    and serve it for the machine's life."""
+    assert config.qtest is not None
+    from emulator.machine.qtest import QtestServer
+
+    try:
+        reader, writer = await open_client(config.qtest)
+    except QemuError as exc:
+        raise CmdlineError(exc.desc, text=(
+            f"{PROG}: {exc.desc}\n"
+            f"{PROG}: Failed to initialize device for qtest: \"{config.qtest_spec}\"\n")) from exc
+    qtest = QtestServer(machine.clock, _qtest_log(config.qtest_log))
+    task = asyncio.ensure_future(qtest.serve(reader, writer))
+    machine.on_shutdown(qtest.close)
+
+    def stop() -> None:
+        if not task.done():
+            task.cancel()
+
+    machine.on_shutdown(stop)
+
+
+def _qtest_log(path: str | None) -> TextIO | None:
+    """-qtest-log: stderr when absent (as QEMU), nothing for "none", else that file."""
+    if path is None:
+        return sys.stderr
+    if path == "none":
+        return None
+    try:
+        return open(path, "w+")  # lives as long as the machine
+    except OSError as exc:
+        raise CmdlineError(f"Could not open '{path}': {exc.strerror}", f"-qtest-log {path}") from exc
+
+
 async def open_machine(config: Config, machine: Machine) -> QmpServer:
     """Apply start-up options and open the QMP endpoints; CmdlineError on failure."""
+    machine.configure(config.version, lookup(config.version, config.machine),
+                      qtest=config.accels[:1] == ["qtest"])
     if config.start_paused:
         set_runstate(machine, "prelaunch")
+    if config.qtest is not None:
+        await open_qtest(config, machine)
     apply_block_options(config, machine)
     server = QmpServer(machine, config.monitors)
     try:

@@ -252,8 +252,9 @@ def test_compressed_cluster_and_misaligned_l2_fail_io(tmp_path: Path) -> None:
     _corrupt(path, l2, struct.pack(">Q", (1 << 62) | 0x50000))
     f = FileStorage(str(path))
     img = Qcow2Image.open(f)
-    with pytest.raises(OSError, match="Compressed clusters are not supported"):
+    with pytest.raises(OSError) as bad:  # not deflate data: the read fails as in QEMU (-EIO)
         img.pread(0, 512)
+    assert bad.value.errno == errno.EIO
     _corrupt(path, l2, struct.pack(">Q", (1 << 63) | 0x50001 << 1 | 0x200))
     img = Qcow2Image.open(f)
     with pytest.raises(OSError) as e:

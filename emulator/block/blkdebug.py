@@ -113,8 +113,13 @@ class BlkdebugNode(BlockNode):
 
     def __init__(self, node_name: str, image: BlockNode, *, inject_errors: list[dict[str, Any]],
                  set_states: list[dict[str, Any]], align: int | None = None,
-                 config: str | None = None, auto_named: bool = False) -> None:
+                 config: str | None = None, auto_named: bool = False,
+                 take_child_perms: int = 0, unshare_child_perms: int = 0) -> None:
         super().__init__(node_name, read_only=image.read_only, auto_named=auto_named)
+        #: take-child-perms / unshare-child-perms: extra perms on the image child (tests use them
+        #: to build permission conflicts).
+        self.take_child_perms = take_child_perms
+        self.unshare_child_perms = unshare_child_perms
         if config is not None:  # rules of the file come before the inline ones, as in read_config
             file_inject, file_states = parse_blkdebug_config(config)
             inject_errors = file_inject + list(inject_errors)
@@ -134,6 +139,11 @@ class BlkdebugNode(BlockNode):
         self.state = 1
         self.attach_child("image", image)
         self.debug_event("none")
+
+    def child_perm(self, role: str, perm: int, shared: int) -> tuple[int, int]:
+        """blkdebug_child_perm: the filter default plus the configured extra and unshared perms."""
+        nperm, nshared = super().child_perm(role, perm, shared)
+        return nperm | self.take_child_perms, nshared & ~self.unshare_child_perms
 
     @property
     def image(self) -> BlockNode:

@@ -12,6 +12,14 @@ from collections.abc import Callable, Sequence
 
 from .dirty_bitmap import DirtyBitmap
 from .node import BlockNode
+from .permissions import (
+    PERM_ALL,
+    PERM_CONSISTENT_READ,
+    PERM_RESIZE,
+    PERM_WRITE,
+    ROLE_DATA,
+    ROLE_FILTERED,
+)
 
 CopyHook = Callable[[int, int], None]
 
@@ -41,6 +49,21 @@ class CopyBeforeWriteNode(BlockNode):
         self.done_bitmap = self.dirty_bitmaps.create(None, cluster_size, size, disabled=True)
         self.access_bitmap = self.dirty_bitmaps.create(None, cluster_size, size, disabled=True)
         self.access_bitmap.set_dirty(0, size)
+
+    def child_role(self, role: str) -> int:
+        return ROLE_FILTERED if role == "file" else ROLE_DATA
+
+    def child_perm(self, role: str, perm: int, shared: int) -> tuple[int, int]:
+        """cbw_child_perm: write the target (sharing all but resize, sizes are checked once);
+        on the source, once somebody uses the filter, nobody else may write or resize it."""
+        if role != "file":
+            return PERM_WRITE, PERM_ALL & ~PERM_RESIZE
+        nperm, nshared = super().child_perm(role, perm, shared)
+        if self.parents:
+            if perm & PERM_WRITE:
+                nperm |= PERM_CONSISTENT_READ
+            nshared &= ~(PERM_WRITE | PERM_RESIZE)
+        return nperm, nshared
 
     @property
     def source(self) -> BlockNode:

@@ -16,6 +16,7 @@ Semantics follow QEMU 7.2 exactly where they are observable:
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -294,6 +295,16 @@ class DirtyBitmap:
             value >>= run
             pos += run
 
+    def sha256(self) -> str:
+        """hbitmap_sha256: SHA-256 of the finest HBitmap level, as QEMU holds it in memory.
+
+        That level is an array of 64-bit little-endian words (at least one), bit i of the array
+        being granule i; iotests compare bitmaps across runs and versions through this digest.
+        """
+        words = max((self.granules + 63) // 64, 1)
+        dense = self.to_dense(0, self.granules)
+        return hashlib.sha256(dense.ljust(words * 8, b"\0")).hexdigest()
+
     def __repr__(self) -> str:
         return (f"<DirtyBitmap {self.name!r} gran={self.granularity} count={self.count()}"
                 f"{' disabled' if self.disabled else ''}{' busy' if self.busy else ''}>")
@@ -342,11 +353,12 @@ class DirtyBitmapSet:
             raise ValueError(f"releasing {bm!r} while it is in use")
         self._remove(bm)
 
-    def take(self, bm: DirtyBitmap, owner: DirtyBitmapSet) -> None:
+    def take(self, bm: DirtyBitmap, owner: DirtyBitmapSet, *, oldest: bool = False) -> None:
         """Move `bm` from `owner` to the head of this set (a bitmap created for another node,
-        e.g. QEMU 10.0's block-copy bitmap that lives on the copy-before-write filter)."""
+        e.g. QEMU 10.0's block-copy bitmap that lives on the copy-before-write filter); with
+        `oldest`, to the tail, as if it had been made before every bitmap here."""
         owner._remove(bm)
-        self._list.insert(0, bm)
+        self._list.insert(len(self._list) if oldest else 0, bm)
 
     def _remove(self, bm: DirtyBitmap) -> None:
         for i, b in enumerate(self._list):

@@ -6,6 +6,7 @@ The generic behaviour (bitmaps, write notifiers, blkdebug event plumbing) lives 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -13,6 +14,7 @@ from emulator.error import QemuError
 
 from .file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
 from .node import BACKING_ALLOWED_OPS, BLOCK_ALLOCATED, BLOCK_ZERO, BlockNode
+from .permissions import PERM_RESIZE, ROLE_FILTERED
 from .qcow2 import Qcow2Image
 
 log = logging.getLogger("emulator.block")
@@ -89,6 +91,15 @@ class RawNode(_FormatNode):
 
     driver = "raw"
 
+    def child_role(self, role: str) -> int:
+        return ROLE_FILTERED  # raw without offset/size is a filter for its file
+
+    def child_perm(self, role: str, perm: int, shared: int) -> tuple[int, int]:
+        """raw_child_perm: take write/resize on the file only if the parents want them."""
+        nperm, nshared = super().child_perm(role, perm, shared)
+        nperm = (nperm & ~(PERM_WRITE | PERM_RESIZE)) | (perm & (PERM_WRITE | PERM_RESIZE))
+        return nperm, nshared
+
     def _length(self) -> int:
         return self.children["file"].length()
 
@@ -159,6 +170,11 @@ class Qcow2Node(_FormatNode):
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         self.image.pwrite_zeroes(offset, length, may_unmap)
 
+    can_compress = True
+
+    def _pwrite_compressed(self, offset: int, data: bytes) -> None:
+        self.image.write_compressed(offset, data)
+
     def _discard(self, offset: int, length: int) -> None:
         self.image.discard(offset, length)
 
@@ -220,6 +236,22 @@ class NullCoNode(BlockNode):
         flags = BLOCK_ALLOCATED | (BLOCK_ZERO if self.read_zeroes else 0)
         return length, flags
 
+
+
+class NoMedium(BlockNode):
+    """What a BlockBackend without a medium answers I/O with: -ENOMEDIUM for every request
+    (blk_check_byte_request's blk_co_is_available check).  Never part of the graph."""
+
+    driver = ""
+
+    def __init__(self) -> None:
+        super().__init__("")
+
+    def _length(self) -> int:
+        raise OSError(errno.ENOMEDIUM, os.strerror(errno.ENOMEDIUM))
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        raise OSError(errno.ENOMEDIUM, os.strerror(errno.ENOMEDIUM))
 
 
 def protocol_filename(node: BlockNode) -> str:

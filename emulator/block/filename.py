@@ -138,7 +138,7 @@ def exact_filename(node: BlockNode) -> str:
     if node.driver == "blkdebug":
         if child is None or not exact_filename(child):
             return ""
-        allowed = {"config", "image", "align", "driver", "node-name"}
+        allowed = {"config", "image", "x-image", "driver", "node-name"}  # blkdebug_refresh_filename
         if any(key not in allowed for key in node.options):
             return ""
         return f"blkdebug:{node.options.get('config', '')}:{exact_filename(child)}"

@@ -23,6 +23,7 @@ from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode
 from .file import FileStorage
 from .image import probe_format
 from .node import BlockNode
+from .permissions import check_perms, qapi_perms
 
 _LOG = logging.getLogger(__name__)
 
@@ -32,6 +33,31 @@ _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
 def id_wellformed(name: str) -> bool:
     """QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'."""
     return bool(_ID_RE.match(name))
+
+
+def _retarget_codec(parent: BlockNode, role: str, new: BlockNode) -> None:
+    """A qcow2 codec holds its file and backing Storage directly: point it at the new child."""
+    image = getattr(parent, "image", None)
+    if image is None or not hasattr(image, "set_backing"):
+        return
+    if role == "backing":
+        image.set_backing(new)
+    elif role == "file":
+        image.file = new
+
+
+def _int_option(value: Any) -> int | None:
+    """An integer option that may arrive as a -drive string."""
+    return None if value is None else int(value)
+
+
+def protocol_options(filename: str) -> dict[str, Any]:
+    """A legacy filename's protocol node: "blkdebug:CFG:IMAGE", "null-co://", else a host file."""
+    if filename.startswith("blkdebug:"):
+        return BlockGraph._legacy_blkdebug_options(filename)
+    if filename in ("null-co://", "null-aio://"):
+        return {"driver": "null-co"}
+    return {"driver": "file", "filename": filename}
 
 
 class BlockGraph:
@@ -75,7 +101,7 @@ class BlockGraph:
         """Device name first, then node name (QEMU's bdrv_lookup_bs with device == node_name)."""
         backend = self.backends.get(name)
         if backend is not None:
-            return backend.root
+            return backend.root_or_error()
         node = self.find_node(name)
         if node is None:
             raise QemuError(f"Cannot find device='{name}' nor node-name='{name}'")
@@ -102,6 +128,8 @@ class BlockGraph:
         added_before = len(self.nodes)
         try:
             node = self._open(options, read_only=bool(options.get("read-only", False)))
+            # Attaching the new tree's children (possibly existing nodes) refreshes their perms.
+            check_perms([node])
         except BaseException:
             self._forget_nodes_after(added_before)
             raise
@@ -168,8 +196,12 @@ class BlockGraph:
             image = self._child(options["image"], read_only=read_only, what="image")
             node = BlkdebugNode(name, image, inject_errors=list(options.get("inject-error", [])),
                                 set_states=list(options.get("set-state", [])),
-                                align=options.get("align"), config=options.get("config"),
-                                auto_named=auto)
+                                align=_int_option(options.get("align")),
+                                config=options.get("config"),
+                                auto_named=auto,
+                                take_child_perms=qapi_perms(options.get("take-child-perms", [])),
+                                unshare_child_perms=qapi_perms(
+                                    options.get("unshare-child-perms", [])))
             node.options = options
             self.nodes.insert(slot, node)
             return node
@@ -218,9 +250,11 @@ class BlockGraph:
     def open_file_and_format(self, filename: str, fmt: str | None, *, read_only: bool,
                               node_name: str | None = None,
                               extra: dict[str, Any] | None = None) -> BlockNode:
-        file_opts: dict[str, Any] = {"driver": "file", "filename": filename}
-        if filename.startswith("blkdebug:"):
-            file_opts = self._legacy_blkdebug_options(filename)
+        extra = dict(extra or {})
+        file_opts = protocol_options(filename)
+        file_node_name = extra.pop("file-node-name", None)
+        if file_node_name:
+            file_opts["node-name"] = file_node_name
         if fmt is None:
             probe_node = self._open(file_opts, read_only=True)
             try:
@@ -228,9 +262,14 @@ class BlockGraph:
             finally:
                 self.nodes.remove(probe_node)
                 probe_node.close()
-        opts: dict[str, Any] = {"driver": fmt, "file": file_opts, **(extra or {})}
+        if fmt == file_opts["driver"]:  # format=file: the protocol node is the top node
+            opts = {**file_opts, **{k: v for k, v in extra.items() if k != "backing"}}
+        else:
+            opts = {"driver": fmt, "file": file_opts, **extra}
         if node_name:
             opts["node-name"] = node_name
+        if fmt == file_opts["driver"]:
+            return self._open(opts, read_only=read_only)
         if fmt not in ("raw", "qcow2"):
             raise QemuError(f"Unknown driver '{fmt}'")
         return self._open(opts, read_only=read_only)
@@ -240,7 +279,7 @@ class BlockGraph:
         from .blkdebug import parse_blkdebug_filename
 
         config, image = parse_blkdebug_filename(filename)
-        options: dict[str, Any] = {"driver": "blkdebug", "image": {"driver": "file", "filename": image}}
+        options: dict[str, Any] = {"driver": "blkdebug", "image": protocol_options(image)}
         if config:
             options["config"] = config
         return options
@@ -258,12 +297,40 @@ class BlockGraph:
         read_only = opts.get("readonly", opts.get("read-only", "off")) in ("on", "true", "yes")
         before = len(self.nodes)
         try:
-            root = self.open_file_and_format(filename, opts.get("format"), read_only=read_only,
-                                              node_name=opts.get("node-name"))
+            root = self._open_drive_nodes(filename, opts, read_only)
         except BaseException:
             self._forget_nodes_after(before)
             raise
         backend = BlockBackend(drive_id, root)
+        self.backends[drive_id] = backend
+        return backend
+
+    def _open_drive_nodes(self, filename: str, opts: dict[str, str], read_only: bool) -> BlockNode:
+        """-drive's node tree: format= (or driver=) on top, `file.*` options for the protocol
+        node, and driver-specific options (blkdebug's align) on the top node, as QEMU's
+        blockdev_init passes them."""
+        fmt = opts.get("format") or opts.get("driver")
+        file_extra = {key[len("file."):]: value for key, value in opts.items()
+                      if key.startswith("file.")}
+        if fmt == "blkdebug":
+            top = self._legacy_blkdebug_options(filename)
+            if "align" in opts:
+                top["align"] = opts["align"]  # a string, as QEMU keeps -drive options (json: names)
+            if opts.get("node-name"):
+                top["node-name"] = opts["node-name"]
+            return self._open(top, read_only=read_only)
+        extra: dict[str, Any] = {}
+        if file_extra.get("node-name"):
+            extra["file-node-name"] = file_extra["node-name"]
+        return self.open_file_and_format(filename, fmt, read_only=read_only,
+                                         node_name=opts.get("node-name"), extra=extra)
+
+    def empty_drive_add(self, opts: dict[str, str]) -> BlockBackend:
+        """-drive without file= (a CD-ROM drive with no medium): a backend with no root."""
+        drive_id = opts.get("id") or self._default_drive_id(opts)
+        if drive_id in self.backends:
+            raise QemuError(f"Duplicate ID '{drive_id}' for drive")
+        backend = BlockBackend(drive_id, None)
         self.backends[drive_id] = backend
         return backend
 
@@ -287,26 +354,46 @@ class BlockGraph:
         if not node_name:
             node.node_name = self._generate_node_name()
         self._register(node)
-        for backend in self.backends.values():
-            if backend.root is source:
-                self.set_backend_root(backend, node)
+        self.replace_node(source, node)
         return node
 
     def remove_filter(self, node: BlockNode) -> None:
         """bdrv_cbw_drop: give the filter's devices back to its child and close the filter."""
         child = node.children.get("file")
-        for backend in self.backends.values():
-            if backend.root is node and child is not None:
-                self.set_backend_root(backend, child)
+        if child is not None:
+            self.replace_node(node, child)
         node.close()
         if node in self.nodes:
             self.nodes.remove(node)
 
+    def replace_node(self, old: BlockNode, new: BlockNode) -> None:
+        """bdrv_replace_node: every user of `old` uses `new` instead, except jobs (whose nodes
+        stay where they are) and `new` itself.  QEMU walks old's parents newest first and
+        head-inserts each into new's list, so they end up in reverse order there."""
+        for parent in list(reversed(old.parents)):
+            if parent is new:
+                continue
+            if isinstance(parent, BlockNode):
+                if old not in parent.children.values():
+                    continue
+                for role, child in list(parent.children.items()):
+                    if child is old:
+                        parent.children[role] = new
+                        old.parents.remove(parent)
+                        new.parents.append(parent)
+                        _retarget_codec(parent, role, new)
+            elif getattr(parent, "is_backend", False):
+                self.set_backend_root(parent, new)
+            elif not hasattr(parent, "job_type"):  # temporary users follow the node
+                old.parents.remove(parent)
+                new.parents.append(parent)
+
     @staticmethod
-    def set_backend_root(backend: BlockBackend, root: BlockNode) -> None:
+    def set_backend_root(backend: BlockBackend, root: BlockNode | None) -> None:
         backend.detach()
         backend.root = root
-        root.parents.append(backend)
+        if root is not None:
+            root.parents.append(backend)
 
     # ---- removal ------------------------------------------------------------------------------
     def close_nodes(self, nodes: list[BlockNode]) -> None:

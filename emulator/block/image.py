@@ -42,8 +42,8 @@ def backing_path(image_filename: str, backing: str) -> str:
 def creation_message(filename: str, fmt: str, size: int, *, backing_file: str | None = None,
                      backing_fmt: str | None = None, cluster_size: int | None = None) -> str:
     """The "Formatting ..." line qemu-img create (and QEMU's drive-backup) prints."""
-    if fmt == "raw":
-        return f"Formatting '{filename}', fmt=raw size={size}"
+    if fmt in ("raw", "file"):
+        return f"Formatting '{filename}', fmt={fmt} size={size}"
     parts = [f"Formatting '{filename}', fmt=qcow2", f"cluster_size={cluster_size or 65536}",
              "extended_l2=off", "compression_type=zlib", f"size={size}"]
     # qemu_opts_print escapes commas in string values by doubling them.
@@ -62,10 +62,10 @@ def create_image(filename: str, fmt: str, size: int, *, backing_file: str | None
     Does not open the backing file (like `qemu-img create -u`); callers that want the size or a
     validity check from the backing use open_image_chain first.
     """
-    if fmt not in FORMATS:
+    if fmt not in FORMATS and fmt != "file":  # "file": the protocol driver creates a plain file
         raise QemuError(f"Unknown file format '{fmt}'")
-    if fmt == "raw" and backing_file:
-        raise QemuError("Backing file not supported for file format 'raw'")
+    if fmt in ("raw", "file") and backing_file:
+        raise QemuError(f"Backing file not supported for file format '{fmt}'")
     if fmt == "raw" and cluster_size is not None:
         raise QemuError("Invalid parameter 'cluster_size'")
     if size < 0:
@@ -77,7 +77,7 @@ def create_image(filename: str, fmt: str, size: int, *, backing_file: str | None
     rounded = (size + 511) // 512 * 512
     storage = FileStorage(filename, create=True, no_flush=True)
     try:
-        if fmt == "raw":
+        if fmt in ("raw", "file"):
             storage.truncate(rounded)
         else:
             Qcow2Image.create(storage, rounded, cluster_size=cluster_size or 65536,

@@ -16,6 +16,7 @@ from typing import Any
 from emulator.error import QemuError
 
 from .dirty_bitmap import DirtyBitmapSet
+from .permissions import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_METADATA, default_perms
 
 # Block status flags (as QEMU's BDRV_BLOCK_*).
 BLOCK_DATA = 0x01
@@ -93,6 +94,19 @@ class BlockNode:
 
         walk(self)
         return seen
+
+    # ---- permissions (QEMU's .bdrv_child_perm) --------------------------------------------------
+    def child_role(self, role: str) -> int:
+        """The BdrvChildRole bits of the child attached as `role` (bdrv_default_perms' rule)."""
+        if role == "backing":
+            return ROLE_COW
+        if self.is_filter:
+            return ROLE_FILTERED
+        return ROLE_DATA | ROLE_METADATA
+
+    def child_perm(self, role: str, perm: int, shared: int) -> tuple[int, int]:
+        """What this node needs from (and shares on) its child `role`, given its parents' needs."""
+        return default_perms(self.child_role(role), perm, shared, not self.read_only)
 
     # ---- op blockers (QEMU's bdrv_op_block / bdrv_op_is_blocked) -------------------------------
     def op_block(self, op: str, reason: str) -> None:
@@ -181,6 +195,32 @@ class BlockNode:
             return
         self._before_write(offset, len(data))
         self._pwrite(offset, data)
+        self.write_gen += 1
+        self.dirty_bitmaps.mark_dirty(offset, len(data))
+
+    def supports_compressed_writes(self) -> bool:
+        """bdrv_supports_compressed_writes: the driver can, and a filter's child can too."""
+        if not self.can_compress:
+            return False
+        child = self.filtered_child()
+        return child.supports_compressed_writes() if child is not None else True
+
+    #: Whether the driver implements compressed writes (QEMU's .bdrv_co_pwritev_compressed_part).
+    can_compress: bool = False
+
+    def _pwrite_compressed(self, offset: int, data: bytes) -> None:
+        child = self.filtered_child()
+        if child is None:
+            raise OSError(errno.ENOTSUP, "Operation not supported")
+        child.pwrite_compressed(offset, data)
+
+    def pwrite_compressed(self, offset: int, data: bytes) -> None:
+        """A BDRV_REQ_WRITE_COMPRESSED write (backup with compress=true): whole clusters."""
+        self._check_request(offset, len(data))
+        if not data:
+            return
+        self._before_write(offset, len(data))
+        self._pwrite_compressed(offset, data)
         self.write_gen += 1
         self.dirty_bitmaps.mark_dirty(offset, len(data))
 

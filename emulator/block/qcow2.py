@@ -21,6 +21,7 @@ import errno
 import logging
 import struct
 import sys
+import zlib
 from array import array
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -340,6 +341,7 @@ class Qcow2Image:
         self._rb_cache: OrderedDict[int, array] = OrderedDict()
         self._rb_cache_max = max(16, self.REFBLOCK_CACHE_BYTES // cs)
         self._free_hint = 0
+        self._free_byte_offset = 0  # where the next compressed cluster's bytes go (0: a new cluster)
         self._end_cluster = self._initial_end_cluster(file_len)
         self._closed = False
         self.bitmap_store = Qcow2BitmapStore(self)
@@ -819,14 +821,114 @@ class Qcow2Image:
             elif t == UNALLOCATED:
                 parts.append(self._read_backing(g, n))
             elif t == COMPRESSED:
-                raise OSError(errno.ENOTSUP, f"Compressed clusters are not supported by the emulator "
-                                             f"(guest offset {g})")
+                parts.append(self._read_compressed_run(g, n, host))
             else:
                 parts.append(bytes(n))
         got = sum(map(len, parts))
         if got < length:
             parts.append(bytes(length - got))
         return b"".join(parts)
+
+    # ---- compressed clusters (docs/interop/qcow2.txt "Compressed Clusters Descriptor") ---------
+    @property
+    def _csize_shift(self) -> int:
+        return 62 - (self.cluster_bits - 8)
+
+    def _compressed_range(self, entry: int) -> tuple[int, int]:
+        """qcow2_parse_compressed_l2_entry: (host byte offset, bytes up to its last 512-byte sector)."""
+        shift = self._csize_shift
+        coffset = entry & ((1 << shift) - 1)
+        nb_csectors = ((entry >> shift) & ((1 << (self.cluster_bits - 8)) - 1)) + 1
+        return coffset, nb_csectors * 512 - (coffset & 511)
+
+    def _decompress_cluster(self, entry: int) -> bytes:
+        """Read and inflate one compressed cluster (raw deflate for zlib, as qcow2-threads.c)."""
+        if self.header.compression_type != 0:
+            raise OSError(errno.ENOTSUP, "zstd-compressed clusters are not supported by the emulator")
+        coffset, csize = self._compressed_range(entry)
+        self.file.debug_event("read_compressed")
+        raw = self.file.pread(coffset, csize)
+        inflater = zlib.decompressobj(-12)
+        try:
+            out = inflater.decompress(raw, self.cluster_size)
+        except zlib.error:
+            raise OSError(errno.EIO, "Input/output error") from None
+        if len(out) != self.cluster_size:
+            raise OSError(errno.EIO, "Input/output error")
+        return out
+
+    def _read_compressed_run(self, guest: int, length: int, first_entry: int) -> bytes:
+        """Guest bytes of a run of compressed clusters (each cluster has its own entry)."""
+        cs, bits = self.cluster_size, self.cluster_bits
+        span = cs * self.l2_entries
+        parts: list[bytes] = []
+        pos, end = guest, guest + length
+        while pos < end:
+            c_guest = pos & ~(cs - 1)
+            table = self._l2_table(pos // span)
+            assert table is not None
+            data = self._decompress_cluster(table[(pos % span) >> bits])
+            stop = min(end, c_guest + cs)
+            parts.append(data[pos - c_guest:stop - c_guest])
+            pos = stop
+        return b"".join(parts)
+
+    def _alloc_bytes(self, size: int) -> int:
+        """qcow2_alloc_bytes: `size` bytes packed after the previous compressed cluster; every host
+        cluster they touch gains one reference."""
+        cs, bits = self.cluster_size, self.cluster_bits
+        offset = self._free_byte_offset
+        if offset and self.refcount(offset >> bits) >= (1 << self.refcount_bits) - 1:
+            offset = 0
+        free_in_cluster = cs - (offset & (cs - 1))
+        if not offset or free_in_cluster < size:
+            start = self._find_free(1)
+            if (start // self._rb_entries) >= len(self.reftable):
+                self._grow_reftable(start // self._rb_entries + 1)
+                start = self._find_free(1)
+            new_cluster = start << bits
+            if not offset or -(-offset // cs) * cs != new_cluster:
+                offset = new_cluster
+            self._end_cluster = max(self._end_cluster, start + 1)
+        self.file.debug_event("cluster_alloc_bytes")
+        first, last = offset >> bits, (offset + size - 1) >> bits
+        for idx in range(first, last + 1):
+            self._set_refcounts(idx, 1, self.refcount(idx) + 1)
+        self._free_byte_offset = (offset + size) if (offset + size) & (cs - 1) else 0
+        return offset
+
+    def write_compressed(self, offset: int, data: bytes) -> None:
+        """qcow2_co_pwritev_compressed_part: whole clusters (the image's tail may be short), each
+        deflated into the next free bytes; one that does not shrink is written normally."""
+        cs = self.cluster_size
+        self._check_writable(offset, len(data))
+        if self.header.compression_type != 0:
+            raise OSError(errno.ENOTSUP, "zstd compression is not supported by the emulator")
+        if offset & (cs - 1) or (len(data) & (cs - 1) and offset + len(data) != self.size):
+            raise OSError(errno.EINVAL, "Invalid argument")
+        for pos in range(0, len(data), cs):
+            chunk = data[pos:pos + cs]
+            self._write_compressed_cluster(offset + pos, bytes(chunk).ljust(cs, b"\0"), len(chunk))
+
+    def _write_compressed_cluster(self, guest: int, buf: bytes, nbytes: int) -> None:
+        deflater = zlib.compressobj(zlib.Z_DEFAULT_COMPRESSION, zlib.DEFLATED, -12, 9,
+                                    zlib.Z_DEFAULT_STRATEGY)
+        out = deflater.compress(buf) + deflater.flush(zlib.Z_FINISH)
+        if len(out) > self.cluster_size - 1:  # qcow2_co_compress: -ENOMEM, write it as is
+            self.pwrite(guest, buf[:nbytes])
+            return
+        span = self.cluster_size * self.l2_entries
+        l1_index = guest // span
+        table, l2_off = self._l2_for_write(l1_index)
+        i = (guest % span) >> self.cluster_bits
+        if table[i] & L2E_OFFSET_MASK:  # compression cannot overwrite anything
+            raise OSError(errno.EIO, "Input/output error")
+        host = self._alloc_bytes(len(out))
+        nb_csectors = ((host + len(out) - 1) >> 9) - (host >> 9)
+        self.file.debug_event("write_compressed")
+        self.file.pwrite(host, out)
+        table[i] = host | QCOW_OFLAG_COMPRESSED | (nb_csectors << self._csize_shift)
+        self._write_l2(l2_off, table, i, i)
 
     # ---- writes -------------------------------------------------------------------------------
     def _check_writable(self, offset: int, length: int) -> None:
@@ -845,8 +947,7 @@ class Qcow2Image:
             self.file.debug_event("cow_read")
             return self.file.pread(entry & L2E_OFFSET_MASK, cs)
         if t == COMPRESSED:
-            raise OSError(errno.ENOTSUP, f"Compressed clusters are not supported by the emulator "
-                                         f"(guest offset {guest})")
+            return self._decompress_cluster(entry)
         return bytes(cs)
 
     def pwrite(self, offset: int, data: bytes) -> None:
@@ -871,7 +972,7 @@ class Qcow2Image:
         writes: list[tuple[int, bytes | memoryview]] = []  # (host offset, data)
         new_entries: dict[int, int] = {}
         to_alloc: list[tuple[int, bytes | memoryview]] = []  # (l2 index, full cluster content)
-        to_free: list[int] = []
+        to_free: list[tuple[int, int]] = []  # (host offset, bytes) losing one reference
         for i in range(first, last + 1):
             c_guest = base + (i << bits)
             lo, hi = max(guest, c_guest), min(guest + len(buf), c_guest + cs)
@@ -896,7 +997,9 @@ class Qcow2Image:
                 continue
             to_alloc.append((i, content))
             if t in (NORMAL, ZERO_ALLOC):
-                to_free.append(entry & L2E_OFFSET_MASK)
+                to_free.append((entry & L2E_OFFSET_MASK, cs))
+            elif t == COMPRESSED:
+                to_free.append(self._compressed_range(entry))
         if to_alloc:
             host = self._alloc_clusters(len(to_alloc))
             for j, (i, content) in enumerate(to_alloc):
@@ -907,8 +1010,8 @@ class Qcow2Image:
             for i, e in new_entries.items():
                 table[i] = e
             self._write_l2(l2_off, table, min(new_entries), max(new_entries))
-        for host in to_free:
-            self._free_clusters(host, 1)
+        for host, nbytes in to_free:
+            self.free_clusters(host, nbytes)
 
     def _write_data(self, writes: list[tuple[int, bytes | memoryview]]) -> None:
         """Write data pieces, coalescing host-contiguous ones into single pwrites."""
@@ -983,7 +1086,7 @@ class Qcow2Image:
 
         def zeroed(old: int, t: int) -> tuple[int, bool]:
             unmap = t == COMPRESSED or (may_unmap and t in (NORMAL, ZERO_ALLOC))
-            return (0 if unmap else old) | QCOW_OFLAG_ZERO, unmap and t != COMPRESSED
+            return (0 if unmap else old) | QCOW_OFLAG_ZERO, unmap
 
         self._rewrite_l2_entries(start, end, zeroed, skip_missing_tables=False)
 
@@ -1004,20 +1107,22 @@ class Qcow2Image:
             base = l1_index * span
             first, last = (pos - base) >> bits, ((t_end - 1 - base) >> bits)
             changed: list[int] = []
-            to_free: list[int] = []
+            to_free: list[tuple[int, int]] = []
             for i in range(first, last + 1):
                 old = table[i]
-                new, free = entry(old, _l2_type(old))
+                t = _l2_type(old)
+                new, free = entry(old, t)
                 if new == old:
                     continue
                 table[i] = new
                 changed.append(i)
                 if free:
-                    to_free.append(old & L2E_OFFSET_MASK)
+                    to_free.append(self._compressed_range(old) if t == COMPRESSED
+                                   else (old & L2E_OFFSET_MASK, self.cluster_size))
             if changed:
                 self._write_l2(l2_off, table, changed[0], changed[-1])
-            for host in to_free:
-                self._free_clusters(host, 1)
+            for host, nbytes in to_free:
+                self.free_clusters(host, nbytes)
             pos = t_end
 
     def discard(self, offset: int, length: int) -> None:
@@ -1043,7 +1148,7 @@ class Qcow2Image:
                 new = QCOW_OFLAG_ZERO if self.version >= 3 else 0
             else:
                 new = old
-            return new, t in (NORMAL, ZERO_ALLOC)
+            return new, t in (NORMAL, ZERO_ALLOC, COMPRESSED)
 
         self._rewrite_l2_entries(start, end, discarded,
                                  skip_missing_tables=full or self._backing is None)
@@ -1242,8 +1347,12 @@ def _check_image(img: Qcow2Image) -> dict:
                 continue
             t = _l2_type(entry)
             if t == COMPRESSED:
+                # Compressed clusters reference every host cluster their bytes touch and are
+                # "fragmented by nature" (check_refcounts_l2).
                 res["compressed-clusters"] += 1
                 res["allocated-clusters"] += 1
+                res["fragmented-clusters"] += 1
+                inc(*img._compressed_range(entry))
                 continue
             if t not in (NORMAL, ZERO_ALLOC):
                 continue

@@ -8,7 +8,8 @@ from importlib import import_module
 
 from .registry import COMMANDS, TYPES, CommandDef, qapi_types, qmp_command
 
-_MODULES = ("control", "block", "bitmaps", "hmp", "jobs", "backup", "snapshot", "transaction")
+_MODULES = ("control", "block", "bitmaps", "hmp", "jobs", "backup", "snapshot", "transaction", "qdev",
+            "create")
 
 for _name in _MODULES:
     try:

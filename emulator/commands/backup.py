@@ -14,8 +14,9 @@ from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
+from emulator.block.permissions import PERM_ALL, TemporaryUser, check_perms
 from emulator.error import QemuError
-from emulator.jobs.backup import BackupJob
+from emulator.jobs.backup import BackupJob, backup_cluster_size
 from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
 from emulator.transaction import BaseAction
@@ -39,6 +40,10 @@ qapi_types(
      "data": {"target": "str", "*format": "str", "*mode": "NewImageMode"}},
     {"struct": "BlockdevBackup", "base": "BackupCommon", "data": {"target": "str"}},
 )
+
+
+def _no_copy_hook(offset: int, length: int) -> None:
+    """The filter's hook until its job exists (nothing can write through it before)."""
 
 
 class BackupAction(BaseAction):
@@ -156,12 +161,13 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
                             f"with sync mode '{sync}'")
     if bitmap_name is None and bitmap_mode is not None:
         raise QemuError("Cannot specify bitmap sync mode without a bitmap")
-    if args.get("compress"):
-        raise QemuError(f"Compression is not supported for this drive {machine.block.device_name(target)}")
 
     # backup_job_create()
     if source is target:
         raise QemuError("Source and target cannot be the same")
+    compress = bool(args.get("compress", False))
+    if compress and not target.supports_compressed_writes():
+        raise QemuError(f"Compression is not supported for this drive {machine.block.device_name(target)}")
     source.op_check("backup-source")
     target.op_check("backup-target")
     if sync == "top" and source.backing is None:
@@ -178,11 +184,30 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             bitmaps.check(bitmap, BITMAP_DEFAULT)
         bitmaps.create_successor(bitmap)
     graph = machine.block
-    filter_box: list[BlockNode] = []
+    # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
+    # once the filter has a user it takes its real perms, which may conflict with other users
+    # of the source subtree (iotest 283).  That fails before any job exists.
+    try:
+        cbw = graph.insert_cbw_filter(source, target, _no_copy_hook, args.get("filter-node-name"),
+                                      cluster_size=backup_cluster_size(target))
+    except BaseException:
+        if bitmap is not None:
+            bitmaps.reclaim(bitmap)
+        raise
+    holder = TemporaryUser(0, PERM_ALL)
+    cbw.parents.append(holder)
+    try:
+        check_perms([cbw])
+    except BaseException:
+        cbw.parents.remove(holder)
+        graph.remove_filter(cbw)
+        if bitmap is not None:
+            bitmaps.reclaim(bitmap)
+        raise
+    cbw.parents.remove(holder)
 
     def release_all() -> None:
-        for cbw in filter_box:
-            graph.remove_filter(cbw)
+        graph.remove_filter(cbw)
         if release is not None:
             release()
 
@@ -192,15 +217,17 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
             source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
             on_source_error=args.get("on-source-error", "report"),
-            on_target_error=args.get("on-target-error", "report"), release=release_all)
+            on_target_error=args.get("on-target-error", "report"), release=release_all,
+            compress=compress)
     except BaseException:
+        graph.remove_filter(cbw)
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
         raise
-    adopt = [job.copy_bitmap] if machine.profile.block_copy_bitmap_on_filter else []
-    cbw = graph.insert_cbw_filter(source, target, job.copy_before_write, args.get("filter-node-name"),
-                                  cluster_size=job.cluster_size, adopt_bitmaps=adopt)
-    filter_box.append(cbw)
+    cbw.copy_hook = job.copy_before_write  # type: ignore[attr-defined]
+    if machine.profile.block_copy_bitmap_on_filter:
+        # QEMU 10.0's cbw_open makes the block-copy bitmap on the filter, before the filter's own
+        cbw.dirty_bitmaps.take(job.copy_bitmap, source.dirty_bitmaps, oldest=True)
     job.add_node(cbw)
     return job
 

@@ -192,6 +192,13 @@ def qmp_block_dirty_bitmap_merge(machine: Machine, node: str, target: str, bitma
 
 
 # ---- transaction actions (blockdev.c's block_dirty_bitmap_*_prepare/commit/abort) -----------------
+@qmp_command("x-debug-block-dirty-bitmap-sha256", "BlockDirtyBitmap")
+def qmp_x_debug_block_dirty_bitmap_sha256(machine: Machine, node: str, name: str) -> dict[str, str]:
+    """Debug digest of a bitmap's bits (BlockDirtyBitmapSha256), for comparing bitmaps in tests."""
+    bitmap, _ = lookup_bitmap(machine, node, name)
+    return {"sha256": bitmap.sha256()}
+
+
 class BitmapAction(BaseAction):
     """Base of the bitmap transaction actions: the QMP `data` and what prepare did."""
 

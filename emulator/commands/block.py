@@ -8,11 +8,13 @@ from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode
 from emulator.block.filename import node_filename
 from emulator.block.image import backing_path
 from emulator.block.node import BlockNode
+from emulator.block.permissions import PERM_ALL, PERM_RESIZE, TemporaryUser, check_perms
 from emulator.error import QemuError
 from emulator.machine import Machine
 
 from . import block_schema  # noqa: F401  (registers the BlockdevOptions types)
 from .registry import qmp_command
+from .version import is_qemu_10
 
 
 # ---- BlockDeviceInfo / ImageInfo as QEMU 7.2 builds them (block/qapi.c) ------------------------
@@ -58,7 +60,7 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True,
         "filename": node_filename(node),
         "format": node.driver,
     }
-    if node.driver != "null-co":  # bdrv_get_info works (directly or through a filter's child)
+    if _get_info_works(node):
         info["dirty-flag"] = False
     actual = allocated_file_size(node)
     if actual is not None:
@@ -129,20 +131,36 @@ def device_info(machine: Machine, node: BlockNode, *, flat: bool = False) -> dic
     return info
 
 
+def _get_info_works(node: BlockNode) -> bool:
+    """bdrv_get_info succeeds: the driver has it, or a filter's child does (null-co has none)."""
+    current: BlockNode | None = node
+    while current is not None and current.is_filter:
+        current = current.filtered_child()
+    return current is not None and current.driver != "null-co"
+
+
 @qmp_command("query-block")
 def qmp_query_block(machine: Machine) -> list[dict[str, Any]]:
     result = []
     for backend in machine.block.backends.values():
-        entry: dict[str, Any] = {
-            "device": backend.name,
-            "locked": False,
-            "removable": True,
-            "type": "unknown",
-        }
+        # bdrv_query_info: BlockInfo's members in QAPI order.
+        dev = getattr(backend, "dev", None)
+        # blk_dev_has_removable_media: no device, or one with removable media.
+        removable = True if not dev else bool(getattr(backend, "removable", False))
+        entry: dict[str, Any] = {"device": backend.name}
+        if dev:
+            entry["qdev"] = dev
+        entry.update({"type": "unknown", "removable": removable, "locked": False})
         root = backend.root
-        while root.implicit and root.filtered_child() is not None:  # bdrv_skip_implicit_filters
-            root = root.filtered_child()  # type: ignore[assignment]
-        entry["inserted"] = device_info(machine, root)
+        if root is not None:
+            child = root.filtered_child()
+            while root.implicit and child is not None:  # bdrv_skip_implicit_filters
+                root, child = child, child.filtered_child()
+            entry["inserted"] = device_info(machine, root)
+        if dev and removable:
+            entry["tray_open"] = False
+        if dev:
+            entry["io-status"] = "ok"
         result.append(entry)
     return result
 
@@ -171,7 +189,17 @@ def qmp_block_resize(machine: Machine, size: int, device: str | None = None,
     node = _lookup_resize_target(machine, device, node_name)
     if size < 0:
         raise QemuError("Parameter 'size' expects a >0 size")
-    node.op_check("resize")
+    if node.op_blockers.get("resize"):
+        if not is_qemu_10(machine):  # 7.2: QERR_DEVICE_IN_USE with the device argument
+            raise QemuError(f"Device '{device if device is not None else '(null)'}' is in use")
+        node.op_check("resize")
+    # blk_new_with_bs(bs, BLK_PERM_RESIZE, BLK_PERM_ALL): every other user must allow resizing.
+    user = TemporaryUser(PERM_RESIZE, PERM_ALL)
+    node.parents.append(user)
+    try:
+        check_perms([node])
+    finally:
+        node.parents.remove(user)
     if node.read_only:
         raise QemuError(f"Node '{node.node_name}' is read only")
     node.truncate(size)
@@ -181,7 +209,7 @@ def _lookup_resize_target(machine: Machine, device: str | None, node_name: str |
     if device is not None:
         backend = machine.block.find_backend(device)
         if backend is not None:
-            return backend.root
+            return backend.root_or_error()
     if node_name is not None:
         node = machine.block.find_node(node_name)
         if node is not None:

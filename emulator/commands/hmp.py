@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import shlex
 
+from emulator.block.drivers import NoMedium
 from emulator.block.node import BlockNode
+from emulator.block.permissions import PERM_ALL, PERM_WRITE, TemporaryUser, check_perms
 from emulator.block.qemu_io import run_command
 from emulator.error import QemuError
 from emulator.machine import Machine
@@ -34,11 +36,19 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
                            "qemu-io: too many arguments\n")
     device, command = words
     if device_only:
-        # -d names a guest device (blk_by_qdev_id); machine "none" has none, and a -drive
-        # if=none backend is not one (measured on QEMU 7.2.22 and 10.0.2).
-        return _hmp_output(f"Error: Device '{device}' not found\n")
-    backend = machine.block.find_backend(device)
-    target = backend.root if backend is not None else machine.block.find_node(device)
+        # -d names a guest device (blk_by_qdev_id): a -drive if=none backend is not one
+        # (measured on QEMU 7.2.22 and 10.0.2); a -device's id is.
+        backend = next((b for b in machine.block.backends.values() if b.dev is not None and b.dev == device),
+                       None)
+        if backend is None:
+            return _hmp_output(f"Error: Device '{device}' not found\n")
+    else:
+        backend = machine.block.find_backend(device)
+    target: BlockNode | None
+    if backend is not None:
+        target = backend.root if backend.root is not None else NoMedium()
+    else:
+        target = machine.block.find_node(device)
     if target is None:
         return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
     if backend is None and _needs_write(command):
@@ -67,15 +77,16 @@ def _needs_write(command: str) -> bool:
 
 
 def _write_conflict(node: BlockNode) -> str | None:
-    """A node-name qemu-io attaches an unnamed BlockBackend; asking it for 'write' fails while a
-    copy-before-write filter above the node holds it without sharing writes (QEMU's message)."""
-    for parent in node.parents:
-        if isinstance(parent, BlockNode) and parent.driver == "copy-before-write" \
-                and parent.children.get("file") is node:
-            return (f"Permission conflict on node '{node.node_name}': permissions 'write' are both "
-                    f"required by an unnamed block device (uses node '{node.node_name}' as 'root' "
-                    f"child) and unshared by node '{parent.node_name}' (uses node "
-                    f"'{node.node_name}' as 'file' child).")
+    """A node-name qemu-io attaches an unnamed BlockBackend, and a writing command asks it for
+    'write' (qemu-io's command_run): QEMU's permission error if a user of the node forbids it."""
+    user = TemporaryUser(PERM_WRITE, PERM_ALL)
+    node.parents.append(user)
+    try:
+        check_perms([node])
+    except QemuError as exc:
+        return exc.desc
+    finally:
+        node.parents.remove(user)
     return None
 
 

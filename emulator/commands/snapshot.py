@@ -26,7 +26,7 @@ def _lookup(machine: Machine, device: str | None, node_name: str | None) -> Bloc
     if device is not None:
         backend = graph.find_backend(device)
         if backend is not None:
-            return backend.root
+            return backend.root_or_error()
     if node_name is not None:
         node = graph.find_node(node_name)
         if node is not None:

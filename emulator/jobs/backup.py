@@ -54,6 +54,7 @@ class BackupJob(BlockJob):
         on_source_error: str = "report",
         on_target_error: str = "report",
         release: Callable[[], None] | None = None,
+        compress: bool = False,
         **job_args: Any,
     ) -> None:
         """backup_job_create after its argument checks: the job goes `created` here."""
@@ -65,13 +66,18 @@ class BackupJob(BlockJob):
         self.on_source_error = on_source_error
         self.on_target_error = on_target_error
         self._release = release
+        #: compress=true: data reaches the target as compressed writes (BDRV_REQ_WRITE_COMPRESSED),
+        #: one job cluster per copy task as block-copy does; zeroes stay plain zero writes.
+        self.compress = compress
         self.len = source.length()
         self.cluster_size = backup_cluster_size(target)
+        #: block_copy_chunk_size: COPY_READ_WRITE_CLUSTER (one cluster a task) when compressing.
+        self.copy_size = self.cluster_size if compress else COPY_SIZE
         super().__init__(manager, job_id, None, **job_args)
         # QEMU holds the source only through the copy-before-write filter (whose ops it blocks):
         # a second backup of the same source is accepted.
         self.add_node(source, block_ops=False)
-        self.add_node(target)
+        self.add_node(target, role="target")
         self.copy_bitmap: DirtyBitmap = source.dirty_bitmaps.create(
             None, self.cluster_size, self.len, disabled=True)
         self._init_copy_bitmap()
@@ -125,6 +131,8 @@ class BackupJob(BlockJob):
         try:
             if zeroes:
                 self.target.pwrite_zeroes(offset, n, may_unmap=True)
+            elif self.compress:
+                self.target.pwrite_compressed(offset, data)
             else:
                 self.target.pwrite(offset, data)
         except OSError as exc:
@@ -152,7 +160,7 @@ class BackupJob(BlockJob):
         start = _align_down(offset, self.cluster_size)
         end = min(_align_up(offset + length, self.cluster_size), self.len)
         while True:
-            area = self.copy_bitmap.next_dirty_area(start, end, COPY_SIZE)
+            area = self.copy_bitmap.next_dirty_area(start, end, self.copy_size)
             if area is None:
                 return
             n, flags = self._task_extent(*area)
@@ -177,7 +185,7 @@ class BackupJob(BlockJob):
                 in_burst = 0
                 if first_error is not None:
                     break
-            area = self.copy_bitmap.next_dirty_area(offset, self.len, COPY_SIZE)
+            area = self.copy_bitmap.next_dirty_area(offset, self.len, self.copy_size)
             if area is None:
                 break
             n, flags = self._task_extent(*area)

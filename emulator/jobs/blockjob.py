@@ -12,6 +12,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from emulator.block.node import BLOCK_OP_TYPES
+from emulator.block.permissions import PERM_ALL
 from emulator.error import QemuError
 
 from .job import CompletionCallback, Job, JobVerb
@@ -50,6 +51,7 @@ class BlockJob(Job):
         (QEMU 7.2 creates the job before it checks the speed: job_early_fail).
         """
         self._nodes: list[BlockNode] = []
+        self._roles: dict[int, str] = {}
         self.speed = 0
         self.limit = RateLimit()
         self.iostatus = "ok"
@@ -70,7 +72,16 @@ class BlockJob(Job):
     def nodes(self) -> tuple[BlockNode, ...]:
         return tuple(self._nodes)
 
-    def add_node(self, node: BlockNode, *, block_ops: bool = True) -> None:
+    def perm_edge(self, node: BlockNode) -> tuple[str, int, int]:
+        """The job's use of a node for the permission system: it needs nothing and shares all
+        (block_job_add_bdrv(..., 0, BLK_PERM_ALL)); its drivers' filters take the real perms."""
+        return self._roles.get(id(node), "main node"), 0, PERM_ALL
+
+    def parent_desc(self) -> str:
+        """child_job_get_parent_desc."""
+        return f"{self.job_type} job '{self.id}'"
+
+    def add_node(self, node: BlockNode, *, block_ops: bool = True, role: str = "main node") -> None:
         """block_job_add_bdrv: hold `node` (drains of it pause the job) and block every operation
         on it until the job releases its nodes.
 
@@ -79,6 +90,7 @@ class BlockJob(Job):
         same node is allowed) while drains of it still reach the job.
         """
         self._nodes.insert(0, node)
+        self._roles[id(node)] = role
         node.parents.append(self)
         if block_ops:
             for op in BLOCK_OP_TYPES:

@@ -6,6 +6,19 @@ keyval (key=value,... option syntax), errors (QMP error texts), dispatch (qmp_di
 session (one connection), events (event fan-out), server (endpoints and shutdown).
 """
 
-from .server import Endpoint, EndpointError, QmpServer
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["Endpoint", "EndpointError", "QmpServer"]
+
+if TYPE_CHECKING:
+    from .server import Endpoint, EndpointError, QmpServer
+
+
+def __getattr__(name: str) -> Any:
+    """Import the server (asyncio, every command) only when asked: parsing a command line
+    through jsonparser/keyval/visitor must not pay for it."""
+    if name in __all__:
+        from . import server
+
+        return getattr(server, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,18 +16,20 @@ import socket
 import stat
 import threading
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from emulator.commands import CommandDef
 from emulator.error import QemuError
+from emulator.machine.chardev import Endpoint, fd_is_listening
 
 from .dispatch import Dispatcher
 from .events import EventBroadcaster
-from .session import MonitorSession
+from .session import HmpSession, MonitorSession
 
 if TYPE_CHECKING:
     from emulator.machine import Machine
+
+__all__ = ["Endpoint", "EndpointError", "QmpServer", "fd_is_listening", "open_client", "open_stdio"]
 
 log = logging.getLogger("emulator.qmp")
 
@@ -35,22 +37,46 @@ UNIX_PATH_MAX = 108
 LOOPBACK = "127.0.0.1"
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where a QMP monitor lives: a unix path or a TCP host:port, listening or connecting."""
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
-    kind: str  # "unix" or "tcp"
-    path: str = ""
-    host: str = ""
-    port: str = "0"
-    listen: bool = True
-    wait: bool = False
-    #: The command-line option it came from, for error messages ("-qmp unix:...").
-    origin: str = field(default="", compare=False)
 
-    def describe(self) -> str:
-        where = f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
-        return where + (",server=on" if self.listen else "")
+async def open_stdio() -> Streams:
+    """stdin/stdout as one stream pair (QEMU's `stdio` chardev)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    protocol = asyncio.StreamReaderProtocol(reader)
+    try:
+        await loop.connect_read_pipe(lambda: protocol, os.fdopen(os.dup(0), "rb", buffering=0))
+    except ValueError:  # a regular file: read it in a thread
+        def pump() -> None:
+            with os.fdopen(os.dup(0), "rb", buffering=0) as stdin:
+                while chunk := stdin.read(65536):
+                    loop.call_soon_threadsafe(reader.feed_data, chunk)
+            loop.call_soon_threadsafe(reader.feed_eof)
+        threading.Thread(target=pump, daemon=True, name="stdin").start()
+    transport, wprotocol = await loop.connect_write_pipe(
+        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(1), "wb", buffering=0))
+    writer = asyncio.StreamWriter(transport, wprotocol, reader, loop)  # type: ignore[arg-type]
+    return reader, writer
+
+
+async def open_client(endpoint: Endpoint) -> Streams:
+    """Connect to a client-mode endpoint (unix/tcp without server=on, a connected fd, stdio)."""
+    if endpoint.kind == "stdio":
+        return await open_stdio()
+    try:
+        if endpoint.kind == "fd":
+            sock = socket.socket(fileno=endpoint.fd)
+            sock.setblocking(False)
+            if sock.family == socket.AF_UNIX:
+                return await asyncio.open_unix_connection(sock=sock)
+            return await asyncio.open_connection(sock=sock)
+        if endpoint.kind == "unix":
+            return await asyncio.open_unix_connection(endpoint.path)
+        return await asyncio.open_connection(endpoint.host or LOOPBACK, int(endpoint.port))
+    except OSError as exc:
+        where = endpoint.path if endpoint.kind == "unix" else f"{endpoint.host}:{endpoint.port}"
+        raise QemuError(f"Failed to connect to '{where}': {_strerror(exc)}") from exc
 
 
 class EndpointError(QemuError):
@@ -108,13 +134,21 @@ class QmpServer:
             raise
 
     async def _listen(self, endpoint: Endpoint) -> None:
+        if endpoint.kind == "fd":
+            sock = socket.socket(fileno=endpoint.fd)
+            sock.setblocking(False)
+            self._listeners.append(await asyncio.start_unix_server(
+                lambda r, w: self._accept(r, w, endpoint), sock=sock))
+            return
         if endpoint.kind == "unix":
             sock = self._bind_unix(endpoint.path)
-            self._listeners.append(await asyncio.start_unix_server(self._accept, sock=sock))
+            self._listeners.append(await asyncio.start_unix_server(
+                lambda r, w: self._accept(r, w, endpoint), sock=sock))
             return
         host = endpoint.host or LOOPBACK
         try:
-            server = await asyncio.start_server(self._accept, host, int(endpoint.port))
+            server = await asyncio.start_server(lambda r, w: self._accept(r, w, endpoint), host,
+                                                int(endpoint.port))
         except (OSError, ValueError) as exc:
             reason = _strerror(exc) if isinstance(exc, OSError) else str(exc)
             raise QemuError(f"Failed to bind socket: {reason}") from exc
@@ -149,16 +183,8 @@ class QmpServer:
         return sock
 
     async def _connect(self, endpoint: Endpoint) -> None:
-        try:
-            if endpoint.kind == "unix":
-                reader, writer = await asyncio.open_unix_connection(endpoint.path)
-            else:
-                reader, writer = await asyncio.open_connection(endpoint.host or LOOPBACK,
-                                                               int(endpoint.port))
-        except OSError as exc:
-            where = endpoint.path if endpoint.kind == "unix" else f"{endpoint.host}:{endpoint.port}"
-            raise QemuError(f"Failed to connect to '{where}': {_strerror(exc)}") from exc
-        self._spawn(self._serve(reader, writer))
+        reader, writer = await open_client(endpoint)
+        self._spawn(self._serve(reader, writer, endpoint))
 
     # -- sessions --------------------------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -166,17 +192,25 @@ class QmpServer:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                      endpoint: Endpoint) -> None:
         if self._closed:
             writer.close()
             return
-        await self._serve(reader, writer)
+        await self._serve(reader, writer, endpoint)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                     endpoint: Endpoint) -> None:
         assert self._lock is not None and self._events is not None
-        session = MonitorSession(reader, writer, self.dispatcher, self._lock)
+        session: MonitorSession
+        if endpoint.mode == "readline":
+            session = HmpSession(reader, writer, self.dispatcher, self._lock)
+        else:
+            session = MonitorSession(reader, writer, self.dispatcher, self._lock,
+                                     pretty=endpoint.pretty)
         self._sessions.add(session)
-        self._events.add(session)
+        if endpoint.mode != "readline":
+            self._events.add(session)
         task = asyncio.current_task()
         if task is not None:
             self._tasks.add(task)

@@ -27,13 +27,23 @@ log = logging.getLogger("emulator.qmp")
 READ_CHUNK = 65536
 
 
+def pretty_wire(data: bytes) -> bytes:
+    """A compact wire message re-encoded as QEMU's pretty QMP (4-space indent, LF line ends)."""
+    import json
+
+    text = json.dumps(json.loads(data), indent=4, separators=(",", ": "))
+    return (text + "\n").encode("ascii")
+
+
 class MonitorSession:
     """A QMP monitor on one stream."""
 
     offered_capabilities: tuple[str, ...] = CAPABILITIES
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 dispatcher: Dispatcher, command_lock: asyncio.Lock) -> None:
+                 dispatcher: Dispatcher, command_lock: asyncio.Lock, *, pretty: bool = False) -> None:
+        #: -qmp-pretty / -mon pretty=on: every message indented over several lines.
+        self.pretty = pretty
         self._reader = reader
         self._writer = writer
         self._dispatcher = dispatcher
@@ -62,6 +72,8 @@ class MonitorSession:
         return self._writer.is_closing()
 
     def send_raw(self, data: bytes) -> None:
+        if self.pretty:
+            data = pretty_wire(data)
         if not self._writer.is_closing():
             self._writer.write(data)
 
@@ -117,3 +129,54 @@ class MonitorSession:
             await asyncio.wait_for(self._writer.wait_closed(), timeout)
         except (TimeoutError, ConnectionError, RuntimeError):
             pass
+
+
+class HmpSession(MonitorSession):
+    """A human monitor (`-monitor stdio`, `-mon mode=readline`): a banner, a `(qemu) ` prompt,
+    each line run as human-monitor-command would run it; no events."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 dispatcher: Dispatcher, command_lock: asyncio.Lock) -> None:
+        super().__init__(reader, writer, dispatcher, command_lock)
+        self._buffer = b""
+
+    @property
+    def negotiated(self) -> bool:
+        return True  # commands run at once; the server gives HMP sessions no events
+
+    def _write_text(self, text: str) -> None:
+        self.send_raw(text.replace("\r\n", "\n").replace("\n", "\r\n").encode())
+
+    async def run(self) -> None:
+        from emulator import QEMU_VERSION
+
+        triple: Any = QEMU_VERSION["qemu"]
+        version = f"{triple['major']}.{triple['minor']}.{triple['micro']}"
+        self._write_text(f"QEMU {version} monitor - type 'help' for more information\n(qemu) ")
+        try:
+            await self._drain()
+            while not self._writer.is_closing() and not self._shutting_down:
+                data = await self._reader.read(READ_CHUNK)
+                if not data:
+                    break
+                self._buffer += data
+                while b"\n" in self._buffer and not self._shutting_down:
+                    raw, self._buffer = self._buffer.split(b"\n", 1)
+                    await self._line(raw.decode("utf-8", "replace").rstrip("\r"))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            await self.close()
+
+    async def _line(self, line: str) -> None:
+        async with self._lock:
+            if line.strip() in ("quit", "q"):
+                self._dispatcher.machine.request_shutdown("host-qmp-quit")
+                return
+            request = {"execute": "human-monitor-command", "arguments": {"command-line": line}}
+            reply = await self._dispatcher.dispatch(request, self)
+        output = reply.get("return", "")
+        if "error" in reply:
+            output = f"Error: {reply['error']['desc']}\n"
+        self._write_text(f"{output}(qemu) ")
+        await self._drain()

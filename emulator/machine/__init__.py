@@ -2,7 +2,10 @@
 
 Holds the block graph and the jobs, fans events out to listeners (the QMP server subscribes),
 and carries the shutdown request and the stdout that HMP qemu-io prints to.  Nothing here knows
-the QMP wire format.
+the QMP wire format.  The package also models what QEMU's command line builds around the block
+layer: machine types (types.py), devices and their backends (devices.py), the virtual clock
+(clock.py), the qtest protocol (qtest.py), the option table (options.py), and the QEMU version
+the emulator plays (profile.py).
 """
 
 from __future__ import annotations
@@ -26,10 +29,20 @@ class Machine:
         from emulator.jobs.manager import JobManager
         from emulator.versions import select
 
+        from .clock import VirtualClock
+
         #: The QEMU version this instance behaves as (emulator/versions.py); without one given,
         #: $BLOCKTXN_QEMU_VERSION or the newest, as on the command line.
         self.profile: QemuProfile = profile if profile is not None else select()
         self.stdout: TextIO = stdout if stdout is not None else sys.stdout
+        #: The profile's name ("7.2" or "10.0"): the machine model's texts are looked up by it.
+        self.version = self.profile.name
+        #: QEMU_CLOCK_VIRTUAL; frozen under the qtest accelerator until qtest moves it.
+        self.clock = VirtualClock()
+        #: Devices; None until configure() gives the machine a type (QMP-only users need none).
+        self.devices: Any = None
+        #: -object / object-add objects the block layer does not own (iothreads), by id.
+        self.objects: dict[str, dict[str, Any]] = {}
         self.block = BlockGraph()
         self.jobs = JobManager()
         self._listeners: list[EventListener] = []
@@ -38,6 +51,22 @@ class Machine:
         self.shutdown_requested = False
         self.shutdown_reason: str | None = None
         self._shutdown_callbacks: list[Callable[[], None]] = []
+
+    def configure(self, version: str, machine_type: Any = None, *, qtest: bool = False) -> None:
+        """Give the machine its version, type (a types.MachineType) and accelerator."""
+        from .devices import DeviceTree
+        from .types import lookup
+
+        self.version = version
+        self.clock.qtest = qtest
+        mtype = machine_type or lookup(version, "none")
+        assert mtype is not None
+        self.devices = DeviceTree(mtype, version, self.block, self.emit_event)
+
+    @property
+    def qtest_enabled(self) -> bool:
+        """qtest_enabled(): the qtest accelerator is in use (virtual time stands still)."""
+        return self.clock.qtest
 
     # ---- events -------------------------------------------------------------------------------
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
