@@ -255,8 +255,8 @@ def test_qmp_pretty_and_hmp_on_stdio() -> None:
                    input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n')
     assert out.stdout.startswith('{\n    "QMP": {\n')
     assert '{\n    "return": {}\n}\n' in out.stdout
-    hmp = emulator(["-M", "none", "-nodefaults", "-display", "none", "-monitor", "stdio"],
-                   input="bogus\nquit\n")
+    hmp = emulator(["-blocktxn-version", "7.2", "-M", "none", "-nodefaults", "-display", "none",
+                    "-monitor", "stdio"], input="bogus\nquit\n")
     # (text mode: QEMU's CRLF line ends read as LF; unlike QEMU, input is not echoed back)
     assert hmp.stdout.startswith("QEMU 7.2.22 monitor - type 'help' for more information\n(qemu) ")
     assert "unknown command: 'bogus'\n(qemu) " in hmp.stdout
