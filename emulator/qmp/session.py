@@ -148,10 +148,7 @@ class HmpSession(MonitorSession):
         self.send_raw(text.replace("\r\n", "\n").replace("\n", "\r\n").encode())
 
     async def run(self) -> None:
-        from emulator import QEMU_VERSION
-
-        triple: Any = QEMU_VERSION["qemu"]
-        version = f"{triple['major']}.{triple['minor']}.{triple['micro']}"
+        version = self._dispatcher.machine.profile.version_string
         self._write_text(f"QEMU {version} monitor - type 'help' for more information\n(qemu) ")
         try:
             await self._drain()
