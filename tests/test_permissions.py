@@ -192,4 +192,24 @@ def test_backend_set_perm_refuses_conflicts_and_keeps_old_perms(drives: Machine)
         "Permission conflict on node 'n0': permissions 'write' are both required by node 'w' "
         "(uses node 'n0' as 'image' child) and unshared by block device 'drive0' (uses node "
         "'n0' as 'root' child).")
-    assert (backend.perm, backend.shared_perm) == (PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL)
+    assert (backend.perm, backend.shared_perm) == (PERM_CONSISTENT_READ, PERM_ALL)
+
+
+def test_drive_backend_reads_until_qemu_io_writes(drives: Machine) -> None:
+    """A -drive backend takes only 'consistent read' (QEMU 7.2 lets a node unsharing 'write' sit
+    on it); HMP qemu-io's write then asks for 'write' and keeps it."""
+    cmd(drives, "blockdev-add", **{"node-name": "u", "driver": "blkdebug", "image": "n0",
+                                   "unshare-child-perms": ["write"]})
+    assert error(drives, "blockdev-add", **{"node-name": "u2", "driver": "blkdebug",
+                                            "image": "n0",
+                                            "unshare-child-perms": ["consistent-read"]}) == (
+        "Permission conflict on node 'n0': permissions 'consistent read' are both required by "
+        "block device 'drive0' (uses node 'n0' as 'root' child) and unshared by node 'u2' (uses "
+        "node 'n0' as 'image' child).")
+    assert cmd(drives, "human-monitor-command", command_line='qemu-io drive0 "write 0 512"') == (
+        "Permission conflict on node 'n0': permissions 'write' are both required by block device "
+        "'drive0' (uses node 'n0' as 'root' child) and unshared by node 'u' (uses node 'n0' as "
+        "'image' child).\r\n")
+    cmd(drives, "blockdev-del", node_name="u")
+    assert cmd(drives, "human-monitor-command", command_line='qemu-io drive1 "write 0 512"') == ""
+    assert drives.block.find_backend("drive1").perm & PERM_WRITE  # type: ignore[union-attr]

@@ -12,7 +12,7 @@ import os
 
 from emulator.error import QemuError
 
-from .file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
+from .file import PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
 from .node import BACKING_ALLOWED_OPS, BLOCK_ALLOCATED, BLOCK_ZERO, BlockNode
 from .permissions import PERM_RESIZE, ROLE_FILTERED
 from .qcow2 import Qcow2Image
@@ -59,6 +59,24 @@ class FileNode(BlockNode):
 
     def _block_status(self, offset: int, length: int) -> tuple[int, int]:
         return self.storage.block_status(offset, length)
+
+    def reopen(self, read_only: bool) -> None:
+        """raw_reopen_prepare/commit: a new descriptor with the new access mode and locks."""
+        if read_only == self.read_only:
+            return
+        new = FileStorage(self.filename, read_only=read_only)
+        old_locks = (self.storage._locked_perm, self.storage._locked_shared)
+        self.storage.set_perm(0, PERM_ALL)  # our own old locks would conflict with the new fd
+        try:
+            new.set_perm(PERM_CONSISTENT_READ | (0 if read_only else PERM_WRITE),
+                         PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED)
+        except BaseException:
+            new.close()
+            self.storage.set_perm(*old_locks)
+            raise
+        self.storage.close()
+        self.storage = new
+        self.read_only = read_only
 
     def actual_size(self) -> int:
         try:
@@ -184,6 +202,25 @@ class Qcow2Node(_FormatNode):
 
     def _block_status(self, offset: int, length: int) -> tuple[int, int]:
         return self.image.block_status(offset, length)
+
+    def reopen(self, read_only: bool) -> None:
+        """qcow2_reopen_prepare/commit for a read-only change: going read-only stores the
+        persistent bitmaps and makes them read-only (qcow2_reopen_bitmaps_ro); going read-write
+        marks them in use on disk and writable again (qcow2_reopen_bitmaps_rw)."""
+        if read_only == self.read_only:
+            return
+        if read_only:
+            self.image.bitmap_store.store(self.dirty_bitmaps, writable=True, release=False)
+            self.image.flush()
+            for bitmap in self.dirty_bitmaps:
+                if bitmap.persistent:
+                    bitmap.readonly = True
+            self.image.read_only = True
+            self.read_only = True
+        else:
+            self.image.read_only = False
+            self.read_only = False
+            self.image.bitmap_store.reopen_rw(self.dirty_bitmaps)
 
     def remove_persistent_dirty_bitmap(self, name: str) -> None:
         """bdrv_co_remove_persistent_dirty_bitmap: delete `name` from the image now."""

@@ -330,6 +330,71 @@ class BlockGraph:
         index = sum(1 for name in self.backends if name.startswith(interface))
         return f"{interface}{index}-hd0" if interface == "ide" else f"{interface}{index}"
 
+    # ---- reopen -------------------------------------------------------------------------------
+    def reopen(self, options_list: list[dict[str, Any]]) -> None:
+        """blockdev-reopen (bdrv_reopen_multiple), for what the emulator can change: read-only.
+
+        Every option set must name an existing node and describe it as it is (driver, filename,
+        children); options left out take their defaults (read-only off), and implicitly opened
+        children follow their parent's read-only flag.  All checks run before anything changes.
+        """
+        plan: list[tuple[BlockNode, bool]] = []
+        for options in options_list:
+            name = options.get("node-name")
+            if not name:
+                raise QemuError("node-name not specified")
+            node = self.find_node(name)
+            if node is None:
+                raise QemuError(f"Failed to find node with node-name='{name}'")
+            self._plan_reopen(node, options, bool(options.get("read-only", False)), plan)
+        going_ro = [node for node, ro in plan if ro and not node.read_only]
+        saved = [(node, node.read_only) for node, _ in plan]
+        try:
+            for node, ro in plan:
+                node.read_only = ro
+            check_perms([node for node, _ in plan])
+        except QemuError as exc:
+            if exc.desc == "Block node is read-only" and going_ro:
+                name = going_ro[0].node_name
+                raise QemuError(f"Read-only block node '{name}' cannot support read-write "
+                                "users") from None
+            raise
+        finally:
+            for node, ro in saved:
+                node.read_only = ro
+        # Read-write: children first (the format needs a writable file); read-only: parents first.
+        for node, ro in (reversed(plan) if not any(r for _, r in plan) else plan):
+            reopen = getattr(node, "reopen", None)
+            if reopen is not None:
+                reopen(ro)
+            else:
+                node.read_only = ro
+
+    def _plan_reopen(self, node: BlockNode, options: dict[str, Any], read_only: bool,
+                     plan: list[tuple[BlockNode, bool]]) -> None:
+        if options.get("driver") != node.driver:
+            raise QemuError("Cannot change the option 'driver'")
+        if node.driver == "file" and options.get("filename") != getattr(node, "filename", None):
+            raise QemuError("Cannot change the option 'filename'")
+        plan.append((node, read_only))
+        for role, child in node.children.items():
+            ref = options.get(role, ...)
+            if role == "backing":
+                if isinstance(ref, str) and ref != child.node_name:
+                    raise QemuError("Changing the backing file is not supported by the emulator")
+                continue  # COW children stay read-only
+            if isinstance(ref, str):
+                if ref != child.node_name:
+                    raise QemuError(f"Cannot change the option '{role}'")
+                continue
+            if isinstance(ref, dict):
+                self._plan_reopen(child, ref, bool(ref.get("read-only", read_only)), plan)
+            elif not child.monitor_owned:
+                self._plan_reopen(child, {**child.options, "driver": child.driver,
+                                          **({"filename": child.filename}
+                                             if hasattr(child, "filename") else {})},
+                                  read_only, plan)
+
     # ---- filters ------------------------------------------------------------------------------
     def insert_cbw_filter(self, source: BlockNode, target: BlockNode, copy_hook: Any,
                           node_name: str | None = None, *, cluster_size: int = 65536) -> BlockNode:

@@ -167,6 +167,12 @@ def qmp_blockdev_add(machine: Machine, **options: Any) -> None:
                                 for key, value in options.items()})
 
 
+@qmp_command("blockdev-reopen", {"options": ["BlockdevOptions"]})
+def qmp_blockdev_reopen(machine: Machine, options: list[dict[str, Any]]) -> None:
+    """Change the options of existing nodes; the emulator can change read-only."""
+    machine.block.reopen(options)
+
+
 @qmp_command("blockdev-del", {"node-name": "str"})
 def qmp_blockdev_del(machine: Machine, node_name: str) -> None:
     machine.block.blockdev_del(node_name)
