@@ -65,6 +65,8 @@ class BlockGraph:
         self.backends: dict[str, BlockBackend] = {}
         self._id_counter = 0
         self._random = random.Random(seed)
+        #: throttle-group objects by id (object-add / -object), for throttle nodes to join.
+        self.throttle_groups: dict[str, Any] = {}
 
     # ---- names --------------------------------------------------------------------------------
     def _generate_node_name(self) -> str:
@@ -196,6 +198,39 @@ class BlockGraph:
             node.options = options
             self.nodes.insert(slot, node)
             return node
+        elif driver == "copy-before-write":
+            from .copy_before_write import CopyBeforeWriteNode, copy_cluster_size
+
+            # QEMU names the filter after its file child is open and before its target is.
+            file = self._child(options["file"], read_only=read_only, what="file")
+            slot = len(self.nodes)
+            if auto:
+                name = self._generate_node_name()
+            target = self._child(options["target"], read_only=False, what="target")
+            bitmap = self._cbw_bitmap(options.get("bitmap"))
+            node = CopyBeforeWriteNode(name, file, target, None,
+                                       cluster_size=copy_cluster_size(target), auto_named=auto,
+                                       on_cbw_error=options.get("on-cbw-error",
+                                                                "break-guest-write"),
+                                       cbw_timeout=int(options.get("cbw-timeout", 0)),
+                                       bitmap=bitmap)
+            node.options = options
+            self.nodes.insert(slot, node)
+            return node
+        elif driver == "snapshot-access":
+            from .copy_before_write import SnapshotAccessNode
+
+            file = self._child(options["file"], read_only=read_only, what="file")
+            node = SnapshotAccessNode(name, file, auto_named=auto)
+        elif driver == "throttle":
+            from .throttle import ThrottleNode
+
+            group_name = options.get("throttle-group")
+            group = self.throttle_groups.get(group_name or "")
+            if group is None:
+                raise QemuError(f"Throttle group '{group_name}' does not exist")
+            file = self._child(options["file"], read_only=read_only, what="file")
+            node = ThrottleNode(name, file, group, auto_named=auto)
         elif driver in ("raw", "qcow2"):
             file = self._child(options["file"], read_only=read_only, what="file")
             if driver == "raw":
@@ -213,6 +248,19 @@ class BlockGraph:
         else:
             raise QemuError(f"Unknown driver '{driver}'")
         return self._name_and_register(node, options)
+
+    def _cbw_bitmap(self, ref: dict[str, Any] | None) -> Any:
+        """The copy-before-write `bitmap` option (block_dirty_bitmap_lookup's texts)."""
+        if ref is None:
+            return None
+        try:
+            node = self.lookup_bs(ref["node"])
+        except QemuError:
+            raise QemuError(f"Node '{ref['node']}' not found") from None
+        bitmap = node.dirty_bitmaps.find(ref["name"])
+        if bitmap is None:
+            raise QemuError(f"Dirty bitmap '{ref['name']}' not found")
+        return bitmap
 
     def _name_and_register(self, node: BlockNode, options: dict[str, Any]) -> BlockNode:
         if node.auto_named:
