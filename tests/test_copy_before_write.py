@@ -179,3 +179,14 @@ def test_object_add_errors() -> None:
                                         "throttle-group": "g",
                                         "file": {"driver": "null-co"}})
     assert gone.value.desc == "Throttle group 'g' does not exist"
+
+
+def test_object_add_from_the_command_line_strings() -> None:
+    """-object passes QemuOpts strings, dotted for nested members."""
+    machine = new_machine(stdout=io.StringIO())
+    COMMANDS["object-add"].handler(machine, qom_type="throttle-group", id="g1",
+                                   **{"limits.bps-write": "1000"})
+    COMMANDS["object-add"].handler(machine, qom_type="throttle-group", id="g2",
+                                   **{"x-iops-total": "5"})
+    assert machine.block.throttle_groups["g1"].buckets["bps-write"].avg == 1000
+    assert machine.block.throttle_groups["g2"].buckets["iops-total"].avg == 5

@@ -49,6 +49,8 @@ def _limits(props: dict[str, Any]) -> dict[str, Any]:
     for key, value in props.items():
         if key.startswith("x-"):
             limits[key[2:]] = value
+        elif key.startswith("limits."):  # -object throttle-group,limits.bps-write=N (keyval)
+            limits[key[len("limits."):]] = value
     return {key: int(value) for key, value in limits.items()}
 
 
