@@ -353,7 +353,10 @@ class _Parser:
                 self.config.action = "format-help"
                 return
             self.config.drives.append((f"-drive {arg}", opts))
-        # -nodefaults, -nographic, -no-user-config, -no-shutdown, -name, -m, -smp: nothing to do
+        elif name not in option_table.IMPLEMENTED and name not in option_table.IGNORED:
+            raise QemuError("this option is not supported by the blocktxn emulator")
+        # -nodefaults, -nographic, -no-user-config, -no-shutdown, -name, -m, -smp, and the
+        # options of option_table.IGNORED: nothing to do without a guest
 
     def _machine(self, arg: str) -> None:
         opts = parse_qemu_opts(arg, "type")
@@ -568,11 +571,11 @@ def _object(machine: Machine, opts: dict[str, str]) -> None:
 
     qom_type, object_id = opts["qom-type"], opts["id"]
     handler = COMMANDS.get("object-add")
-    if handler is not None and qom_type != "iothread":
+    if handler is not None and qom_type not in ("iothread", "secret"):
         props: dict[str, Any] = {k: v for k, v in opts.items() if k not in ("qom-type", "id")}
         handler.handler(machine, qom_type=qom_type, id=object_id, **props)
         return
-    if qom_type != "iothread":
+    if qom_type not in ("iothread", "secret"):
         raise QemuError(f"object type '{qom_type}' is not supported by the blocktxn emulator")
     machine.objects[object_id] = dict(opts)
 
