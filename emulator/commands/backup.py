@@ -170,8 +170,15 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         raise QemuError(f"Compression is not supported for this drive {machine.block.device_name(target)}")
     source.op_check("backup-source")
     target.op_check("backup-target")
-    if sync == "top" and source.backing is None:
-        sync = "full"
+    perf = args.get("x-perf") or {}
+    max_workers = int(perf.get("max-workers", 64))
+    max_chunk = int(perf.get("max-chunk", 0))
+    if max_workers < 1 or max_workers > 0x7FFFFFFF:
+        raise QemuError("max-workers must be between 1 and 2147483647")
+    if max_chunk < 0:
+        raise QemuError("max-chunk must be zero (which means no limit) or positive")
+    # (only drive-backup turns sync=top without a backing file into full, before these checks;
+    # blockdev-backup keeps top and copies just the allocated clusters)
     if source.length() != target.length():
         raise QemuError("Source and target image have different sizes")
     job_id = args.get("job-id")
@@ -218,7 +225,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
             on_source_error=args.get("on-source-error", "report"),
             on_target_error=args.get("on-target-error", "report"), release=release_all,
-            compress=compress)
+            compress=compress, max_workers=max_workers, max_chunk=max_chunk)
     except BaseException:
         graph.remove_filter(cbw)
         if bitmap is not None:

@@ -55,6 +55,8 @@ class BackupJob(BlockJob):
         on_target_error: str = "report",
         release: Callable[[], None] | None = None,
         compress: bool = False,
+        max_workers: int = MAX_WORKERS,
+        max_chunk: int = 0,
         **job_args: Any,
     ) -> None:
         """backup_job_create after its argument checks: the job goes `created` here."""
@@ -73,6 +75,10 @@ class BackupJob(BlockJob):
         self.cluster_size = backup_cluster_size(target)
         #: block_copy_chunk_size: COPY_READ_WRITE_CLUSTER (one cluster a task) when compressing.
         self.copy_size = self.cluster_size if compress else COPY_SIZE
+        # x-perf: how many copy tasks run at once, and the largest task (0: no extra limit).
+        self.max_workers = max_workers
+        if max_chunk:
+            self.copy_size = min(self.copy_size, max(max_chunk, self.cluster_size))
         super().__init__(manager, job_id, None, **job_args)
         # QEMU holds the source only through the copy-before-write filter (whose ops it blocks):
         # a second backup of the same source is accepted.
@@ -181,7 +187,7 @@ class BackupJob(BlockJob):
         first_error: OSError | None = None
         in_burst = 0
         while offset < self.len and not self.is_cancelled():
-            if in_burst >= MAX_WORKERS:
+            if in_burst >= self.max_workers:
                 in_burst = 0
                 if first_error is not None:
                     break
