@@ -15,6 +15,7 @@ import errno as errno_mod
 from collections.abc import Callable
 from typing import Any
 
+from emulator.block.blkdebug import RequestSuspended, SuspendedRequest, suspendable
 from emulator.block.dirty_bitmap import DirtyBitmap
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
 
@@ -84,6 +85,8 @@ class BackupJob(BlockJob):
         # a second backup of the same source is accepted.
         self.add_node(source, block_ops=False)
         self.add_node(target, role="target")
+        #: Copy tasks stopped at a blkdebug breakpoint: (offset, length, zeroes, request).
+        self._suspended: list[tuple[int, int, bool, SuspendedRequest]] = []
         self.copy_bitmap: DirtyBitmap = source.dirty_bitmaps.create(
             None, self.cluster_size, self.len, disabled=True)
         self._init_copy_bitmap()
@@ -144,11 +147,20 @@ class BackupJob(BlockJob):
         except OSError as exc:
             raise _TargetError(exc) from exc
 
-    def _run_task(self, offset: int, length: int, zeroes: bool) -> OSError | None:
+    def _run_task(self, offset: int, length: int, zeroes: bool,
+                  can_suspend: bool = True) -> OSError | None:
         """One block-copy task: its bits are cleared while it runs and set again if it fails."""
         self.copy_bitmap.reset_dirty(offset, length)
         try:
-            self._do_copy(offset, length, zeroes)
+            if can_suspend:
+                with suspendable():
+                    self._do_copy(offset, length, zeroes)
+            else:
+                self._do_copy(offset, length, zeroes)
+        except RequestSuspended as exc:
+            # In flight but stopped: its clusters stay claimed until the request goes on.
+            self._suspended.append((offset, length, zeroes, exc.request))
+            return None
         except _TargetError as exc:
             self.copy_bitmap.set_dirty(offset, length)
             exc.error.is_read = False  # type: ignore[attr-defined]
@@ -165,15 +177,37 @@ class BackupJob(BlockJob):
         not-yet-copied clusters it touches (block_copy with ignore_ratelimit), or fail the write."""
         start = _align_down(offset, self.cluster_size)
         end = min(_align_up(offset + length, self.cluster_size), self.len)
+        self._finish_suspended_in(start, end)
         while True:
             area = self.copy_bitmap.next_dirty_area(start, end, self.copy_size)
             if area is None:
                 return
             n, flags = self._task_extent(*area)
-            error = self._run_task(area[0], n, _reads_as_zeroes(flags))
+            error = self._run_task(area[0], n, _reads_as_zeroes(flags), can_suspend=False)
             if error is not None:
                 raise error
             start = area[0] + n
+
+    def _finish_suspended_in(self, start: int, end: int) -> None:
+        """A guest write must not overtake the copy of its clusters: QEMU waits for the stopped
+        task; the emulator (whose guest I/O cannot wait) completes that task now."""
+        for task in list(self._suspended):
+            offset, length, zeroes, _request = task
+            if offset < end and start < offset + length:
+                self._suspended.remove(task)
+                error = self._run_task(offset, length, zeroes, can_suspend=False)
+                if error is not None:
+                    raise error
+
+    async def _wait_suspended(self, first_error: OSError | None) -> OSError | None:
+        """Let the stopped tasks go on once their breakpoints release them."""
+        while self._suspended:
+            offset, length, zeroes, request = self._suspended.pop(0)
+            await self.wait_io(lambda request=request: request.released)  # type: ignore[misc]
+            error = self._run_task(offset, length, zeroes)
+            if error is not None and first_error is None:
+                first_error = error
+        return first_error
 
     async def _block_copy_call(self) -> OSError | None:
         """One background block_copy call over the whole image (block_copy_dirty_clusters).
@@ -215,7 +249,7 @@ class BackupJob(BlockJob):
             in_burst += 1
             offset = area[0] + n
             await self.sleep_ns(0)
-        return first_error
+        return await self._wait_suspended(first_error)
 
     async def run(self) -> int:
         """backup_run + backup_loop: copy until done; on an I/O error apply the error policy."""
