@@ -61,7 +61,8 @@ class CopyBeforeWriteNode(BlockNode):
     def __init__(self, node_name: str, source: BlockNode, target: BlockNode,
                  copy_hook: CopyHook | None, *, cluster_size: int, auto_named: bool = False,
                  on_cbw_error: str = "break-guest-write", cbw_timeout: int = 0,
-                 bitmap: DirtyBitmap | None = None) -> None:
+                 bitmap: DirtyBitmap | None = None,
+                 copy_bitmap_on_filter: bool = False) -> None:
         super().__init__(node_name, auto_named=auto_named)
         # QEMU 7.2 does not mark the filter implicit: query-block shows it above the drive's node.
         self.copy_hook: CopyHook = copy_hook or self._block_copy
@@ -82,9 +83,11 @@ class CopyBeforeWriteNode(BlockNode):
         # `bitmap` option's dirty clusters).
         self.copy_bitmap: DirtyBitmap | None = None
         if copy_hook is None:
-            # block_copy_state_new creates it on the source node, where QEMU lists it.
-            self.copy_bitmap = source.dirty_bitmaps.create(None, cluster_size, size,
-                                                           disabled=True)
+            # block_copy_state_new's bitmap: QEMU 7.2 lists it on the source node, QEMU 10.0 on
+            # the filter (created before the filter's own two).
+            self._copy_bitmap_home = self if copy_bitmap_on_filter else source
+            self.copy_bitmap = self._copy_bitmap_home.dirty_bitmaps.create(
+                None, cluster_size, size, disabled=True, oldest=copy_bitmap_on_filter)
             if bitmap is None:
                 self.copy_bitmap.set_dirty(0, size)
             else:
@@ -151,7 +154,7 @@ class CopyBeforeWriteNode(BlockNode):
 
     def close(self) -> None:
         if self.copy_bitmap is not None and "file" in self.children:
-            bitmaps = self.source.dirty_bitmaps
+            bitmaps = self._copy_bitmap_home.dirty_bitmaps
             if self.copy_bitmap in bitmaps:
                 bitmaps.remove(self.copy_bitmap)
         super().close()

@@ -65,6 +65,9 @@ class BlockGraph:
         self.backends: dict[str, BlockBackend] = {}
         self._id_counter = 0
         self._random = random.Random(seed)
+        #: The QEMU version whose block-layer details to follow ("7.2" or "10.0"); the command
+        #: layer keeps it in step with the machine.
+        self.version = os.environ.get("BLOCKTXN_QEMU_VERSION", "7.2")
         #: throttle-group objects by id (object-add / -object), for throttle nodes to join.
         self.throttle_groups: dict[str, Any] = {}
 
@@ -213,7 +216,8 @@ class BlockGraph:
                                        on_cbw_error=options.get("on-cbw-error",
                                                                 "break-guest-write"),
                                        cbw_timeout=int(options.get("cbw-timeout", 0)),
-                                       bitmap=bitmap)
+                                       bitmap=bitmap,
+                                       copy_bitmap_on_filter=not self.version.startswith("7."))
             node.options = options
             self.nodes.insert(slot, node)
             return node

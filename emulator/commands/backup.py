@@ -22,6 +22,7 @@ from emulator.machine import Machine
 from emulator.transaction import BaseAction
 
 from .registry import qapi_types, qmp_command
+from .version import is_qemu_10
 
 qapi_types(
     {"enum": "MirrorSyncMode", "data": ["top", "full", "none", "incremental", "bitmap"]},
@@ -225,7 +226,8 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
             on_source_error=args.get("on-source-error", "report"),
             on_target_error=args.get("on-target-error", "report"), release=release_all,
-            compress=compress, max_workers=max_workers, max_chunk=max_chunk)
+            compress=compress, max_workers=max_workers, max_chunk=max_chunk,
+            bitmap_home=cbw if is_qemu_10(machine) else None)
     except BaseException:
         graph.remove_filter(cbw)
         if bitmap is not None:

@@ -14,7 +14,7 @@ from emulator.machine import Machine
 
 from . import block_schema  # noqa: F401  (registers the BlockdevOptions types)
 from .registry import qmp_command
-from .version import is_qemu_10
+from .version import is_qemu_10, qemu_version
 
 
 # ---- BlockDeviceInfo / ImageInfo as QEMU 7.2 builds them (block/qapi.c) ------------------------
@@ -163,6 +163,7 @@ def qmp_query_named_block_nodes(machine: Machine, flat: bool = False) -> list[di
 @qmp_command("blockdev-add", "BlockdevOptions")
 def qmp_blockdev_add(machine: Machine, **options: Any) -> None:
     # Arguments arrive with Python names at the top level; BlockdevOptions wants QAPI names.
+    machine.block.version = qemu_version(machine)
     machine.block.blockdev_add({key.replace("_", "-") if key != "new_state" else key: value
                                 for key, value in options.items()})
 

@@ -58,6 +58,7 @@ class BackupJob(BlockJob):
         compress: bool = False,
         max_workers: int = MAX_WORKERS,
         max_chunk: int = 0,
+        bitmap_home: BlockNode | None = None,
         **job_args: Any,
     ) -> None:
         """backup_job_create after its argument checks: the job goes `created` here."""
@@ -87,8 +88,11 @@ class BackupJob(BlockJob):
         self.add_node(target, role="target")
         #: Copy tasks stopped at a blkdebug breakpoint: (offset, length, zeroes, request).
         self._suspended: list[tuple[int, int, bool, SuspendedRequest]] = []
-        self.copy_bitmap: DirtyBitmap = source.dirty_bitmaps.create(
-            None, self.cluster_size, self.len, disabled=True)
+        # block_copy_state_new's copy bitmap: on the source in QEMU 7.2; QEMU 10.0 puts it on the
+        # copy-before-write filter, created before the filter's own bitmaps (`bitmap_home`).
+        self._bitmap_home = bitmap_home or source
+        self.copy_bitmap: DirtyBitmap = self._bitmap_home.dirty_bitmaps.create(
+            None, self.cluster_size, self.len, disabled=True, oldest=bitmap_home is not None)
         self._init_copy_bitmap()
         self.progress_set_remaining(self.copy_bitmap.count())
 
@@ -295,8 +299,8 @@ class BackupJob(BlockJob):
         self._cleanup_sync_bitmap(-1)
 
     def clean(self) -> None:
-        if self.copy_bitmap in list(self.source.dirty_bitmaps):
-            self.source.dirty_bitmaps.remove(self.copy_bitmap)
+        if self.copy_bitmap in list(self._bitmap_home.dirty_bitmaps):
+            self._bitmap_home.dirty_bitmaps.remove(self.copy_bitmap)
         try:
             self.target.flush()
         except OSError:
