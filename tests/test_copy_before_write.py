@@ -190,3 +190,31 @@ def test_object_add_from_the_command_line_strings() -> None:
                                    **{"x-iops-total": "5"})
     assert machine.block.throttle_groups["g1"].buckets["bps-write"].avg == 1000
     assert machine.block.throttle_groups["g2"].buckets["iops-total"].avg == 5
+
+
+def test_qemu_10_keeps_the_copy_bitmap_on_the_filter(tmp_path: Path, monkeypatch: Any) -> None:
+    """Real QEMU 10.0.2 lists [access, done, copy] on a standalone filter; 7.2 the copy bitmap
+    on the source."""
+    monkeypatch.setenv("BLOCKTXN_QEMU_VERSION", "10.0")
+    machine, source, temp = setup(tmp_path)
+    target = {"driver": "qcow2", "file": {"driver": "file", "filename": str(temp)}}
+    cmd(machine, "blockdev-add", **{"node-name": "cbw", "driver": "copy-before-write",
+                                    "file": {"driver": "qcow2", "file": {
+                                        "driver": "file", "filename": str(source)}},
+                                    "target": target})
+    cmd(machine, "blockdev-add", **{"node-name": "access", "driver": "snapshot-access",
+                                    "file": "cbw"})
+    qemu_io(machine, "cbw", "write 0 64k")
+    nodes = {n["node-name"]: n for n in cmd(machine, "query-named-block-nodes", flat=True)}
+    assert [b["count"] for b in nodes["cbw"]["dirty-bitmaps"]] == [MiB, 65536, MiB - 65536]
+    machine.close()
+
+
+def test_null_target_warning(tmp_path: Path, capsys: Any) -> None:
+    machine = new_machine(stdout=io.StringIO())
+    cmd(machine, "blockdev-add", **{"node-name": "s", "driver": "null-co", "size": MiB})
+    cmd(machine, "blockdev-add", **{"node-name": "t", "driver": "null-co", "size": MiB})
+    cmd(machine, "blockdev-backup", job_id="j", device="s", target="t", sync="none")
+    assert "warning: The target block device doesn't provide information about the block " \
+        "size and it doesn't have a backing file." in capsys.readouterr().err
+    machine.close()

@@ -8,6 +8,7 @@ target before those checks, as QEMU does: the target file stays behind when a ch
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
@@ -192,6 +193,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             bitmaps.check(bitmap, BITMAP_DEFAULT)
         bitmaps.create_successor(bitmap)
     graph = machine.block
+    _warn_unknown_cluster_size(machine, target)
     # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
     # once the filter has a user it takes its real perms, which may conflict with other users
     # of the source subtree (iotest 283).  That fails before any job exists.
@@ -236,6 +238,25 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     cbw.copy_hook = job.copy_before_write  # type: ignore[attr-defined]
     job.add_node(cbw)
     return job
+
+
+def _warn_unknown_cluster_size(machine: Machine, target: BlockNode) -> None:
+    """block_copy_calculate_cluster_size's warning: a target without bdrv_get_info (null-co,
+    filters over it) and without a backing file gets the 64 KiB default, with a warning."""
+    node: BlockNode | None = target
+    while node is not None and node.is_filter:
+        node = node.filtered_child()
+    if node is None or node.driver != "null-co" or target.backing is not None:
+        return
+    stderr = getattr(machine, "stderr", None) or sys.stderr
+    try:
+        stderr.write("warning: The target block device doesn't provide information about the "
+                     "block size and it doesn't have a backing file. The default block size of "
+                     "65536 bytes is used. If the actual block size of the target exceeds this "
+                     "default, the backup may be unusable\n")
+        stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
