@@ -74,6 +74,7 @@ def run_via(path: str) -> None:
     status = _struct.unpack("!i", _recv_exact(sock, 4))[0]
     if posix.WIFSIGNALED(status):
         sig = posix.WTERMSIG(status)
-        _signal.signal(sig, _signal.SIG_DFL)
+        if sig != _signal.SIGKILL:  # SIGKILL's disposition cannot (and need not) be reset
+            _signal.signal(sig, _signal.SIG_DFL)
         posix.kill(posix.getpid(), sig)
     posix._exit(posix.waitstatus_to_exitcode(status) if posix.WIFEXITED(status) else 1)

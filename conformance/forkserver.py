@@ -140,11 +140,12 @@ def serve(path: str) -> None:
                 else:
                     _reap(key.data, selector, children)
     finally:
-        for pid in list(children):
+        for pid, (conn, _) in list(children.items()):
             try:
                 os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except ChildProcessError:
+                _, status = os.waitpid(pid, 0)
+                conn.sendall(struct.pack("!i", status))  # the client dies of SIGKILL too
+            except (ChildProcessError, OSError):
                 pass
         listener.close()
         try:
