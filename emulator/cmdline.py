@@ -250,6 +250,8 @@ class _Parser:
         self.config = Config()
         self.chardevs: dict[str, _Chardev] = {}
         self._schema: QapiSchema | None = None
+        #: -machine property names, checked once the machine type is known.
+        self.machine_props: list[str] = []
         self.compat_monitors = 0
 
     def parse(self, argv: list[str]) -> Config:
@@ -275,9 +277,14 @@ class _Parser:
                 raise CmdlineError(exc.desc, location) from exc
             if self.config.action != "run":
                 return self.config
-        if machine_types.lookup(self.config.version, self.config.machine) is None:
+        mtype = machine_types.lookup(self.config.version, self.config.machine)
+        if mtype is None:
             raise CmdlineError(machine_types.unsupported_message(self.config.version,
                                                                  self.config.machine or ""))
+        for key in self.machine_props:
+            message = machine_types.check_property(mtype, key)
+            if message:
+                raise CmdlineError(message)
         return self.config
 
     @staticmethod
@@ -368,6 +375,7 @@ class _Parser:
             self.config.machine = kind
             if machine_types.lookup(self.config.version, kind) is None:
                 raise CmdlineError(machine_types.unsupported_message(self.config.version, kind))
+        self.machine_props.extend(key for key in opts if key != "type")
         accel = opts.get("accel")
         if accel is not None:
             for name in accel.split(":"):

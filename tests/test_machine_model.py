@@ -143,6 +143,8 @@ def test_iotests_vm_command_line_parses() -> None:
      "qemu-system-x86_64: -device virtio-blk,drive=nope: Property 'virtio-blk-device.drive' can't find value 'nope'\n"),
     (["-device", "virtio-blk,id=a,foo=1"], "7.2",
      "qemu-system-x86_64: -device virtio-blk,id=a,foo=1: Property 'virtio-blk-pci.foo' not found\n"),
+    (["-M", "none,foo=bar"], "7.2", "qemu-system-x86_64: Property 'none-machine.foo' not found\n"),
+    (["-M", "pc,foo=bar"], "7.2", "qemu-system-x86_64: Property 'pc-i440fx-7.2-machine.foo' not found\n"),
     (["-incoming", "defer"], "7.2",
      "qemu-system-x86_64: -incoming defer: this option is not supported by the blocktxn emulator\n"),
     (["-device", "virtio-scsi,id=s", "-device", "virtio-scsi,id=s"], "7.2",
