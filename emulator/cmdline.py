@@ -533,8 +533,9 @@ DRIVE_CACHE_MODES = ("none", "writeback", "unsafe", "directsync", "writethrough"
 DRIVE_AIO_MODES = ("threads", "native", "io_uring")
 
 
-def check_drive(opts: dict[str, str]) -> None:
-    """The checks of QEMU's drive_new() that come before opening the image."""
+def check_drive(opts: dict[str, str], *, board: bool = True) -> None:
+    """The checks of QEMU's drive_new() that come before opening the image (`board`: the
+    machine has buses for board-created drives, unlike `-M none`)."""
     drive_id = opts.get("id")
     if drive_id is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", drive_id):
         raise QemuError("Parameter 'id' expects an identifier\n"
@@ -546,11 +547,26 @@ def check_drive(opts: dict[str, str]) -> None:
     interface = opts.get("if", "ide")
     if interface not in DRIVE_INTERFACES:
         raise QemuError(f"unsupported bus type '{interface}'")
+    if interface not in ("none", "ide", "virtio", "scsi") and not board:
+        raise QemuError(f"machine type does not support if={interface},bus=0,unit=0")
     if interface not in ("none", "ide", "virtio", "scsi"):
         raise QemuError(f"if={interface} is not supported by the blocktxn emulator")
     media = opts.get("media", "disk")
     if media not in ("disk", "cdrom"):
         raise QemuError(f"'{media}' invalid media")
+
+
+#: Devices per bus of the interfaces that have buses (drive_new's if_max_devs).
+IF_MAX_DEVS = {"ide": 2, "scsi": 7}
+
+
+def default_drive_id(interface: str, index: int, cdrom: bool) -> str:
+    """drive_new's name for a -drive without id=: "ide0-cd1", "scsi0-hd0", "virtio0", "none0"."""
+    media = ("-cd" if cdrom else "-hd") if interface in ("ide", "scsi") else ""
+    max_devs = IF_MAX_DEVS.get(interface, 0)
+    if max_devs:
+        return f"{interface}{index // max_devs}{media}{index % max_devs}"
+    return f"{interface}{media}{index}"
 
 
 def _drive(machine: Machine, opts: dict[str, str]) -> None:
@@ -604,9 +620,17 @@ def apply_block_options(config: Config, machine: Machine) -> None:
             machine.block.blockdev_add(options)
         except QemuError as exc:
             raise CmdlineError(exc.desc, location) from exc
+    board = machine.devices.machine_type.family != "none"
+    units: dict[str, int] = {}
     for location, opts in config.drives:
         try:
-            check_drive(opts)
+            if "if" not in opts:  # the machine's block_default_type: none for -M none, else ide
+                opts = {**opts, "if": "ide" if board else "none"}
+            index = units.get(opts["if"], 0)
+            units[opts["if"]] = index + 1
+            if "id" not in opts:
+                opts = {**opts, "id": default_drive_id(opts["if"], index, opts.get("media") == "cdrom")}
+            check_drive(opts, board=board)
             _drive(machine, opts)
         except QemuError as exc:
             raise CmdlineError(exc.desc, location) from exc

@@ -267,3 +267,23 @@ def test_qmp_pretty_and_hmp_on_stdio() -> None:
             "q\x1b[K\x1b[Dqu\x1b[K\x1b[D\x1b[Dqui\x1b[K\x1b[D\x1b[D\x1b[Dquit\x1b[K\r\n")
     assert hmp.stdout == real.replace("\r\n", "\n")  # text mode reads CRLF as LF
     assert hmp.returncode == 0
+
+
+def test_drive_default_ids_and_interfaces_as_qemu(tmp_path: Path) -> None:
+    """Real QEMU 7.2: `-drive file=X` is if=ide on pc ("ide0-hd0", then "ide0-cd1" for a CD-ROM)
+    and if=none on -M none ("none0"), where if=ide and if=floppy have no bus."""
+    from emulator.cmdline import default_drive_id
+
+    assert [default_drive_id("ide", 0, False), default_drive_id("ide", 1, True),
+            default_drive_id("ide", 2, False), default_drive_id("virtio", 1, False),
+            default_drive_id("none", 0, False), default_drive_id("scsi", 8, False)] == \
+        ["ide0-hd0", "ide0-cd1", "ide1-hd0", "virtio1", "none0", "scsi1-hd1"]
+    image = tmp_path / "x.raw"
+    image.write_bytes(b"\0" * 65536)
+    stdin = '{"execute":"qmp_capabilities"}{"execute":"query-block"}{"execute":"quit"}'
+    out = emulator(["-nodefaults", "-display", "none", "-M", "none", "-qmp", "stdio",
+                    "-drive", f"file={image},format=raw"], input=stdin)
+    assert '"device": "none0"' in out.stdout and '"qdev"' not in out.stdout
+    bad = emulator(["-nodefaults", "-display", "none", "-M", "none", "-drive", f"file={image},if=floppy"])
+    assert bad.stderr == (f"qemu-system-x86_64: -drive file={image},if=floppy: "
+                          "machine type does not support if=floppy,bus=0,unit=0\n")
