@@ -17,7 +17,7 @@ from typing import Any
 from emulator.error import QemuError
 
 from .backend import BlockBackend
-from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode
+from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from .image import probe_format
 from .node import BlockNode
 from .permissions import check_perms, qapi_perms
@@ -235,10 +235,12 @@ class BlockGraph:
                 raise QemuError(f"Throttle group '{group_name}' does not exist")
             file = self._child(options["file"], read_only=read_only, what="file")
             node = ThrottleNode(name, file, group, auto_named=auto)
-        elif driver in ("raw", "qcow2"):
+        elif driver in ("raw", "qcow2", "vmdk"):
             file = self._child(options["file"], read_only=read_only, what="file")
             if driver == "raw":
                 node = RawNode(name, file, read_only=read_only, auto_named=auto)
+            elif driver == "vmdk":
+                node = VmdkNode(name, file, read_only=read_only, auto_named=auto)
             else:
                 qnode = Qcow2Node(name, file, read_only=read_only, auto_named=auto)
                 self._name_and_register(qnode, options)
@@ -313,7 +315,7 @@ class BlockGraph:
             opts["node-name"] = node_name
         if fmt == file_opts["driver"]:
             return self._open(opts, read_only=read_only)
-        if fmt not in ("raw", "qcow2"):
+        if fmt not in ("raw", "qcow2", "vmdk"):
             raise QemuError(f"Unknown driver '{fmt}'")
         return self._open(opts, read_only=read_only)
 

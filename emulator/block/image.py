@@ -28,6 +28,8 @@ def probe_format(storage: Storage) -> str:
     head = storage.pread(0, 8)
     if head[:4] == QCOW_MAGIC and int.from_bytes(head[4:8], "big") >= 2:
         return "qcow2"
+    if head[:4] == b"KDMV":
+        return "vmdk"
     return "raw"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode
+from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from emulator.block.filename import node_filename
 from emulator.block.image import backing_path
 from emulator.block.node import BlockNode
@@ -43,7 +43,7 @@ def allocated_file_size(node: BlockNode) -> int | None:
 
 def cluster_size_of(node: BlockNode) -> int | None:
     """bdrv_get_info's cluster_size: qcow2 knows it, filters pass their child's through."""
-    if isinstance(node, Qcow2Node):
+    if isinstance(node, (Qcow2Node, VmdkNode)):
         return node.cluster_size
     if node.is_filter:
         child = node.primary_child()
@@ -66,6 +66,9 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True) -> dict[str,
     cluster = cluster_size_of(node)
     if cluster is not None:
         info["cluster-size"] = cluster
+    if isinstance(node, VmdkNode):
+        info["format-specific"] = {"type": "vmdk", "data": node.image.format_specific(
+            node_filename(node.children["file"]))}
     if isinstance(node, Qcow2Node):
         info["format-specific"] = {"type": "qcow2", "data": node.image.format_specific()}
         backing_name = node.image.backing_file
