@@ -21,6 +21,8 @@ import errno
 import os
 from collections.abc import Callable
 
+from emulator.error import QemuError
+
 from .dirty_bitmap import DirtyBitmap
 from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
 from .permissions import (
@@ -40,16 +42,24 @@ COPY_CHUNK = 1024 * 1024
 CLUSTER_SIZE_DEFAULT = 64 * 1024
 
 
-def copy_cluster_size(target: BlockNode) -> int:
-    """block_copy_calculate_cluster_size: at least 64 KiB, else the target's cluster size (a
-    filter reports its child's, as bdrv_get_info does)."""
+def copy_cluster_size(target: BlockNode, min_cluster_size: int = 0) -> int:
+    """block_copy_calculate_cluster_size: at least 64 KiB (or QEMU 10.0's min-cluster-size),
+    else the target's cluster size (a filter reports its child's, as bdrv_get_info does)."""
+    floor = max(CLUSTER_SIZE_DEFAULT, min_cluster_size)
     node: BlockNode | None = target
     while node is not None:
         size = getattr(node, "cluster_size", None)
         if isinstance(size, int) and size > 0:
-            return max(CLUSTER_SIZE_DEFAULT, size)
+            return max(floor, size)
         node = node.filtered_child() if node.is_filter else None
-    return CLUSTER_SIZE_DEFAULT
+    return floor
+
+
+def check_min_cluster_size(value: int) -> None:
+    """block_copy_state_new's check of min-cluster-size (QEMU 10.0)."""
+    if value and value & (value - 1):
+        raise QemuError("Cannot create block-copy-state: min-cluster-size needs to be a power "
+                        "of 2")
 
 
 class CopyBeforeWriteNode(BlockNode):

@@ -130,6 +130,7 @@ class BlockGraph:
         added_before = len(self.nodes)
         try:
             node = self._open(options, read_only=bool(options.get("read-only", False)))
+            self._apply_discard(node, False, set(map(id, self.nodes[added_before:])))
             # Attaching the new tree's children (possibly existing nodes) refreshes their perms.
             check_perms([node])
         except BaseException:
@@ -142,7 +143,9 @@ class BlockGraph:
         """Open a node tree for the emulator's own use (not monitor-owned); all or nothing."""
         before = len(self.nodes)
         try:
-            return self._open(options, read_only=bool(options.get("read-only", False)))
+            node = self._open(options, read_only=bool(options.get("read-only", False)))
+            self._apply_discard(node, False, set(map(id, self.nodes[before:])))
+            return node
         except BaseException:
             self._forget_nodes_after(before)
             raise
@@ -158,10 +161,7 @@ class BlockGraph:
     def _child(self, ref: Any, *, read_only: bool, what: str) -> BlockNode:
         """A BlockdevRef: an inline BlockdevOptions dict or a reference to an existing node."""
         if isinstance(ref, str):
-            node = self.find_node(ref)
-            if node is None:
-                raise QemuError(f"Cannot find device='{ref}' nor node-name='{ref}'")
-            return node
+            return self.lookup_bs(ref)  # bdrv_lookup_bs(reference, reference): devices too
         return self._open(ref, read_only=read_only)
 
     def _name_for(self, options: dict[str, Any]) -> tuple[str, bool]:
@@ -202,7 +202,11 @@ class BlockGraph:
             self.nodes.insert(slot, node)
             return node
         elif driver == "copy-before-write":
-            from .copy_before_write import CopyBeforeWriteNode, copy_cluster_size
+            from .copy_before_write import (
+                CopyBeforeWriteNode,
+                check_min_cluster_size,
+                copy_cluster_size,
+            )
 
             # QEMU names the filter after its file child is open and before its target is.
             file = self._child(options["file"], read_only=read_only, what="file")
@@ -211,8 +215,11 @@ class BlockGraph:
                 name = self._generate_node_name()
             target = self._child(options["target"], read_only=False, what="target")
             bitmap = self._cbw_bitmap(options.get("bitmap"))
+            min_cluster = int(options.get("min-cluster-size", 0))
+            check_min_cluster_size(min_cluster)
             node = CopyBeforeWriteNode(name, file, target, None,
-                                       cluster_size=copy_cluster_size(target), auto_named=auto,
+                                       cluster_size=copy_cluster_size(target, min_cluster),
+                                       auto_named=auto,
                                        on_cbw_error=options.get("on-cbw-error",
                                                                 "break-guest-write"),
                                        cbw_timeout=int(options.get("cbw-timeout", 0)),
@@ -313,11 +320,23 @@ class BlockGraph:
             opts = {"driver": fmt, "file": file_opts, **extra}
         if node_name:
             opts["node-name"] = node_name
-        if fmt == file_opts["driver"]:
-            return self._open(opts, read_only=read_only)
-        if fmt not in ("raw", "qcow2", "vmdk"):
+        if fmt != file_opts["driver"] and fmt not in ("raw", "qcow2", "vmdk"):
             raise QemuError(f"Unknown driver '{fmt}'")
-        return self._open(opts, read_only=read_only)
+        before = len(self.nodes)
+        node = self._open(opts, read_only=read_only)
+        self._apply_discard(node, False, set(map(id, self.nodes[before:])))
+        return node
+
+    def _apply_discard(self, node: BlockNode, inherited: bool, new: set[int]) -> None:
+        """BDRV_O_UNMAP from the "discard" option (unmap/on), else inherited from the parent
+        that opened the node (bdrv_inherited_options); nodes opened earlier keep theirs."""
+        if id(node) not in new:
+            return
+        value = node.options.get("discard")
+        unmap = inherited if value is None else value in ("unmap", "on")
+        node.unmap = unmap
+        for role, child in node.children.items():
+            self._apply_discard(child, unmap if role != "backing" else False, new)
 
     @staticmethod
     def _legacy_blkdebug_options(filename: str) -> dict[str, Any]:
@@ -363,8 +382,15 @@ class BlockGraph:
                 top["align"] = opts["align"]  # a string, as QEMU keeps -drive options (json: names)
             if opts.get("node-name"):
                 top["node-name"] = opts["node-name"]
-            return self._open(top, read_only=read_only)
+            if opts.get("discard"):
+                top["discard"] = opts["discard"]
+            before = len(self.nodes)
+            node = self._open(top, read_only=read_only)
+            self._apply_discard(node, False, set(map(id, self.nodes[before:])))
+            return node
         extra: dict[str, Any] = {}
+        if opts.get("discard"):
+            extra["discard"] = opts["discard"]
         if file_extra.get("node-name"):
             extra["file-node-name"] = file_extra["node-name"]
         return self.open_file_and_format(filename, fmt, read_only=read_only,

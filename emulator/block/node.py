@@ -53,6 +53,8 @@ class BlockNode:
         self.monitor_owned = False  # created by blockdev-add
         self.implicit = False  # an automatically inserted filter the user did not name
         self.options: dict[str, Any] = {}  # the options it was opened with (for query output)
+        #: BDRV_O_UNMAP (discard=unmap): without it, discard requests do nothing at all.
+        self.unmap = False
         # QEMU's bs->write_gen / bs->flushed_gen: a flush with nothing written since is cheap.
         self.write_gen = 0
         self.flushed_gen = 0
@@ -231,8 +233,9 @@ class BlockNode:
         self.dirty_bitmaps.mark_dirty(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
+        """bdrv_co_pdiscard: a no-op (not even dirtying bitmaps) unless opened with discard=unmap."""
         self._check_request(offset, length)
-        if not length:
+        if not length or not self.unmap:
             return
         self._before_write(offset, length)
         self._discard(offset, length)

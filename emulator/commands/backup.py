@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from emulator.block.copy_before_write import check_min_cluster_size
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
@@ -31,12 +32,13 @@ qapi_types(
     {"enum": "BlockdevOnError", "data": ["report", "ignore", "enospc", "stop", "auto"]},
     {"enum": "NewImageMode", "data": ["existing", "absolute-paths"]},
     {"struct": "BackupPerf", "data": {"*use-copy-range": "bool", "*max-workers": "int",
-                                      "*max-chunk": "int64"}},
+                                      "*max-chunk": "int64", "*min-cluster-size": "size"}},
     {"struct": "BackupCommon", "data": {
         "*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
         "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode", "*compress": "bool",
         "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
         "*auto-finalize": "bool", "*auto-dismiss": "bool", "*filter-node-name": "str",
+        "*discard-source": "bool",
         "*x-perf": "BackupPerf"}},
     {"struct": "DriveBackup", "base": "BackupCommon",
      "data": {"target": "str", "*format": "str", "*mode": "NewImageMode"}},
@@ -62,6 +64,7 @@ class BackupAction(BaseAction):
 
     def prepare(self) -> None:
         args = self.args
+        _version_gate(self.machine, args, args.get("x-perf") or {})
         source = self.machine.block.lookup_bs(args["device"])
         release = None
         if self.kind == "drive-backup":
@@ -173,6 +176,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     source.op_check("backup-source")
     target.op_check("backup-target")
     perf = args.get("x-perf") or {}
+    min_cluster = int(perf.get("min-cluster-size", 0))
     max_workers = int(perf.get("max-workers", 64))
     max_chunk = int(perf.get("max-chunk", 0))
     if max_workers < 1 or max_workers > 0x7FFFFFFF:
@@ -193,13 +197,17 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             bitmaps.check(bitmap, BITMAP_DEFAULT)
         bitmaps.create_successor(bitmap)
     graph = machine.block
-    _warn_unknown_cluster_size(machine, target)
+    try:
+        check_min_cluster_size(min_cluster)
+    except QemuError as exc:
+        raise QemuError(f"Could not create node: {exc.desc}") from None
+    _warn_unknown_cluster_size(machine, target, min_cluster)
     # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
     # once the filter has a user it takes its real perms, which may conflict with other users
     # of the source subtree (iotest 283).  That fails before any job exists.
     try:
         cbw = graph.insert_cbw_filter(source, target, _no_copy_hook, args.get("filter-node-name"),
-                                      cluster_size=backup_cluster_size(target))
+                                      cluster_size=backup_cluster_size(target, min_cluster))
     except BaseException:
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
@@ -229,7 +237,8 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             on_source_error=args.get("on-source-error", "report"),
             on_target_error=args.get("on-target-error", "report"), release=release_all,
             compress=compress, max_workers=max_workers, max_chunk=max_chunk,
-            bitmap_home=cbw if is_qemu_10(machine) else None)
+            bitmap_home=cbw if is_qemu_10(machine) else None, min_cluster_size=min_cluster,
+            discard_source=bool(args.get("discard-source", False)))
     except BaseException:
         graph.remove_filter(cbw)
         if bitmap is not None:
@@ -240,7 +249,17 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     return job
 
 
-def _warn_unknown_cluster_size(machine: Machine, target: BlockNode) -> None:
+def _version_gate(machine: Machine, args: dict[str, Any], perf: dict[str, Any]) -> None:
+    """Members QEMU 7.2's schema does not have (discard-source, x-perf.min-cluster-size)."""
+    if is_qemu_10(machine):
+        return
+    if "discard-source" in args:
+        raise QemuError("Parameter 'discard-source' is unexpected")
+    if "min-cluster-size" in perf:
+        raise QemuError("Parameter 'x-perf.min-cluster-size' is unexpected")
+
+
+def _warn_unknown_cluster_size(machine: Machine, target: BlockNode, min_cluster: int = 0) -> None:
     """block_copy_calculate_cluster_size's warning: a target without bdrv_get_info (null-co,
     filters over it) and without a backing file gets the 64 KiB default, with a warning."""
     node: BlockNode | None = target
@@ -250,10 +269,17 @@ def _warn_unknown_cluster_size(machine: Machine, target: BlockNode) -> None:
         return
     stderr = getattr(machine, "stderr", None) or sys.stderr
     try:
-        stderr.write("warning: The target block device doesn't provide information about the "
-                     "block size and it doesn't have a backing file. The default block size of "
-                     "65536 bytes is used. If the actual block size of the target exceeds this "
-                     "default, the backup may be unusable\n")
+        if is_qemu_10(machine):
+            size = max(65536, min_cluster)
+            stderr.write("warning: The target block device doesn't provide information about "
+                         "the block size and it doesn't have a backing file. The (default) block "
+                         f"size of {size} bytes is used. If the actual block size of the target "
+                         "exceeds this value, the backup may be unusable\n")
+        else:
+            stderr.write("warning: The target block device doesn't provide information about "
+                         "the block size and it doesn't have a backing file. The default block "
+                         "size of 65536 bytes is used. If the actual block size of the target "
+                         "exceeds this default, the backup may be unusable\n")
         stderr.flush()
     except (OSError, ValueError):
         pass

@@ -167,6 +167,9 @@ def qmp_query_named_block_nodes(machine: Machine, flat: bool = False) -> list[di
 def qmp_blockdev_add(machine: Machine, **options: Any) -> None:
     # Arguments arrive with Python names at the top level; BlockdevOptions wants QAPI names.
     machine.block.version = qemu_version(machine)
+    if options.get("driver") == "copy-before-write" and "min_cluster_size" in options \
+            and not is_qemu_10(machine):
+        raise QemuError("Parameter 'min-cluster-size' is unexpected")
     machine.block.blockdev_add({key.replace("_", "-") if key != "new_state" else key: value
                                 for key, value in options.items()})
 

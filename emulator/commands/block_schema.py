@@ -61,7 +61,7 @@ qapi_types(
     {"enum": "OnCbwError", "data": ["break-guest-write", "break-snapshot"]},
     {"struct": "BlockdevOptionsCbw", "base": "BlockdevOptionsGenericFormat", "data": {
         "target": "BlockdevRef", "*bitmap": "BlockDirtyBitmap", "*on-cbw-error": "OnCbwError",
-        "*cbw-timeout": "uint32"}},
+        "*cbw-timeout": "uint32", "*min-cluster-size": "size"}},
     {"struct": "BlockdevOptionsThrottle", "data": {"throttle-group": "str",
                                                    "file": "BlockdevRef"}},
     {"union": "BlockdevOptions", "base": "BlockdevOptionsBase", "discriminator": "driver",

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from emulator.block.blkdebug import RequestSuspended, SuspendedRequest, suspendable
+from emulator.block.copy_before_write import copy_cluster_size
 from emulator.block.dirty_bitmap import DirtyBitmap
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
 
@@ -29,12 +30,9 @@ COPY_SIZE = 1024 * 1024
 MAX_WORKERS = 64
 
 
-def backup_cluster_size(target: BlockNode) -> int:
-    """QEMU's backup_calculate_cluster_size: at least 64 KiB, else the target's cluster size."""
-    cluster = getattr(target, "cluster_size", None)
-    if not cluster:
-        return BACKUP_CLUSTER_SIZE_DEFAULT
-    return max(BACKUP_CLUSTER_SIZE_DEFAULT, int(cluster))
+def backup_cluster_size(target: BlockNode, min_cluster_size: int = 0) -> int:
+    """QEMU's block_copy_calculate_cluster_size (filters report their child's size)."""
+    return copy_cluster_size(target, min_cluster_size)
 
 
 class BackupJob(BlockJob):
@@ -59,6 +57,8 @@ class BackupJob(BlockJob):
         max_workers: int = MAX_WORKERS,
         max_chunk: int = 0,
         bitmap_home: BlockNode | None = None,
+        min_cluster_size: int = 0,
+        discard_source: bool = False,
         **job_args: Any,
     ) -> None:
         """backup_job_create after its argument checks: the job goes `created` here."""
@@ -74,7 +74,9 @@ class BackupJob(BlockJob):
         #: one job cluster per copy task as block-copy does; zeroes stay plain zero writes.
         self.compress = compress
         self.len = source.length()
-        self.cluster_size = backup_cluster_size(target)
+        self.cluster_size = backup_cluster_size(target, min_cluster_size)
+        #: QEMU 10.0's discard-source: copied clusters are discarded on the source.
+        self.discard_source = discard_source
         #: block_copy_chunk_size: COPY_READ_WRITE_CLUSTER (one cluster a task) when compressing.
         self.copy_size = self.cluster_size if compress else COPY_SIZE
         # x-perf: how many copy tasks run at once, and the largest task (0: no extra limit).
@@ -173,6 +175,11 @@ class BackupJob(BlockJob):
             self.copy_bitmap.set_dirty(offset, length)
             exc.is_read = True  # type: ignore[attr-defined]
             return exc
+        if self.discard_source:
+            try:
+                self.source.discard(offset, min(offset + length, self.len) - offset)
+            except OSError:
+                pass  # block_copy_task_entry ignores the discard's result
         self.progress_update(min(offset + length, self.len) - offset)
         return None
 
