@@ -199,7 +199,10 @@ def parse(argv: Sequence[str]) -> Options:
         source = Source.load(args.qemu_src)
     except RunnerError as exc:
         parser.error(str(exc))
-    return Options(source, args.qemu, args.tools_dir, args.timeout, args.keep, rest,
+    # check runs in the scratch folder: relative paths given here must not change meaning there
+    qemu = os.path.abspath(args.qemu) if args.qemu else None
+    tools_dir = os.path.abspath(args.tools_dir) if args.tools_dir else None
+    return Options(source, qemu, tools_dir, args.timeout, args.keep, rest,
                    forkserver=not args.no_forkserver)
 
 
