@@ -103,3 +103,18 @@ def test_persistent_bitmap_survives_read_only_start_and_reopen(tmp_path: Path) -
     machine = start(False)
     assert sha(machine) == sha2  # stored at exit after the reopen
     machine.close()
+
+
+def test_reopen_needs_the_backing_again(tmp_path: Path) -> None:
+    base, top = tmp_path / "base.qcow2", tmp_path / "top.qcow2"
+    create_image(str(base), "qcow2", 1 << 20)
+    create_image(str(top), "qcow2", 1 << 20, backing_file=str(base), backing_fmt="qcow2")
+    machine = new_machine(stdout=io.StringIO())
+    machine.block.blockdev_add({"driver": "qcow2", "node-name": "ovl",
+                                "file": {"driver": "file", "filename": str(top)}})
+    with pytest.raises(QemuError) as info:  # QEMU 7.2's bdrv_reopen_prepare text
+        cmd(machine, "blockdev-reopen", options=[{
+            "node-name": "ovl", "driver": "qcow2",
+            "file": {"driver": "file", "filename": str(top)}, "read-only": True}])
+    assert info.value.desc == "backing is missing for 'ovl'"
+    machine.close()

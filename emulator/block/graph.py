@@ -454,6 +454,11 @@ class BlockGraph:
                      plan: list[tuple[BlockNode, bool]]) -> None:
         if options.get("driver") != node.driver:
             raise QemuError("Cannot change the option 'driver'")
+        # bdrv_reopen_prepare: a node with a backing file must be given its backing again.
+        image = getattr(node, "image", None)
+        if node.driver == "qcow2" and "backing" not in options and (
+                node.backing is not None or getattr(image, "backing_file", None)):
+            raise QemuError(f"backing is missing for '{node.node_name}'")
         if node.driver == "file" and options.get("filename") != getattr(node, "filename", None):
             raise QemuError("Cannot change the option 'filename'")
         plan.append((node, read_only))

@@ -69,7 +69,7 @@ qapi_types(
               "qcow2": "BlockdevOptionsQcow2", "blkdebug": "BlockdevOptionsBlkdebug",
               "null-co": "BlockdevOptionsNull", "copy-before-write": "BlockdevOptionsCbw",
               "snapshot-access": "BlockdevOptionsGenericFormat",
-              "throttle": "BlockdevOptionsThrottle"}},
+              "throttle": "BlockdevOptionsThrottle", "vmdk": "BlockdevOptionsGenericCOWFormat"}},
     {"alternate": "BlockdevRef", "data": {"definition": "BlockdevOptions", "reference": "str"}},
     {"alternate": "BlockdevRefOrNull",
      "data": {"definition": "BlockdevOptions", "reference": "str", "null": "null"}},

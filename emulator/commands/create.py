@@ -33,9 +33,14 @@ qapi_types(
         "*backing-file": "str", "*backing-fmt": "BlockdevDriver", "*encrypt": "any",
         "*cluster-size": "size", "*preallocation": "PreallocMode", "*lazy-refcounts": "bool",
         "*refcount-bits": "int", "*compression-type": "Qcow2CompressionType"}},
+    {"struct": "BlockdevCreateOptionsVmdk", "data": {
+        "file": "BlockdevRef", "size": "size", "*extents": ["BlockdevRef"], "*subformat": "str",
+        "*backing-file": "str", "*adapter-type": "str", "*hwversion": "str",
+        "*toolsversion": "str", "*zeroed-grain": "bool"}},
     {"union": "BlockdevCreateOptions", "base": {"driver": "BlockdevDriver"},
      "discriminator": "driver",
-     "data": {"file": "BlockdevCreateOptionsFile", "qcow2": "BlockdevCreateOptionsQcow2"}},
+     "data": {"file": "BlockdevCreateOptionsFile", "qcow2": "BlockdevCreateOptionsQcow2",
+              "vmdk": "BlockdevCreateOptionsVmdk"}},
 )
 
 #: Drivers with a .bdrv_co_create in QEMU 7.2 (the rest say "Driver does not support ...").
