@@ -465,7 +465,7 @@ class BlockGraph:
         for role, child in node.children.items():
             ref = options.get(role, ...)
             if role == "backing":
-                if isinstance(ref, str) and ref != child.node_name:
+                if ref is None or (isinstance(ref, str) and ref != child.node_name):
                     raise QemuError("Changing the backing file is not supported by the emulator")
                 continue  # COW children stay read-only
             if isinstance(ref, str):
