@@ -213,3 +213,24 @@ def test_drive_backend_reads_until_qemu_io_writes(drives: Machine) -> None:
     cmd(drives, "blockdev-del", node_name="u")
     assert cmd(drives, "human-monitor-command", command_line='qemu-io drive1 "write 0 512"') == ""
     assert drives.block.find_backend("drive1").perm & PERM_WRITE  # type: ignore[union-attr]
+
+
+def test_filter_creation_conflicts_carry_qemu_prefix(tmp_path: Path) -> None:
+    """bdrv_insert_node: a conflict while the filter opens its children is 'Could not create
+    node: ...' (real QEMU 7.2), and nothing is left behind."""
+    machine = new_machine(stdout=io.StringIO())
+    path = tmp_path / "d.qcow2"
+    create_image(str(path), "qcow2", 64 * MiB)
+    machine.block.drive_add({"if": "none", "id": "drive0", "file": str(path), "format": "qcow2"})
+    cmd(machine, "blockdev-add", **{"node-name": "tgt", "driver": "null-co", "size": 64 * MiB})
+    cmd(machine, "blockdev-add", **{"node-name": "u", "driver": "blkdebug", "image": "tgt",
+                                    "unshare-child-perms": ["write"]})
+    before = sorted(n.node_name for n in machine.block.nodes)
+    assert error(machine, "blockdev-backup", job_id="j", device="drive0", target="tgt",
+                 sync="full", filter_node_name="f") == (
+        "Could not create node: Permission conflict on node 'tgt': permissions 'write' are both "
+        "required by node 'f' (uses node 'tgt' as 'target' child) and unshared by node 'u' "
+        "(uses node 'tgt' as 'image' child).")
+    assert sorted(n.node_name for n in machine.block.nodes) == before
+    assert machine.block.find_backend("drive0").root.driver == "qcow2"  # type: ignore[union-attr]
+    machine.close()

@@ -482,7 +482,8 @@ class BlockGraph:
 
     # ---- filters ------------------------------------------------------------------------------
     def insert_cbw_filter(self, source: BlockNode, target: BlockNode, copy_hook: Any,
-                          node_name: str | None = None, *, cluster_size: int = 65536) -> BlockNode:
+                          node_name: str | None = None, *, cluster_size: int = 65536,
+                          on_open: Any = None) -> BlockNode:
         """bdrv_cbw_append: put a copy-before-write filter above `source` for its devices."""
         from .copy_before_write import CopyBeforeWriteNode
 
@@ -493,8 +494,28 @@ class BlockGraph:
         if not node_name:
             node.node_name = self._generate_node_name()
         self._register(node)
+        # bdrv_insert_node: open the filter (its children's perms), then move the source's users
+        # to it; each step's permission failure carries that step's prefix.
+        try:
+            check_perms([node])
+        except QemuError as exc:
+            self._drop_new_filter(node)
+            raise QemuError(f"Could not create node: {exc.desc}") from None
+        if on_open is not None:
+            on_open()  # what cbw_open does once its children are attached (block-copy state)
         self.replace_node(source, node)
+        try:
+            check_perms([node])
+        except QemuError as exc:
+            self.replace_node(node, source)
+            self._drop_new_filter(node)
+            raise QemuError(f"Could not replace node: {exc.desc}") from None
         return node
+
+    def _drop_new_filter(self, node: BlockNode) -> None:
+        node.close()
+        if node in self.nodes:
+            self.nodes.remove(node)
 
     def remove_filter(self, node: BlockNode) -> None:
         """bdrv_cbw_drop: give the filter's devices back to its child and close the filter."""

@@ -201,13 +201,14 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         check_min_cluster_size(min_cluster)
     except QemuError as exc:
         raise QemuError(f"Could not create node: {exc.desc}") from None
-    _warn_unknown_cluster_size(machine, target, min_cluster)
     # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
     # once the filter has a user it takes its real perms, which may conflict with other users
     # of the source subtree (iotest 283).  That fails before any job exists.
     try:
         cbw = graph.insert_cbw_filter(source, target, _no_copy_hook, args.get("filter-node-name"),
-                                      cluster_size=backup_cluster_size(target, min_cluster))
+                                      cluster_size=backup_cluster_size(target, min_cluster),
+                                      on_open=lambda: _warn_unknown_cluster_size(
+                                          machine, target, min_cluster))
     except BaseException:
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
