@@ -86,3 +86,23 @@ def test_qemu_10_discard_source_and_min_cluster_size(tmp_path: Path, monkeypatch
         machine.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_children_default_to_unmap_and_files_punch_holes(tmp_path: Path) -> None:
+    """bdrv_inherited_options: children of a node default to discard=unmap, the top node to
+    ignore; a host file's discard reads back as zeros (real QEMU 7.2: same bitmaps, same file)."""
+    path = tmp_path / "r.img"
+    path.write_bytes(b"x" * MiB)
+    machine = new_machine(stdout=io.StringIO())
+    cmd(machine, "blockdev-add", driver="raw", node_name="r",
+        file={"driver": "file", "filename": str(path), "node-name": "rf"})
+    cmd(machine, "block-dirty-bitmap-add", node="rf", name="b")
+    cmd(machine, "block-dirty-bitmap-add", node="r", name="b2")
+    cmd(machine, "human-monitor-command", command_line='qemu-io rf "discard 0 64k"')
+    cmd(machine, "human-monitor-command", command_line='qemu-io r "discard 64k 64k"')
+    counts = {n["node-name"]: [b["count"] for b in n.get("dirty-bitmaps", [])]
+              for n in cmd(machine, "query-named-block-nodes", flat=True)}
+    assert counts == {"r": [0], "rf": [65536]}
+    machine.close()
+    data = path.read_bytes()
+    assert data[:65536] == bytes(65536) and data[65536:] == b"x" * (MiB - 65536)

@@ -54,6 +54,9 @@ class FileNode(BlockNode):
     def _flush_to_disk(self) -> None:
         self.storage.flush()
 
+    def _discard(self, offset: int, length: int) -> None:
+        self.storage.discard(offset, length)
+
     def _truncate(self, size: int) -> None:
         self.storage.truncate(size)
 

@@ -327,16 +327,17 @@ class BlockGraph:
         self._apply_discard(node, False, set(map(id, self.nodes[before:])))
         return node
 
-    def _apply_discard(self, node: BlockNode, inherited: bool, new: set[int]) -> None:
-        """BDRV_O_UNMAP from the "discard" option (unmap/on), else inherited from the parent
-        that opened the node (bdrv_inherited_options); nodes opened earlier keep theirs."""
+    def _apply_discard(self, node: BlockNode, default: bool, new: set[int]) -> None:
+        """BDRV_O_UNMAP from the "discard" option (unmap/on).  Without one, a top node ignores
+        discards while the children it opens default to unmap (bdrv_inherited_options: "our
+        drivers respect unmap policy, so enable it on lower layers"); nodes opened earlier
+        keep theirs."""
         if id(node) not in new:
             return
         value = node.options.get("discard")
-        unmap = inherited if value is None else value in ("unmap", "on")
-        node.unmap = unmap
-        for role, child in node.children.items():
-            self._apply_discard(child, unmap if role != "backing" else False, new)
+        node.unmap = default if value is None else value in ("unmap", "on")
+        for child in node.children.values():
+            self._apply_discard(child, True, new)
 
     @staticmethod
     def _legacy_blkdebug_options(filename: str) -> dict[str, Any]:
