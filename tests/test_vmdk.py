@@ -88,3 +88,25 @@ def test_qemu_written_stream_optimized_reads(tmp_path: Path) -> None:
         assert img.pread(0, len(data)) == data
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize("size", ["64M", "1G", "100k"])
+def test_created_layout_is_qemu_img_s(tmp_path: Path, size: str) -> None:
+    """create_image('vmdk') writes what `qemu-img create -f vmdk` writes (but the random CID)."""
+    import json
+    import re
+
+    from emulator.block.image import create_image
+
+    theirs, ours = tmp_path / "a.vmdk", tmp_path / "b.vmdk"
+    assert qemu_img("create", "-q", "-f", "vmdk", str(theirs), size).returncode == 0
+    info = json.loads(qemu_img("info", "--output=json", str(theirs)).stdout)
+    assert create_image(str(ours), "vmdk", info["virtual-size"]) == (
+        f"Formatting '{ours}', fmt=vmdk size={info['virtual-size']} compat6=off "
+        "hwversion=undefined")
+
+    def norm(data: bytes, name: bytes) -> bytes:
+        return re.sub(rb"CID=[0-9a-f]{8}", b"CID=x", data).replace(name, b"N.vmdk")
+
+    assert norm(theirs.read_bytes(), b"a.vmdk") == norm(ours.read_bytes(), b"b.vmdk")
+    assert qemu_img("check", str(ours)).returncode == 0

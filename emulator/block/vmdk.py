@@ -36,6 +36,59 @@ def is_vmdk(head: bytes) -> bool:
     return head[:4] == VMDK4_MAGIC
 
 
+_DESCRIPTOR = """# Disk DescriptorFile
+version=1
+CID={cid:08x}
+parentCID=ffffffff
+createType="{create_type}"
+
+# Extent description
+RW {sectors} SPARSE "{name}"
+
+# The Disk Data Base
+#DDB
+
+ddb.virtualHWVersion = "4"
+ddb.geometry.cylinders = "{cylinders}"
+ddb.geometry.heads = "16"
+ddb.geometry.sectors = "63"
+ddb.adapterType = "ide"
+ddb.toolsVersion = "2147483647"
+"""
+
+
+def create(file: Storage, size: int, name: str, subformat: str = "monolithicSparse",
+           cid: int | None = None) -> None:
+    """vmdk_co_do_create + vmdk_init_extent for a hosted sparse extent: header, descriptor,
+    redundant and primary grain directories with their grain tables, padded to a grain."""
+    if subformat not in ("monolithicSparse", "streamOptimized"):
+        raise QemuError(f"VMDK subformat '{subformat}' is not supported by the emulator")
+    sectors = -(-size // SECTOR)
+    granularity, gtes = 128, 512
+    gt_size = (gtes * 4 + SECTOR - 1) // SECTOR
+    gt_count = max(1, -(-sectors // (gtes * granularity)))
+    gd_sectors = -(-(gt_count * 4) // SECTOR)
+    desc_offset, desc_size = 1, 20
+    rgd_offset = desc_offset + desc_size
+    gd_offset = rgd_offset + gd_sectors + gt_size * gt_count
+    overhead = -(-(gd_offset + gd_sectors + gt_size * gt_count) // granularity) * granularity
+    stream = subformat == "streamOptimized"
+    flags = 3 | ((FLAG_COMPRESS | FLAG_MARKER) if stream else 0)
+    header = _HEADER.pack(VMDK4_MAGIC, 3 if stream else 1, flags, sectors, granularity,
+                          desc_offset, desc_size, gtes, rgd_offset, gd_offset, overhead, 0,
+                          b"\n \r\n", 1 if stream else 0)
+    if cid is None:
+        cid = int.from_bytes(os.urandom(4), "little")
+    descriptor = _DESCRIPTOR.format(cid=cid, create_type=subformat, sectors=sectors, name=name,
+                                    cylinders=sectors // (16 * 63)).encode()
+    file.truncate(0)
+    file.pwrite(0, header.ljust(SECTOR, b"\0") + descriptor.ljust(desc_size * SECTOR, b"\0"))
+    for directory in (rgd_offset, gd_offset):
+        entries = [directory + gd_sectors + i * gt_size for i in range(gt_count)]
+        file.pwrite(directory * SECTOR, struct.pack(f"<{gt_count}I", *entries))
+    file.truncate(overhead * SECTOR)
+
+
 class VmdkImage:
     """An open sparse VMDK: guest reads, writes (compressed on streamOptimized) and size."""
 
