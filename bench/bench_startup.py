@@ -1,5 +1,8 @@
 """Start-up time, process start -> QMP greeting, emulator vs real QEMU, side by side.
 
+Targets: the emulator started from scratch (the launcher `blocktxn iotests` writes, `python -S`
+with compiled bytecode), the emulator through the fork server `blocktxn iotests` uses (a warm
+process forks each emulator; the launcher is then only a small client), and real QEMU.
 Each run starts the binary the way QEMU's iotests do (`-chardev socket,id=mon,fd=N -mon
 chardev=mon,mode=control`, plus `-accel qtest` for the emulator and `-accel tcg` for Debian's QEMU,
 which has no qtest accelerator), with PYTHONDONTWRITEBYTECODE=1 as iotests set it, and times
@@ -35,12 +38,14 @@ def emulator_launcher(folder: Path) -> list[str]:
     return [str(make(folder))]
 
 
-def targets(folder: Path) -> dict[str, tuple[list[str], dict[str, str], str]]:
+def targets(folder: Path, forkserver: str) -> dict[str, tuple[list[str], dict[str, str], str]]:
     """name -> (argv prefix, extra env, accelerator)."""
-    found: dict[str, tuple[list[str], dict[str, str], str]] = {
-        "emulator 7.2": (emulator_launcher(folder), {"BLOCKTXN_QEMU_VERSION": "7.2"}, "qtest"),
-        "emulator 10.0": (emulator_launcher(folder), {"BLOCKTXN_QEMU_VERSION": "10.0"}, "qtest"),
-    }
+    launcher = emulator_launcher(folder)
+    found: dict[str, tuple[list[str], dict[str, str], str]] = {}
+    for version in ("7.2", "10.0"):
+        found[f"emulator {version}"] = (launcher, {"BLOCKTXN_QEMU_VERSION": version}, "qtest")
+        found[f"emulator+fs {version}"] = (launcher, {"BLOCKTXN_QEMU_VERSION": version,
+                                                      "BLOCKTXN_FORKSERVER": forkserver}, "qtest")
     qemu7 = shutil.which("qemu-system-x86_64")
     if qemu7:
         found["qemu 7.2"] = ([qemu7], {}, "tcg")
@@ -87,18 +92,26 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--machine", default="pc", help="machine type (iotests use the default, pc)")
     args = parser.parse_args()
+    from conformance.iotests import ForkServer
+
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         medians: dict[str, float] = {}
-        for name, (argv, env, accel) in targets(Path(tmp)).items():
-            one_run(argv, env, accel, args.machine)  # warm the page cache
-            times = [one_run(argv, env, accel, args.machine) for _ in range(args.runs)]
-            medians[name] = statistics.median(times)
-            print(f"{name:14s} median {medians[name] * 1000:7.1f} ms  "
-                  f"(min {min(times) * 1000:.1f}, max {max(times) * 1000:.1f}, n={args.runs})", flush=True)
+        server = ForkServer(Path(tmp))
+        try:
+            for name, (argv, env, accel) in targets(Path(tmp), server.path).items():
+                one_run(argv, env, accel, args.machine)  # warm the page cache
+                times = [one_run(argv, env, accel, args.machine) for _ in range(args.runs)]
+                medians[name] = statistics.median(times)
+                print(f"{name:17s} median {medians[name] * 1000:7.1f} ms  (min {min(times) * 1000:.1f}, "
+                      f"max {max(times) * 1000:.1f}, n={args.runs})", flush=True)
+        finally:
+            server.stop()
     for version in ("7.2", "10.0"):
-        ours, theirs = medians.get(f"emulator {version}"), medians.get(f"qemu {version}")
-        if ours and theirs:
-            print(f"ratio emulator/qemu {version}: {ours / theirs:.2f}")
+        theirs = medians.get(f"qemu {version}")
+        for kind in ("emulator", "emulator+fs"):
+            ours = medians.get(f"{kind} {version}")
+            if ours and theirs:
+                print(f"ratio {kind}/qemu {version}: {ours / theirs:.2f}")
     return 0
 
 

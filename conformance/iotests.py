@@ -121,23 +121,37 @@ def find_tools(source: Source, tools_dir: str | None) -> dict[str, str]:
     return found
 
 
+LAUNCHER = """\
+#!{python} -S
+# QEMU_PROG for `blocktxn iotests`: hands this process's argv, environment, working directory and
+# open file descriptors to the fork server named by $BLOCKTXN_FORKSERVER, which forks a warm
+# emulator that takes them over; relays signals to it and exits as it exits.  Without a fork
+# server it runs the emulator itself.
+import posix, sys
+sys.path[1:1] = {paths!r}
+server = posix.environ.get(b"BLOCKTXN_FORKSERVER")
+if server:
+    from conformance.forkclient import run_via
+    run_via(server.decode())
+from emulator.__main__ import main
+sys.exit(main())
+"""
+
+
 def emulator_launcher(scratch: Path) -> Path:
     """An executable QEMU_PROG that runs the emulator with this interpreter, started fast.
 
     `python -S` skips `site` (and the .pth files of every installed package, a third of the
     start-up): the launcher puts the repository and the venv's site-packages on sys.path itself.
     Bytecode must already exist, since iotests set PYTHONDONTWRITEBYTECODE: see compile_emulator().
+    With BLOCKTXN_FORKSERVER set (see forkserver.py) it only asks a warm process to fork.
     """
     import sysconfig
 
     compile_emulator()
     paths = [str(ROOT), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     launcher = scratch / "qemu-system-x86_64"
-    launcher.write_text(f"#!{sys.executable} -S\n"
-                        "import sys\n"
-                        f"sys.path[1:1] = {sorted(set(paths), key=paths.index)!r}\n"
-                        "from emulator.__main__ import main\n"
-                        "sys.exit(main())\n")
+    launcher.write_text(LAUNCHER.format(python=sys.executable, paths=sorted(set(paths), key=paths.index)))
     launcher.chmod(0o755)
     return launcher
 
@@ -148,6 +162,7 @@ def compile_emulator() -> None:
     import compileall
 
     compileall.compile_dir(str(ROOT / "emulator"), quiet=2)
+    compileall.compile_file(str(ROOT / "conformance" / "forkclient.py"), quiet=2)
 
 
 def has_format(args: Sequence[str]) -> bool:
@@ -162,6 +177,7 @@ class Options:
     timeout: float
     keep: bool
     check_args: list[str]
+    forkserver: bool = True
 
 
 def parse(argv: Sequence[str]) -> Options:
@@ -176,12 +192,18 @@ def parse(argv: Sequence[str]) -> Options:
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
                         help=f"seconds before the run is killed (default {DEFAULT_TIMEOUT:.0f})")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    parser.add_argument("--no-forkserver", action="store_true",
+                        help="start every emulator from scratch instead of forking a warm one")
     args, rest = parser.parse_known_args(list(argv))
     try:
         source = Source.load(args.qemu_src)
     except RunnerError as exc:
         parser.error(str(exc))
-    return Options(source, args.qemu, args.tools_dir, args.timeout, args.keep, rest)
+    # check runs in the scratch folder: relative paths given here must not change meaning there
+    qemu = os.path.abspath(args.qemu) if args.qemu else None
+    tools_dir = os.path.abspath(args.tools_dir) if args.tools_dir else None
+    return Options(source, qemu, tools_dir, args.timeout, args.keep, rest,
+                   forkserver=not args.no_forkserver)
 
 
 def build_env(options: Options, scratch: Path, tools: dict[str, str]) -> dict[str, str]:
@@ -192,6 +214,36 @@ def build_env(options: Options, scratch: Path, tools: dict[str, str]) -> dict[st
     env.update(QEMU_PROG=qemu, PYTHONDONTWRITEBYTECODE="1",
                BLOCKTXN_QEMU_VERSION=options.source.major_minor)
     return env
+
+
+class ForkServer:
+    """conformance/forkserver.py as a child of the runner, for the runner's lifetime."""
+
+    def __init__(self, scratch: Path) -> None:
+        self.path = str(scratch / "forkserver.sock")
+        self.proc = subprocess.Popen([sys.executable, "-m", "conformance.forkserver", self.path],
+                                     cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                                     text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+        import select
+
+        assert self.proc.stdout is not None
+        readable, _, _ = select.select([self.proc.stdout], [], [], 30.0)
+        ready = self.proc.stdout.readline() if readable else ""
+        if ready.strip() != "ready":
+            self.stop()
+            raise RunnerError("the emulator fork server did not start (see its messages above)")
+
+    def stop(self) -> None:
+        """Stop it; it kills any emulator it forked that is still running."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 def kill_session(pgid: int, grace: float = 2.0) -> None:
@@ -216,6 +268,7 @@ def run(options: Options) -> int:
     if options.qemu and not os.access(options.qemu, os.X_OK):
         raise RunnerError(f"--qemu {options.qemu}: not an executable file")
     scratch = Path(tempfile.mkdtemp(prefix="blocktxn-iotests-"))
+    forkserver: ForkServer | None = None
     try:
         build = scratch / "build" / "tests" / "qemu-iotests"
         build.mkdir(parents=True)
@@ -224,6 +277,10 @@ def run(options: Options) -> int:
         if not has_format(args):
             args.insert(0, "-qcow2")
         env = build_env(options, scratch, tools)
+        if options.forkserver and not options.qemu:
+            forkserver = ForkServer(scratch)
+        if forkserver is not None:
+            env["BLOCKTXN_FORKSERVER"] = forkserver.path
         print(f"blocktxn iotests: QEMU {options.source.version} tests in {options.source.root}; "
               f"QEMU_PROG={env['QEMU_PROG']}; scratch {scratch}", flush=True)
         proc = subprocess.Popen([sys.executable, "./check", *args], cwd=build, env=env,
@@ -243,6 +300,8 @@ def run(options: Options) -> int:
         kill_session(proc.pid)
         return status
     finally:
+        if forkserver is not None:
+            forkserver.stop()
         if options.keep:
             print(f"blocktxn iotests: scratch folder kept: {scratch}", flush=True)
         else:

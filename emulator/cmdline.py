@@ -262,6 +262,8 @@ class _Parser:
         self.config = Config()
         self.chardevs: dict[str, _Chardev] = {}
         self._schema: QapiSchema | None = None
+        #: -machine property names, checked once the machine type is known.
+        self.machine_props: list[str] = []
         self.compat_monitors = 0
 
     def parse(self, argv: list[str]) -> Config:
@@ -283,9 +285,14 @@ class _Parser:
                 raise CmdlineError(exc.desc, location) from exc
             if self.config.action != "run":
                 return self.config
-        if machine_types.lookup(self.config.version, self.config.machine) is None:
+        mtype = machine_types.lookup(self.config.version, self.config.machine)
+        if mtype is None:
             raise CmdlineError(machine_types.unsupported_message(self.config.version,
                                                                  self.config.machine or ""))
+        for key in self.machine_props:
+            message = machine_types.check_property(mtype, key)
+            if message:
+                raise CmdlineError(message)
         return self.config
 
     @staticmethod
@@ -375,8 +382,11 @@ class _Parser:
                 self.config.action = "format-help"
                 return
             self.config.drives.append((f"-drive {arg}", opts))
+        elif name not in option_table.IMPLEMENTED and name not in option_table.IGNORED:
+            raise QemuError("this option is not supported by the blocktxn emulator")
         # -blocktxn-version: chosen before the other options (parse)
-        # -nodefaults, -nographic, -no-user-config, -no-shutdown, -name, -m, -smp: nothing to do
+        # -nodefaults, -nographic, -no-user-config, -no-shutdown, -name, -m, -smp, and the
+        # options of option_table.IGNORED: nothing to do without a guest
 
     def _machine(self, arg: str) -> None:
         opts = parse_qemu_opts(arg, "type")
@@ -388,6 +398,7 @@ class _Parser:
             self.config.machine = kind
             if machine_types.lookup(self.config.version, kind) is None:
                 raise CmdlineError(machine_types.unsupported_message(self.config.version, kind))
+        self.machine_props.extend(key for key in opts if key != "type")
         accel = opts.get("accel")
         if accel is not None:
             for name in accel.split(":"):
@@ -545,8 +556,9 @@ DRIVE_CACHE_MODES = ("none", "writeback", "unsafe", "directsync", "writethrough"
 DRIVE_AIO_MODES = ("threads", "native", "io_uring")
 
 
-def check_drive(opts: dict[str, str]) -> None:
-    """The checks of QEMU's drive_new() that come before opening the image."""
+def check_drive(opts: dict[str, str], *, board: bool = True) -> None:
+    """The checks of QEMU's drive_new() that come before opening the image (`board`: the
+    machine has buses for board-created drives, unlike `-M none`)."""
     drive_id = opts.get("id")
     if drive_id is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", drive_id):
         raise QemuError("Parameter 'id' expects an identifier\n"
@@ -558,11 +570,26 @@ def check_drive(opts: dict[str, str]) -> None:
     interface = opts.get("if", "ide")
     if interface not in DRIVE_INTERFACES:
         raise QemuError(f"unsupported bus type '{interface}'")
+    if interface not in ("none", "ide", "virtio", "scsi") and not board:
+        raise QemuError(f"machine type does not support if={interface},bus=0,unit=0")
     if interface not in ("none", "ide", "virtio", "scsi"):
         raise QemuError(f"if={interface} is not supported by the blocktxn emulator")
     media = opts.get("media", "disk")
     if media not in ("disk", "cdrom"):
         raise QemuError(f"'{media}' invalid media")
+
+
+#: Devices per bus of the interfaces that have buses (drive_new's if_max_devs).
+IF_MAX_DEVS = {"ide": 2, "scsi": 7}
+
+
+def default_drive_id(interface: str, index: int, cdrom: bool) -> str:
+    """drive_new's name for a -drive without id=: "ide0-cd1", "scsi0-hd0", "virtio0", "none0"."""
+    media = ("-cd" if cdrom else "-hd") if interface in ("ide", "scsi") else ""
+    max_devs = IF_MAX_DEVS.get(interface, 0)
+    if max_devs:
+        return f"{interface}{index // max_devs}{media}{index % max_devs}"
+    return f"{interface}{media}{index}"
 
 
 def _drive(machine: Machine, opts: dict[str, str]) -> None:
@@ -591,11 +618,11 @@ def _object(machine: Machine, opts: dict[str, str]) -> None:
 
     qom_type, object_id = opts["qom-type"], opts["id"]
     handler = COMMANDS.get("object-add")
-    if handler is not None and qom_type != "iothread":
+    if handler is not None and qom_type not in ("iothread", "secret"):
         props: dict[str, Any] = {k: v for k, v in opts.items() if k not in ("qom-type", "id")}
         handler.handler(machine, qom_type=qom_type, id=object_id, **props)
         return
-    if qom_type != "iothread":
+    if qom_type not in ("iothread", "secret"):
         raise QemuError(f"object type '{qom_type}' is not supported by the blocktxn emulator")
     machine.objects[object_id] = dict(opts)
 
@@ -616,9 +643,17 @@ def apply_block_options(config: Config, machine: Machine) -> None:
             machine.block.blockdev_add(options)
         except QemuError as exc:
             raise CmdlineError(exc.desc, location) from exc
+    board = machine.devices.machine_type.family != "none"
+    units: dict[str, int] = {}
     for location, opts in config.drives:
         try:
-            check_drive(opts)
+            if "if" not in opts:  # the machine's block_default_type: none for -M none, else ide
+                opts = {**opts, "if": "ide" if board else "none"}
+            index = units.get(opts["if"], 0)
+            units[opts["if"]] = index + 1
+            if "id" not in opts:
+                opts = {**opts, "id": default_drive_id(opts["if"], index, opts.get("media") == "cdrom")}
+            check_drive(opts, board=board)
             _drive(machine, opts)
         except QemuError as exc:
             raise CmdlineError(exc.desc, location) from exc

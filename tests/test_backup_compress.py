@@ -93,3 +93,26 @@ def test_compress_refused_where_qemu_refuses(tmp_path: Path) -> None:
         assert (tmp_path / "r2.raw").exists()  # QEMU creates the target before its checks
 
     run(tmp_path, body)
+
+
+def test_x_perf_checks_and_top_without_backing(tmp_path: Path) -> None:
+    """x-perf's checks (QEMU 7.2's texts); blockdev-backup sync=top of an image without a backing
+    file copies only its allocated clusters (real QEMU: len 8 MiB for 8 MiB written)."""
+    async def body(h: Harness) -> None:
+        h.drive("drive0")
+        h.write("drive0", "0x41", "0", "8M")
+        h.cmd("blockdev-add", driver="null-co", node_name="nul", size=64 * MiB)
+        for perf, text in (({"max-workers": 0}, "max-workers must be between 1 and 2147483647"),
+                           ({"max-chunk": -1},
+                            "max-chunk must be zero (which means no limit) or positive")):
+            with pytest.raises(QemuError) as info:
+                h.cmd("blockdev-backup", job_id="j", device="drive0", target="nul", sync="full",
+                      x_perf=perf)
+            assert info.value.desc == text
+        h.cmd("blockdev-backup", job_id="j", device="drive0", target="nul", sync="top",
+              x_perf={"max-workers": 1, "max-chunk": 65536})
+        await h.settle()
+        done = next(d for n, d in h.events if n == "BLOCK_JOB_COMPLETED")
+        assert done["len"] == done["offset"] == 8 * MiB
+
+    run(tmp_path, body)

@@ -105,6 +105,7 @@ def test_negative_errno_does_not_fail(image: Any) -> None:
 
 def test_sector_must_fall_inside_the_request(image: Any) -> None:
     node = blkdebug(image, [{"event": "none", "errno": 5, "sector": 3}])
+    node.unmap = True  # discard=unmap: otherwise a discard never reaches the driver
     assert fails(node.pread, 0, 512) is None
     assert fails(node.pread, 512, 2048) == errno.EIO
     assert fails(node.pwrite, 1024, b"x" * 1024) == errno.EIO
@@ -201,6 +202,8 @@ def test_small_zero_write_falls_back_to_a_write(image: Any) -> None:
     node = blkdebug(image, [{"event": "none", "errno": 5, "iotype": "write"}], align=4096)
     assert fails(node.pwrite_zeroes, 0, 512) == errno.EIO  # below align: done as a write
     node = blkdebug(image, [{"event": "none", "errno": 5, "iotype": "discard"}], align=4096)
+    assert fails(node.discard, 0, 4096) is None  # without discard=unmap nothing reaches it
+    node.unmap = True
     assert fails(node.discard, 0, 512) is None  # below align: -ENOTSUP, ignored
     assert fails(node.discard, 0, 4096) == errno.EIO
 

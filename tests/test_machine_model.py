@@ -143,6 +143,10 @@ def test_iotests_vm_command_line_parses() -> None:
      "qemu-system-x86_64: -device virtio-blk,drive=nope: Property 'virtio-blk-device.drive' can't find value 'nope'\n"),
     (["-device", "virtio-blk,id=a,foo=1"], "7.2",
      "qemu-system-x86_64: -device virtio-blk,id=a,foo=1: Property 'virtio-blk-pci.foo' not found\n"),
+    (["-M", "none,foo=bar"], "7.2", "qemu-system-x86_64: Property 'none-machine.foo' not found\n"),
+    (["-M", "pc,foo=bar"], "7.2", "qemu-system-x86_64: Property 'pc-i440fx-7.2-machine.foo' not found\n"),
+    (["-incoming", "defer"], "7.2",
+     "qemu-system-x86_64: -incoming defer: this option is not supported by the blocktxn emulator\n"),
     (["-device", "virtio-scsi,id=s", "-device", "virtio-scsi,id=s"], "7.2",
      "qemu-system-x86_64: -device virtio-scsi,id=s: Duplicate ID 's' for device\n"),
 ])
@@ -254,10 +258,32 @@ def test_qmp_pretty_and_hmp_on_stdio() -> None:
     out = emulator(["-M", "none", "-nodefaults", "-display", "none", "-qmp-pretty", "stdio"],
                    input='{"execute":"qmp_capabilities"}\n{"execute":"quit"}\n')
     assert out.stdout.startswith('{\n    "QMP": {\n')
-    assert '{\n    "return": {}\n}\n' in out.stdout
-    hmp = emulator(["-blocktxn-version", "7.2", "-M", "none", "-nodefaults", "-display", "none",
-                    "-monitor", "stdio"], input="bogus\nquit\n")
-    # (text mode: QEMU's CRLF line ends read as LF; unlike QEMU, input is not echoed back)
-    assert hmp.stdout.startswith("QEMU 7.2.22 monitor - type 'help' for more information\n(qemu) ")
-    assert "unknown command: 'bogus'\n(qemu) " in hmp.stdout
+    assert '{\n    "return": {\n    }\n}\n' in out.stdout  # QEMU opens and closes {} on two lines
+    hmp = emulator(["-blocktxn-version", "7.2", "-M", "none", "-nodefaults", "-display", "none", "-monitor", "stdio"],
+                   input="bogus\nquit\n")
+    real = ("QEMU 7.2.22 monitor - type 'help' for more information\r\n(qemu) "
+            "b\x1b[K\x1b[Dbo\x1b[K\x1b[D\x1b[Dbog\x1b[K\x1b[D\x1b[D\x1b[Dbogu\x1b[K"
+            "\x1b[D\x1b[D\x1b[D\x1b[Dbogus\x1b[K\r\nunknown command: 'bogus'\r\n(qemu) "
+            "q\x1b[K\x1b[Dqu\x1b[K\x1b[D\x1b[Dqui\x1b[K\x1b[D\x1b[D\x1b[Dquit\x1b[K\r\n")
+    assert hmp.stdout == real.replace("\r\n", "\n")  # text mode reads CRLF as LF
     assert hmp.returncode == 0
+
+
+def test_drive_default_ids_and_interfaces_as_qemu(tmp_path: Path) -> None:
+    """Real QEMU 7.2: `-drive file=X` is if=ide on pc ("ide0-hd0", then "ide0-cd1" for a CD-ROM)
+    and if=none on -M none ("none0"), where if=ide and if=floppy have no bus."""
+    from emulator.cmdline import default_drive_id
+
+    assert [default_drive_id("ide", 0, False), default_drive_id("ide", 1, True),
+            default_drive_id("ide", 2, False), default_drive_id("virtio", 1, False),
+            default_drive_id("none", 0, False), default_drive_id("scsi", 8, False)] == \
+        ["ide0-hd0", "ide0-cd1", "ide1-hd0", "virtio1", "none0", "scsi1-hd1"]
+    image = tmp_path / "x.raw"
+    image.write_bytes(b"\0" * 65536)
+    stdin = '{"execute":"qmp_capabilities"}{"execute":"query-block"}{"execute":"quit"}'
+    out = emulator(["-nodefaults", "-display", "none", "-M", "none", "-qmp", "stdio",
+                    "-drive", f"file={image},format=raw"], input=stdin)
+    assert '"device": "none0"' in out.stdout and '"qdev"' not in out.stdout
+    bad = emulator(["-nodefaults", "-display", "none", "-M", "none", "-drive", f"file={image},if=floppy"])
+    assert bad.stderr == (f"qemu-system-x86_64: -drive file={image},if=floppy: "
+                          "machine type does not support if=floppy,bus=0,unit=0\n")

@@ -192,4 +192,45 @@ def test_backend_set_perm_refuses_conflicts_and_keeps_old_perms(drives: Machine)
         "Permission conflict on node 'n0': permissions 'write' are both required by node 'w' "
         "(uses node 'n0' as 'image' child) and unshared by block device 'drive0' (uses node "
         "'n0' as 'root' child).")
-    assert (backend.perm, backend.shared_perm) == (PERM_CONSISTENT_READ | PERM_WRITE, PERM_ALL)
+    assert (backend.perm, backend.shared_perm) == (PERM_CONSISTENT_READ, PERM_ALL)
+
+
+def test_drive_backend_reads_until_qemu_io_writes(drives: Machine) -> None:
+    """A -drive backend takes only 'consistent read' (QEMU 7.2 lets a node unsharing 'write' sit
+    on it); HMP qemu-io's write then asks for 'write' and keeps it."""
+    cmd(drives, "blockdev-add", **{"node-name": "u", "driver": "blkdebug", "image": "n0",
+                                   "unshare-child-perms": ["write"]})
+    assert error(drives, "blockdev-add", **{"node-name": "u2", "driver": "blkdebug",
+                                            "image": "n0",
+                                            "unshare-child-perms": ["consistent-read"]}) == (
+        "Permission conflict on node 'n0': permissions 'consistent read' are both required by "
+        "block device 'drive0' (uses node 'n0' as 'root' child) and unshared by node 'u2' (uses "
+        "node 'n0' as 'image' child).")
+    assert cmd(drives, "human-monitor-command", command_line='qemu-io drive0 "write 0 512"') == (
+        "Permission conflict on node 'n0': permissions 'write' are both required by block device "
+        "'drive0' (uses node 'n0' as 'root' child) and unshared by node 'u' (uses node 'n0' as "
+        "'image' child).\r\n")
+    cmd(drives, "blockdev-del", node_name="u")
+    assert cmd(drives, "human-monitor-command", command_line='qemu-io drive1 "write 0 512"') == ""
+    assert drives.block.find_backend("drive1").perm & PERM_WRITE  # type: ignore[union-attr]
+
+
+def test_filter_creation_conflicts_carry_qemu_prefix(tmp_path: Path) -> None:
+    """bdrv_insert_node: a conflict while the filter opens its children is 'Could not create
+    node: ...' (real QEMU 7.2), and nothing is left behind."""
+    machine = new_machine(stdout=io.StringIO())
+    path = tmp_path / "d.qcow2"
+    create_image(str(path), "qcow2", 64 * MiB)
+    machine.block.drive_add({"if": "none", "id": "drive0", "file": str(path), "format": "qcow2"})
+    cmd(machine, "blockdev-add", **{"node-name": "tgt", "driver": "null-co", "size": 64 * MiB})
+    cmd(machine, "blockdev-add", **{"node-name": "u", "driver": "blkdebug", "image": "tgt",
+                                    "unshare-child-perms": ["write"]})
+    before = sorted(n.node_name for n in machine.block.nodes)
+    assert error(machine, "blockdev-backup", job_id="j", device="drive0", target="tgt",
+                 sync="full", filter_node_name="f") == (
+        "Could not create node: Permission conflict on node 'tgt': permissions 'write' are both "
+        "required by node 'f' (uses node 'tgt' as 'target' child) and unshared by node 'u' "
+        "(uses node 'tgt' as 'image' child).")
+    assert sorted(n.node_name for n in machine.block.nodes) == before
+    assert machine.block.find_backend("drive0").root.driver == "qcow2"  # type: ignore[union-attr]
+    machine.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from emulator.error import QemuError
 
 from .node import BlockNode
-from .permissions import PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE, check_perms
+from .permissions import PERM_ALL, PERM_CONSISTENT_READ, check_perms
 
 
 class BlockBackend:
@@ -23,10 +23,10 @@ class BlockBackend:
         self.root = root
         if root is not None:
             root.parents.append(self)
-        #: The backend's use of its root (blk_new_open for -drive: read, and write unless
-        #: read-only, sharing everything; a device narrows it with set_perm()).
-        read_only = root is None or root.read_only
-        self.perm = PERM_CONSISTENT_READ | (0 if read_only else PERM_WRITE)
+        #: The backend's use of its root.  A -drive backend only reads until someone writes
+        #: through it (real QEMU 7.2: a node unsharing 'write' can be added over a -drive's node;
+        #: HMP qemu-io's writes then take 'write' and keep it); devices set theirs (set_perm()).
+        self.perm = PERM_CONSISTENT_READ
         self.shared_perm = PERM_ALL
         #: The attached device's qdev id or path (None while no device uses the backend).
         self.dev: str | None = None

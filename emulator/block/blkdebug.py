@@ -19,9 +19,12 @@ qemu_config_parse / QemuOpts quirks and messages, as observed on a real QEMU 7.2
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import errno as errno_mod
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,7 +63,7 @@ class BlkdebugRule:
     """One inject-error or set-state rule (QEMU's BlkdebugRule)."""
 
     event: str
-    action: str  # "inject-error" | "set-state"
+    action: str  # "inject-error" | "set-state" | "suspend"
     state: int = 0
     errno: int = errno_mod.EIO
     once: bool = False
@@ -69,6 +72,41 @@ class BlkdebugRule:
     offset: int = -1
     iotypes: frozenset[str] = field(default_factory=lambda: DEFAULT_IOTYPES)
     new_state: int = 0
+    #: The breakpoint tag of a "suspend" rule (qemu-io's `break EVENT TAG`).
+    tag: str = ""
+
+
+class SuspendedRequest:
+    """A request stopped at a blkdebug breakpoint (BlkdebugSuspendedReq) until resumed."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.released = False
+
+
+class RequestSuspended(Exception):
+    """Raised out of an I/O path that hit a breakpoint: the request did not happen yet.  Only
+    code that can wait and retry (a job's copy task, see `suspendable`) ever sees it."""
+
+    def __init__(self, request: SuspendedRequest) -> None:
+        super().__init__(f"request suspended at blkdebug breakpoint '{request.tag}'")
+        self.request = request
+
+
+#: Set while the running I/O can be suspended at a breakpoint (and retried when resumed).  The
+#: emulator's other I/O (HMP qemu-io, guest writes) is synchronous and passes breakpoints.
+SUSPENDABLE: contextvars.ContextVar[bool] = contextvars.ContextVar("blkdebug_suspendable",
+                                                                   default=False)
+
+
+@contextlib.contextmanager
+def suspendable() -> Iterator[None]:
+    """Let the I/O of the block stop at blkdebug breakpoints (RequestSuspended)."""
+    token = SUSPENDABLE.set(True)
+    try:
+        yield
+    finally:
+        SUSPENDABLE.reset(token)
 
 
 def _c_int(value: int) -> int:
@@ -136,6 +174,7 @@ class BlkdebugNode(BlockNode):
         #: Request alignment the node reports (validated; I/O is not split or padded here).
         self.request_alignment = max(self.align, 1)
         self.active_rules: list[BlkdebugRule] = []
+        self.suspended: list[SuspendedRequest] = []
         self.state = 1
         self.attach_child("image", image)
         self.debug_event("none")
@@ -162,8 +201,16 @@ class BlkdebugNode(BlockNode):
             raise ValueError(f"unknown blkdebug event {event!r}")
         new_state = self.state
         injected = 0
+        suspended: SuspendedRequest | None = None
         for rule in list(self.rules.get(event, ())):
             if rule.state and rule.state != self.state:
+                continue
+            if rule.action == "suspend":
+                if SUSPENDABLE.get() and suspended is None:
+                    # suspend_request: the rule is used up, the request waits for its tag.
+                    self._remove_rule(rule)
+                    suspended = SuspendedRequest(rule.tag)
+                    self.suspended.insert(0, suspended)
                 continue
             if rule.action == "inject-error":
                 injected += 1
@@ -173,6 +220,44 @@ class BlkdebugNode(BlockNode):
             else:
                 new_state = rule.new_state
         self.state = new_state
+        if suspended is not None:
+            raise RequestSuspended(suspended)
+
+    # ---- breakpoints (qemu-io break / remove_break / resume / wait_break) -------------------
+    def add_breakpoint(self, event: str, tag: str) -> int:
+        """blkdebug_debug_breakpoint: 0, or -ENOENT for an unknown event."""
+        if event not in _EVENT_SET:
+            return -errno_mod.ENOENT
+        self._add_rule(BlkdebugRule(event, "suspend", tag=tag))
+        return 0
+
+    def _resume(self, tag: str, everything: bool) -> bool:
+        found = False
+        for request in list(self.suspended):
+            if request.tag == tag:
+                request.released = True
+                self.suspended.remove(request)
+                found = True
+                if not everything:
+                    break
+        return found
+
+    def remove_breakpoint(self, tag: str) -> int:
+        """blkdebug_debug_remove_breakpoint: resume its requests and drop its rules."""
+        found = self._resume(tag, True)
+        for rules in self.rules.values():
+            for rule in list(rules):
+                if rule.action == "suspend" and rule.tag == tag:
+                    rules.remove(rule)
+                    found = True
+        return 0 if found else -errno_mod.ENOENT
+
+    def resume(self, tag: str) -> int:
+        """blkdebug_debug_resume: resume the newest request suspended with `tag`."""
+        return 0 if self._resume(tag, False) else -errno_mod.ENOENT
+
+    def is_suspended(self, tag: str) -> bool:
+        return any(request.tag == tag for request in self.suspended)
 
     def _rule_check(self, offset: int, length: int, iotype: str) -> None:
         """rule_check: fail the request if the first matching active rule says so."""

@@ -334,7 +334,7 @@ class DirtyBitmapSet:
         return None
 
     def create(self, name: str | None, granularity: int, size: int, *, disabled: bool = False,
-               persistent: bool = False) -> DirtyBitmap:
+               persistent: bool = False, oldest: bool = False) -> DirtyBitmap:
         """bdrv_create_dirty_bitmap (+ disable / set persistence as qmp_block_dirty_bitmap_add)."""
         if not granularity_valid(granularity):
             raise QemuError("Granularity must be power of 2 and at least 512")
@@ -344,7 +344,8 @@ class DirtyBitmapSet:
             if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_SIZE:
                 raise QemuError(f"Bitmap name too long: {name}")
         bm = DirtyBitmap(name, granularity, size, disabled=disabled, persistent=persistent)
-        self._list.insert(0, bm)
+        # `oldest`: for a bitmap QEMU created before the ones already listed (list order).
+        self._list.insert(len(self._list) if oldest else 0, bm)
         return bm
 
     def remove(self, bm: DirtyBitmap) -> None:

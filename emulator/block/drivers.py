@@ -12,8 +12,8 @@ import os
 
 from emulator.error import QemuError
 
-from .file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
-from .node import BACKING_ALLOWED_OPS, BLOCK_ALLOCATED, BLOCK_ZERO, BlockNode
+from .file import PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
+from .node import BACKING_ALLOWED_OPS, BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
 from .permissions import PERM_RESIZE, ROLE_FILTERED
 from .qcow2 import Qcow2Image
 
@@ -54,11 +54,32 @@ class FileNode(BlockNode):
     def _flush_to_disk(self) -> None:
         self.storage.flush()
 
+    def _discard(self, offset: int, length: int) -> None:
+        self.storage.discard(offset, length)
+
     def _truncate(self, size: int) -> None:
         self.storage.truncate(size)
 
     def _block_status(self, offset: int, length: int) -> tuple[int, int]:
         return self.storage.block_status(offset, length)
+
+    def reopen(self, read_only: bool) -> None:
+        """raw_reopen_prepare/commit: a new descriptor with the new access mode and locks."""
+        if read_only == self.read_only:
+            return
+        new = FileStorage(self.filename, read_only=read_only)
+        old_locks = (self.storage._locked_perm, self.storage._locked_shared)
+        self.storage.set_perm(0, PERM_ALL)  # our own old locks would conflict with the new fd
+        try:
+            new.set_perm(PERM_CONSISTENT_READ | (0 if read_only else PERM_WRITE),
+                         PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED)
+        except BaseException:
+            new.close()
+            self.storage.set_perm(*old_locks)
+            raise
+        self.storage.close()
+        self.storage = new
+        self.read_only = read_only
 
     def actual_size(self) -> int:
         try:
@@ -124,6 +145,58 @@ class RawNode(_FormatNode):
         return self.children["file"].block_status(offset, length)
 
 
+class VmdkNode(_FormatNode):
+    """Format driver "vmdk" (hosted sparse extents, see vmdk.py)."""
+
+    driver = "vmdk"
+    #: vmdk_co_pwritev_compressed exists for every VMDK (only compressed extents compress).
+    can_compress = True
+
+    def __init__(self, node_name: str, file: BlockNode, *, read_only: bool = False,
+                 auto_named: bool = False) -> None:
+        from .vmdk import VmdkImage
+
+        super().__init__(node_name, file, read_only=read_only, auto_named=auto_named)
+        try:
+            self.image = VmdkImage(file, read_only=read_only)
+        except BaseException:
+            super().close()
+            raise
+
+    @property
+    def cluster_size(self) -> int:
+        return self.image.cluster_size
+
+    def _length(self) -> int:
+        return self.image.size
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return self.image.pread(offset, length)
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        self.image.pwrite(offset, data)
+
+    def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
+        # No zeroed-grain support here: QEMU's fallback writes a zero buffer.
+        self.image.pwrite(offset, bytes(length))
+
+    def _pwrite_compressed(self, offset: int, data: bytes) -> None:
+        self.image.pwrite(offset, data)
+
+    def _block_status(self, offset: int, length: int) -> tuple[int, int]:
+        grain = self.image.cluster_size
+        end = min(offset + length, -(-(offset + 1) // grain) * grain)
+        if self.image.allocated(offset):
+            return end - offset, BLOCK_DATA | BLOCK_ALLOCATED
+        return end - offset, 0
+
+    def close(self) -> None:
+        try:
+            self.image.close()
+        finally:
+            super().close()
+
+
 class Qcow2Node(_FormatNode):
     """Format driver "qcow2" over a Qcow2Image codec; its backing is a child node."""
 
@@ -184,6 +257,25 @@ class Qcow2Node(_FormatNode):
 
     def _block_status(self, offset: int, length: int) -> tuple[int, int]:
         return self.image.block_status(offset, length)
+
+    def reopen(self, read_only: bool) -> None:
+        """qcow2_reopen_prepare/commit for a read-only change: going read-only stores the
+        persistent bitmaps and makes them read-only (qcow2_reopen_bitmaps_ro); going read-write
+        marks them in use on disk and writable again (qcow2_reopen_bitmaps_rw)."""
+        if read_only == self.read_only:
+            return
+        if read_only:
+            self.image.bitmap_store.store(self.dirty_bitmaps, writable=True, release=False)
+            self.image.flush()
+            for bitmap in self.dirty_bitmaps:
+                if bitmap.persistent:
+                    bitmap.readonly = True
+            self.image.read_only = True
+            self.read_only = True
+        else:
+            self.image.read_only = False
+            self.read_only = False
+            self.image.bitmap_store.reopen_rw(self.dirty_bitmaps)
 
     def remove_persistent_dirty_bitmap(self, name: str) -> None:
         """bdrv_co_remove_persistent_dirty_bitmap: delete `name` from the image now."""

@@ -15,6 +15,24 @@ import struct
 
 from emulator.error import QemuError
 
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def _punch_hole(fd: int, offset: int, length: int) -> bool:
+    """fallocate(PUNCH_HOLE | KEEP_SIZE) through libc; False where that is not available."""
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        fallocate = libc.fallocate
+        fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+        return bool(fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset,
+                              length) == 0)
+    except (OSError, AttributeError):
+        return False
+
 from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
 
 # file-posix.c locks one byte per permission at these bases (RAW_LOCK_PERM_BASE / SHARED_BASE).
@@ -111,6 +129,22 @@ class FileStorage:
         if self.read_only:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         os.ftruncate(self.fd, size)
+
+    def discard(self, offset: int, length: int) -> None:
+        """handle_aiocb_discard: punch a hole (the range then reads as zeros); where the file
+        system cannot, write zeros, which reads the same."""
+        if self.read_only:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        end = min(offset + length, self.length())
+        if end <= offset:
+            return
+        if _punch_hole(self.fd, offset, end - offset):
+            return
+        pos = offset
+        while pos < end:
+            n = min(end - pos, 1 << 20)
+            self.pwrite(pos, bytes(n))
+            pos += n
 
     def debug_event(self, event: str) -> None:
         """blkdebug hook; a host file has no rules."""

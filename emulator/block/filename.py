@@ -27,6 +27,8 @@ STRONG_RUNTIME_OPTS: dict[str, tuple[str, ...]] = {
                  "opt-write-zero", "max-write-zero", "opt-discard", "max-discard"),
     "null-co": ("size", "read-zeroes", "latency-ns"),
     "copy-before-write": (),
+    "snapshot-access": (),
+    "throttle": ("throttle-group",),
 }
 #: Drivers that open a protocol (bdrv_file_open): a format node may borrow their exact filename.
 PROTOCOL_DRIVERS = frozenset({"file", "null-co", "blkdebug"})
@@ -127,8 +129,10 @@ def exact_filename(node: BlockNode) -> str:
     """bs->exact_filename: a plain name that reopens the same tree, or "" if there is none."""
     if node.implicit and node.primary_child() is not None:
         return exact_filename(node.primary_child())  # type: ignore[arg-type]
-    if node.driver == "copy-before-write" and node.primary_child() is not None:
-        return node_filename(node.primary_child())  # type: ignore[arg-type]  # cbw_refresh_filename
+    if node.driver in ("copy-before-write", "snapshot-access") \
+            and node.primary_child() is not None:
+        # cbw_refresh_filename / snapshot_access_refresh_filename: the file child's filename
+        return node_filename(node.primary_child())  # type: ignore[arg-type]
     if node.driver == "file":
         return str(getattr(node, "filename", ""))
     if node.driver == "null-co":

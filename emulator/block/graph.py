@@ -12,15 +12,12 @@ import logging
 import os
 import random
 import re
-from collections.abc import Sequence
 from typing import Any
 
 from emulator.error import QemuError
 
 from .backend import BlockBackend
-from .dirty_bitmap import DirtyBitmap
-from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode
-from .file import FileStorage
+from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from .image import probe_format
 from .node import BlockNode
 from .permissions import check_perms, qapi_perms
@@ -68,6 +65,11 @@ class BlockGraph:
         self.backends: dict[str, BlockBackend] = {}
         self._id_counter = 0
         self._random = random.Random(seed)
+        #: The QEMU version whose block-layer details to follow ("7.2" or "10.0"); the command
+        #: layer keeps it in step with the machine.
+        self.version = os.environ.get("BLOCKTXN_QEMU_VERSION", "7.2")
+        #: throttle-group objects by id (object-add / -object), for throttle nodes to join.
+        self.throttle_groups: dict[str, Any] = {}
 
     # ---- names --------------------------------------------------------------------------------
     def _generate_node_name(self) -> str:
@@ -128,6 +130,7 @@ class BlockGraph:
         added_before = len(self.nodes)
         try:
             node = self._open(options, read_only=bool(options.get("read-only", False)))
+            self._apply_discard(node, False, set(map(id, self.nodes[added_before:])))
             # Attaching the new tree's children (possibly existing nodes) refreshes their perms.
             check_perms([node])
         except BaseException:
@@ -140,7 +143,9 @@ class BlockGraph:
         """Open a node tree for the emulator's own use (not monitor-owned); all or nothing."""
         before = len(self.nodes)
         try:
-            return self._open(options, read_only=bool(options.get("read-only", False)))
+            node = self._open(options, read_only=bool(options.get("read-only", False)))
+            self._apply_discard(node, False, set(map(id, self.nodes[before:])))
+            return node
         except BaseException:
             self._forget_nodes_after(before)
             raise
@@ -156,10 +161,7 @@ class BlockGraph:
     def _child(self, ref: Any, *, read_only: bool, what: str) -> BlockNode:
         """A BlockdevRef: an inline BlockdevOptions dict or a reference to an existing node."""
         if isinstance(ref, str):
-            node = self.find_node(ref)
-            if node is None:
-                raise QemuError(f"Cannot find device='{ref}' nor node-name='{ref}'")
-            return node
+            return self.lookup_bs(ref)  # bdrv_lookup_bs(reference, reference): devices too
         return self._open(ref, read_only=read_only)
 
     def _name_for(self, options: dict[str, Any]) -> tuple[str, bool]:
@@ -176,12 +178,6 @@ class BlockGraph:
         node: BlockNode
         if driver == "file":
             filename = options["filename"]
-            if options.get("aio") == "native" and not (options.get("cache") or {}).get("direct"):
-                # raw_open_common refuses after opening the file, before taking any lock
-                # (QEMU 7.2 and 10.0 alike)
-                FileStorage(filename, read_only=read_only).close()
-                raise QemuError("aio=native was specified, but it requires cache.direct=on, "
-                                "which was not specified.")
             node = FileNode(name, filename, read_only=read_only, auto_named=auto)
         elif driver == "null-co":
             node = NullCoNode(name, int(options.get("size", 1 << 30)),
@@ -205,10 +201,53 @@ class BlockGraph:
             node.options = options
             self.nodes.insert(slot, node)
             return node
-        elif driver in ("raw", "qcow2"):
+        elif driver == "copy-before-write":
+            from .copy_before_write import (
+                CopyBeforeWriteNode,
+                check_min_cluster_size,
+                copy_cluster_size,
+            )
+
+            # QEMU names the filter after its file child is open and before its target is.
+            file = self._child(options["file"], read_only=read_only, what="file")
+            slot = len(self.nodes)
+            if auto:
+                name = self._generate_node_name()
+            target = self._child(options["target"], read_only=False, what="target")
+            bitmap = self._cbw_bitmap(options.get("bitmap"))
+            min_cluster = int(options.get("min-cluster-size", 0))
+            check_min_cluster_size(min_cluster)
+            node = CopyBeforeWriteNode(name, file, target, None,
+                                       cluster_size=copy_cluster_size(target, min_cluster),
+                                       auto_named=auto,
+                                       on_cbw_error=options.get("on-cbw-error",
+                                                                "break-guest-write"),
+                                       cbw_timeout=int(options.get("cbw-timeout", 0)),
+                                       bitmap=bitmap,
+                                       copy_bitmap_on_filter=not self.version.startswith("7."))
+            node.options = options
+            self.nodes.insert(slot, node)
+            return node
+        elif driver == "snapshot-access":
+            from .copy_before_write import SnapshotAccessNode
+
+            file = self._child(options["file"], read_only=read_only, what="file")
+            node = SnapshotAccessNode(name, file, auto_named=auto)
+        elif driver == "throttle":
+            from .throttle import ThrottleNode
+
+            group_name = options.get("throttle-group")
+            group = self.throttle_groups.get(group_name or "")
+            if group is None:
+                raise QemuError(f"Throttle group '{group_name}' does not exist")
+            file = self._child(options["file"], read_only=read_only, what="file")
+            node = ThrottleNode(name, file, group, auto_named=auto)
+        elif driver in ("raw", "qcow2", "vmdk"):
             file = self._child(options["file"], read_only=read_only, what="file")
             if driver == "raw":
                 node = RawNode(name, file, read_only=read_only, auto_named=auto)
+            elif driver == "vmdk":
+                node = VmdkNode(name, file, read_only=read_only, auto_named=auto)
             else:
                 qnode = Qcow2Node(name, file, read_only=read_only, auto_named=auto)
                 self._name_and_register(qnode, options)
@@ -222,6 +261,19 @@ class BlockGraph:
         else:
             raise QemuError(f"Unknown driver '{driver}'")
         return self._name_and_register(node, options)
+
+    def _cbw_bitmap(self, ref: dict[str, Any] | None) -> Any:
+        """The copy-before-write `bitmap` option (block_dirty_bitmap_lookup's texts)."""
+        if ref is None:
+            return None
+        try:
+            node = self.lookup_bs(ref["node"])
+        except QemuError:
+            raise QemuError(f"Node '{ref['node']}' not found") from None
+        bitmap = node.dirty_bitmaps.find(ref["name"])
+        if bitmap is None:
+            raise QemuError(f"Dirty bitmap '{ref['name']}' not found")
+        return bitmap
 
     def _name_and_register(self, node: BlockNode, options: dict[str, Any]) -> BlockNode:
         if node.auto_named:
@@ -268,11 +320,24 @@ class BlockGraph:
             opts = {"driver": fmt, "file": file_opts, **extra}
         if node_name:
             opts["node-name"] = node_name
-        if fmt == file_opts["driver"]:
-            return self._open(opts, read_only=read_only)
-        if fmt not in ("raw", "qcow2"):
+        if fmt != file_opts["driver"] and fmt not in ("raw", "qcow2", "vmdk"):
             raise QemuError(f"Unknown driver '{fmt}'")
-        return self._open(opts, read_only=read_only)
+        before = len(self.nodes)
+        node = self._open(opts, read_only=read_only)
+        self._apply_discard(node, False, set(map(id, self.nodes[before:])))
+        return node
+
+    def _apply_discard(self, node: BlockNode, default: bool, new: set[int]) -> None:
+        """BDRV_O_UNMAP from the "discard" option (unmap/on).  Without one, a top node ignores
+        discards while the children it opens default to unmap (bdrv_inherited_options: "our
+        drivers respect unmap policy, so enable it on lower layers"); nodes opened earlier
+        keep theirs."""
+        if id(node) not in new:
+            return
+        value = node.options.get("discard")
+        node.unmap = default if value is None else value in ("unmap", "on")
+        for child in node.children.values():
+            self._apply_discard(child, True, new)
 
     @staticmethod
     def _legacy_blkdebug_options(filename: str) -> dict[str, Any]:
@@ -318,8 +383,15 @@ class BlockGraph:
                 top["align"] = opts["align"]  # a string, as QEMU keeps -drive options (json: names)
             if opts.get("node-name"):
                 top["node-name"] = opts["node-name"]
-            return self._open(top, read_only=read_only)
+            if opts.get("discard"):
+                top["discard"] = opts["discard"]
+            before = len(self.nodes)
+            node = self._open(top, read_only=read_only)
+            self._apply_discard(node, False, set(map(id, self.nodes[before:])))
+            return node
         extra: dict[str, Any] = {}
+        if opts.get("discard"):
+            extra["discard"] = opts["discard"]
         if file_extra.get("node-name"):
             extra["file-node-name"] = file_extra["node-name"]
         return self.open_file_and_format(filename, fmt, read_only=read_only,
@@ -339,23 +411,112 @@ class BlockGraph:
         index = sum(1 for name in self.backends if name.startswith(interface))
         return f"{interface}{index}-hd0" if interface == "ide" else f"{interface}{index}"
 
+    # ---- reopen -------------------------------------------------------------------------------
+    def reopen(self, options_list: list[dict[str, Any]]) -> None:
+        """blockdev-reopen (bdrv_reopen_multiple), for what the emulator can change: read-only.
+
+        Every option set must name an existing node and describe it as it is (driver, filename,
+        children); options left out take their defaults (read-only off), and implicitly opened
+        children follow their parent's read-only flag.  All checks run before anything changes.
+        """
+        plan: list[tuple[BlockNode, bool]] = []
+        for options in options_list:
+            name = options.get("node-name")
+            if not name:
+                raise QemuError("node-name not specified")
+            node = self.find_node(name)
+            if node is None:
+                raise QemuError(f"Failed to find node with node-name='{name}'")
+            self._plan_reopen(node, options, bool(options.get("read-only", False)), plan)
+        going_ro = [node for node, ro in plan if ro and not node.read_only]
+        saved = [(node, node.read_only) for node, _ in plan]
+        try:
+            for node, ro in plan:
+                node.read_only = ro
+            check_perms([node for node, _ in plan])
+        except QemuError as exc:
+            if exc.desc == "Block node is read-only" and going_ro:
+                name = going_ro[0].node_name
+                raise QemuError(f"Read-only block node '{name}' cannot support read-write "
+                                "users") from None
+            raise
+        finally:
+            for node, ro in saved:
+                node.read_only = ro
+        # Read-write: children first (the format needs a writable file); read-only: parents first.
+        for node, ro in (reversed(plan) if not any(r for _, r in plan) else plan):
+            reopen = getattr(node, "reopen", None)
+            if reopen is not None:
+                reopen(ro)
+            else:
+                node.read_only = ro
+
+    def _plan_reopen(self, node: BlockNode, options: dict[str, Any], read_only: bool,
+                     plan: list[tuple[BlockNode, bool]]) -> None:
+        if options.get("driver") != node.driver:
+            raise QemuError("Cannot change the option 'driver'")
+        # bdrv_reopen_prepare: a node with a backing file must be given its backing again.
+        image = getattr(node, "image", None)
+        if node.driver == "qcow2" and "backing" not in options and (
+                node.backing is not None or getattr(image, "backing_file", None)):
+            raise QemuError(f"backing is missing for '{node.node_name}'")
+        if node.driver == "file" and options.get("filename") != getattr(node, "filename", None):
+            raise QemuError("Cannot change the option 'filename'")
+        plan.append((node, read_only))
+        for role, child in node.children.items():
+            ref = options.get(role, ...)
+            if role == "backing":
+                if ref is None or (isinstance(ref, str) and ref != child.node_name):
+                    raise QemuError("Changing the backing file is not supported by the emulator")
+                continue  # COW children stay read-only
+            if isinstance(ref, str):
+                if ref != child.node_name:
+                    raise QemuError(f"Cannot change the option '{role}'")
+                continue
+            if isinstance(ref, dict):
+                self._plan_reopen(child, ref, bool(ref.get("read-only", read_only)), plan)
+            elif not child.monitor_owned:
+                self._plan_reopen(child, {**child.options, "driver": child.driver,
+                                          **({"filename": child.filename}
+                                             if hasattr(child, "filename") else {})},
+                                  read_only, plan)
+
     # ---- filters ------------------------------------------------------------------------------
     def insert_cbw_filter(self, source: BlockNode, target: BlockNode, copy_hook: Any,
                           node_name: str | None = None, *, cluster_size: int = 65536,
-                          adopt_bitmaps: Sequence[DirtyBitmap] = ()) -> BlockNode:
+                          on_open: Any = None) -> BlockNode:
         """bdrv_cbw_append: put a copy-before-write filter above `source` for its devices."""
         from .copy_before_write import CopyBeforeWriteNode
 
         if node_name:
             self._check_node_name(node_name)
         node = CopyBeforeWriteNode(node_name or "", source, target, copy_hook,
-                                   cluster_size=cluster_size, auto_named=not node_name,
-                                   adopt_bitmaps=adopt_bitmaps)
+                                   cluster_size=cluster_size, auto_named=not node_name)
         if not node_name:
             node.node_name = self._generate_node_name()
         self._register(node)
+        # bdrv_insert_node: open the filter (its children's perms), then move the source's users
+        # to it; each step's permission failure carries that step's prefix.
+        try:
+            check_perms([node])
+        except QemuError as exc:
+            self._drop_new_filter(node)
+            raise QemuError(f"Could not create node: {exc.desc}") from None
+        if on_open is not None:
+            on_open()  # what cbw_open does once its children are attached (block-copy state)
         self.replace_node(source, node)
+        try:
+            check_perms([node])
+        except QemuError as exc:
+            self.replace_node(node, source)
+            self._drop_new_filter(node)
+            raise QemuError(f"Could not replace node: {exc.desc}") from None
         return node
+
+    def _drop_new_filter(self, node: BlockNode) -> None:
+        node.close()
+        if node in self.nodes:
+            self.nodes.remove(node)
 
     def remove_filter(self, node: BlockNode) -> None:
         """bdrv_cbw_drop: give the filter's devices back to its child and close the filter."""

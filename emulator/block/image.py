@@ -28,6 +28,8 @@ def probe_format(storage: Storage) -> str:
     head = storage.pread(0, 8)
     if head[:4] == QCOW_MAGIC and int.from_bytes(head[4:8], "big") >= 2:
         return "qcow2"
+    if head[:4] == b"KDMV":
+        return "vmdk"
     return "raw"
 
 
@@ -44,6 +46,8 @@ def creation_message(filename: str, fmt: str, size: int, *, backing_file: str | 
     """The "Formatting ..." line qemu-img create (and QEMU's drive-backup) prints."""
     if fmt in ("raw", "file"):
         return f"Formatting '{filename}', fmt={fmt} size={size}"
+    if fmt == "vmdk":
+        return f"Formatting '{filename}', fmt=vmdk size={size} compat6=off hwversion=undefined"
     parts = [f"Formatting '{filename}', fmt=qcow2", f"cluster_size={cluster_size or 65536}",
              "extended_l2=off", "compression_type=zlib", f"size={size}"]
     # qemu_opts_print escapes commas in string values by doubling them.
@@ -62,8 +66,10 @@ def create_image(filename: str, fmt: str, size: int, *, backing_file: str | None
     Does not open the backing file (like `qemu-img create -u`); callers that want the size or a
     validity check from the backing use open_image_chain first.
     """
-    if fmt not in FORMATS and fmt != "file":  # "file": the protocol driver creates a plain file
+    if fmt not in FORMATS and fmt not in ("file", "vmdk"):  # "file": the protocol driver
         raise QemuError(f"Unknown file format '{fmt}'")
+    if fmt == "vmdk" and backing_file:
+        raise QemuError("VMDK images with a backing file are not supported by the emulator")
     if fmt in ("raw", "file") and backing_file:
         raise QemuError(f"Backing file not supported for file format '{fmt}'")
     if fmt == "raw" and cluster_size is not None:
@@ -79,6 +85,10 @@ def create_image(filename: str, fmt: str, size: int, *, backing_file: str | None
     try:
         if fmt in ("raw", "file"):
             storage.truncate(rounded)
+        elif fmt == "vmdk":
+            from .vmdk import create as create_vmdk
+
+            create_vmdk(storage, rounded, os.path.basename(filename))
         else:
             Qcow2Image.create(storage, rounded, cluster_size=cluster_size or 65536,
                               backing_file=backing_file, backing_fmt=backing_fmt)

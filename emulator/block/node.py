@@ -56,6 +56,8 @@ class BlockNode:
         # !BDRV_O_INACTIVE: nothing here inactivates a node yet (no migration, no
         # blockdev-set-active), so every node stays active; 10.0 reports it in queries.
         self.active = True
+        #: BDRV_O_UNMAP (discard=unmap): without it, discard requests do nothing at all.
+        self.unmap = False
         # QEMU's bs->write_gen / bs->flushed_gen: a flush with nothing written since is cheap.
         self.write_gen = 0
         self.flushed_gen = 0
@@ -234,8 +236,9 @@ class BlockNode:
         self.dirty_bitmaps.mark_dirty(offset, length)
 
     def discard(self, offset: int, length: int) -> None:
+        """bdrv_co_pdiscard: a no-op (not even dirtying bitmaps) unless opened with discard=unmap."""
         self._check_request(offset, length)
-        if not length:
+        if not length or not self.unmap:
             return
         self._before_write(offset, length)
         self._discard(offset, length)

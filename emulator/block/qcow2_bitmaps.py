@@ -514,6 +514,27 @@ class Qcow2BitmapStore:
                 if bm.bitmap is not None and bm.bitmap in bitmaps:
                     bitmaps.remove(bm.bitmap)
 
+    def reopen_rw(self, bitmaps: DirtyBitmapSet) -> None:
+        """qcow2_reopen_bitmaps_rw: the read-only bitmaps loaded from the image get in_use on
+        disk again and become writable."""
+        if self.ext.nb_bitmaps == 0:
+            return
+        stored = self.load_list()
+        reopened: list[DirtyBitmap] = []
+        for bm in stored:
+            bitmap = bitmaps.find(bm.name)
+            if bitmap is None or bm.in_use:
+                continue
+            bm.flags |= BME_FLAG_IN_USE
+            reopened.append(bitmap)
+        if reopened:
+            try:
+                self._update_in_place(stored)
+            except OSError as e:
+                raise QemuError(f"Can't update bitmap directory: {_errno_text(e)}") from None
+            for bitmap in reopened:
+                bitmap.readonly = False
+
     def remove(self, name: str) -> None:
         """qcow2_co_remove_persistent_dirty_bitmap: drop `name` from the image now (absent: no-op)."""
         if self.ext.nb_bitmaps == 0:

@@ -254,6 +254,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("aio_write", "[-Cfiquz] [-P pattern] off len [len..]",
             "asynchronously writes a number of bytes", 1, -1, True, _AIO_WRITE_HELP),
     Command("alloc", "offset [count]", "checks if offset is allocated in the file", 1, 2),
+    Command("break", "event tag", "sets a breakpoint on event and tags the stopped request as tag",
+            2, 2),
     Command("discard", "[-Cq] off len", "discards a number of bytes at a specified offset", 2, -1, True,
             _DISCARD_HELP),
     Command("flush", "", "flush all in-core file state to disk", 0, 0),
@@ -261,6 +263,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("length", "", "gets the length of the current file", 0, 0),
     Command("map", "", "prints the allocated areas of a file", 0, 0),
     Command("quit", "", "exit the program", 0, 0),
+    Command("remove_break", "tag", "remove a breakpoint by tag", 1, 1),
+    Command("resume", "tag", "resumes the request tagged as tag", 1, 1),
+    Command("wait_break", "tag", "waits for the suspension of a request", 1, 1),
     Command("read", "[-abCqv] [-P pattern [-s off] [-l len]] off len",
             "reads a number of bytes at a specified offset", 2, -1, False, _READ_HELP),
     Command("write", "[-bcCfnquz] [-P pattern | -s source_file] off len",
@@ -619,6 +624,47 @@ class QemuIo:
 
     def _cmd_length(self, cmd: Command, argv: list[str]) -> bool:
         self._print(cvtstr(float(self.target.length())) + "\n")
+        return True
+
+    # ---- blkdebug breakpoints (bdrv_debug_*: the first blkdebug node down the primary chain) --
+    def _blkdebug(self) -> Any:
+        node = self.target
+        seen = 0
+        while node is not None and seen < 64:
+            if hasattr(node, "add_breakpoint"):
+                return node
+            primary = getattr(node, "primary_child", None)
+            node = primary() if primary is not None else None
+            seen += 1
+        return None
+
+    def _cmd_break(self, cmd: Command, argv: list[str]) -> bool:
+        node = self._blkdebug()
+        ret = node.add_breakpoint(argv[1], argv[2]) if node is not None else -errno.ENOTSUP
+        if ret < 0:
+            self._print(f"Could not set breakpoint: {os.strerror(-ret)}\n")
+            return False
+        return True
+
+    def _cmd_remove_break(self, cmd: Command, argv: list[str]) -> bool:
+        node = self._blkdebug()
+        ret = node.remove_breakpoint(argv[1]) if node is not None else -errno.ENOTSUP
+        if ret < 0:
+            self._print(f"Could not remove breakpoint {argv[1]}: {os.strerror(-ret)}\n")
+            return False
+        return True
+
+    def _cmd_resume(self, cmd: Command, argv: list[str]) -> bool:
+        node = self._blkdebug()
+        ret = node.resume(argv[1]) if node is not None else -errno.ENOTSUP
+        if ret < 0:
+            self._print(f"Could not resume request: {os.strerror(-ret)}\n")
+            return False
+        return True
+
+    def _cmd_wait_break(self, cmd: Command, argv: list[str]) -> bool:
+        """QEMU polls until a request stops at the tag; the emulator cannot wait inside a
+        command, so this only returns (requests that can stop have already stopped)."""
         return True
 
     def _cmd_help(self, cmd: Command, argv: list[str]) -> bool:

@@ -9,7 +9,7 @@ from importlib import import_module
 from .registry import COMMANDS, TYPES, CommandDef, qapi_types, qmp_command
 
 _MODULES = ("control", "block", "bitmaps", "hmp", "jobs", "backup", "snapshot", "transaction", "qdev",
-            "create")
+            "create", "objects")
 
 for _name in _MODULES:
     try:

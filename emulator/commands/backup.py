@@ -8,8 +8,10 @@ target before those checks, as QEMU does: the target file stays behind when a ch
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
+from emulator.block.copy_before_write import check_min_cluster_size
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
@@ -22,6 +24,7 @@ from emulator.machine import Machine
 from emulator.transaction import BaseAction
 
 from .registry import qapi_types, qmp_command
+from .version import is_qemu_10
 
 qapi_types(
     {"enum": "MirrorSyncMode", "data": ["top", "full", "none", "incremental", "bitmap"]},
@@ -29,12 +32,13 @@ qapi_types(
     {"enum": "BlockdevOnError", "data": ["report", "ignore", "enospc", "stop", "auto"]},
     {"enum": "NewImageMode", "data": ["existing", "absolute-paths"]},
     {"struct": "BackupPerf", "data": {"*use-copy-range": "bool", "*max-workers": "int",
-                                      "*max-chunk": "int64"}},
+                                      "*max-chunk": "int64", "*min-cluster-size": "size"}},
     {"struct": "BackupCommon", "data": {
         "*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
         "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode", "*compress": "bool",
         "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
         "*auto-finalize": "bool", "*auto-dismiss": "bool", "*filter-node-name": "str",
+        "*discard-source": "bool",
         "*x-perf": "BackupPerf"}},
     {"struct": "DriveBackup", "base": "BackupCommon",
      "data": {"target": "str", "*format": "str", "*mode": "NewImageMode"}},
@@ -60,6 +64,7 @@ class BackupAction(BaseAction):
 
     def prepare(self) -> None:
         args = self.args
+        _version_gate(self.machine, args, args.get("x-perf") or {})
         source = self.machine.block.lookup_bs(args["device"])
         release = None
         if self.kind == "drive-backup":
@@ -170,8 +175,16 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         raise QemuError(f"Compression is not supported for this drive {machine.block.device_name(target)}")
     source.op_check("backup-source")
     target.op_check("backup-target")
-    if sync == "top" and source.backing is None:
-        sync = "full"
+    perf = args.get("x-perf") or {}
+    min_cluster = int(perf.get("min-cluster-size", 0))
+    max_workers = int(perf.get("max-workers", 64))
+    max_chunk = int(perf.get("max-chunk", 0))
+    if max_workers < 1 or max_workers > 0x7FFFFFFF:
+        raise QemuError("max-workers must be between 1 and 2147483647")
+    if max_chunk < 0:
+        raise QemuError("max-chunk must be zero (which means no limit) or positive")
+    # (only drive-backup turns sync=top without a backing file into full, before these checks;
+    # blockdev-backup keeps top and copies just the allocated clusters)
     if source.length() != target.length():
         raise QemuError("Source and target image have different sizes")
     job_id = args.get("job-id")
@@ -184,12 +197,18 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             bitmaps.check(bitmap, BITMAP_DEFAULT)
         bitmaps.create_successor(bitmap)
     graph = machine.block
+    try:
+        check_min_cluster_size(min_cluster)
+    except QemuError as exc:
+        raise QemuError(f"Could not create node: {exc.desc}") from None
     # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
     # once the filter has a user it takes its real perms, which may conflict with other users
     # of the source subtree (iotest 283).  That fails before any job exists.
     try:
         cbw = graph.insert_cbw_filter(source, target, _no_copy_hook, args.get("filter-node-name"),
-                                      cluster_size=backup_cluster_size(target))
+                                      cluster_size=backup_cluster_size(target, min_cluster),
+                                      on_open=lambda: _warn_unknown_cluster_size(
+                                          machine, target, min_cluster))
     except BaseException:
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
@@ -218,18 +237,53 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
             on_source_error=args.get("on-source-error", "report"),
             on_target_error=args.get("on-target-error", "report"), release=release_all,
-            compress=compress)
+            compress=compress, max_workers=max_workers, max_chunk=max_chunk,
+            bitmap_home=cbw if is_qemu_10(machine) else None, min_cluster_size=min_cluster,
+            discard_source=bool(args.get("discard-source", False)))
     except BaseException:
         graph.remove_filter(cbw)
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
         raise
     cbw.copy_hook = job.copy_before_write  # type: ignore[attr-defined]
-    if machine.profile.block_copy_bitmap_on_filter:
-        # QEMU 10.0's cbw_open makes the block-copy bitmap on the filter, before the filter's own
-        cbw.dirty_bitmaps.take(job.copy_bitmap, source.dirty_bitmaps, oldest=True)
     job.add_node(cbw)
     return job
+
+
+def _version_gate(machine: Machine, args: dict[str, Any], perf: dict[str, Any]) -> None:
+    """Members QEMU 7.2's schema does not have (discard-source, x-perf.min-cluster-size)."""
+    if is_qemu_10(machine):
+        return
+    if "discard-source" in args:
+        raise QemuError("Parameter 'discard-source' is unexpected")
+    if "min-cluster-size" in perf:
+        raise QemuError("Parameter 'x-perf.min-cluster-size' is unexpected")
+
+
+def _warn_unknown_cluster_size(machine: Machine, target: BlockNode, min_cluster: int = 0) -> None:
+    """block_copy_calculate_cluster_size's warning: a target without bdrv_get_info (null-co,
+    filters over it) and without a backing file gets the 64 KiB default, with a warning."""
+    node: BlockNode | None = target
+    while node is not None and node.is_filter:
+        node = node.filtered_child()
+    if node is None or node.driver != "null-co" or target.backing is not None:
+        return
+    stderr = getattr(machine, "stderr", None) or sys.stderr
+    try:
+        if is_qemu_10(machine):
+            size = max(65536, min_cluster)
+            stderr.write("warning: The target block device doesn't provide information about "
+                         "the block size and it doesn't have a backing file. The (default) block "
+                         f"size of {size} bytes is used. If the actual block size of the target "
+                         "exceeds this value, the backup may be unusable\n")
+        else:
+            stderr.write("warning: The target block device doesn't provide information about "
+                         "the block size and it doesn't have a backing file. The default block "
+                         "size of 65536 bytes is used. If the actual block size of the target "
+                         "exceeds this default, the backup may be unusable\n")
+        stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:

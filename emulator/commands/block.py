@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode
+from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from emulator.block.filename import node_filename
 from emulator.block.image import backing_path
 from emulator.block.node import BlockNode
@@ -14,7 +14,7 @@ from emulator.machine import Machine
 
 from . import block_schema  # noqa: F401  (registers the BlockdevOptions types)
 from .registry import qmp_command
-from .version import is_qemu_10
+from .version import is_qemu_10, qemu_version
 
 
 # ---- BlockDeviceInfo / ImageInfo as QEMU 7.2 builds them (block/qapi.c) ------------------------
@@ -43,7 +43,7 @@ def allocated_file_size(node: BlockNode) -> int | None:
 
 def cluster_size_of(node: BlockNode) -> int | None:
     """bdrv_get_info's cluster_size: qcow2 knows it, filters pass their child's through."""
-    if isinstance(node, Qcow2Node):
+    if isinstance(node, (Qcow2Node, VmdkNode)):
         return node.cluster_size
     if node.is_filter:
         child = node.primary_child()
@@ -68,6 +68,9 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True,
     cluster = cluster_size_of(node)
     if cluster is not None:
         info["cluster-size"] = cluster
+    if isinstance(node, VmdkNode):
+        info["format-specific"] = {"type": "vmdk", "data": node.image.format_specific(
+            node_filename(node.children["file"]))}
     if isinstance(node, Qcow2Node):
         info["format-specific"] = {"type": "qcow2", "data": node.image.format_specific()}
     elif isinstance(node, FileNode) and file_format_specific:
@@ -174,8 +177,18 @@ def qmp_query_named_block_nodes(machine: Machine, flat: bool = False) -> list[di
 @qmp_command("blockdev-add", "BlockdevOptions")
 def qmp_blockdev_add(machine: Machine, **options: Any) -> None:
     # Arguments arrive with Python names at the top level; BlockdevOptions wants QAPI names.
+    machine.block.version = qemu_version(machine)
+    if options.get("driver") == "copy-before-write" and "min_cluster_size" in options \
+            and not is_qemu_10(machine):
+        raise QemuError("Parameter 'min-cluster-size' is unexpected")
     machine.block.blockdev_add({key.replace("_", "-") if key != "new_state" else key: value
                                 for key, value in options.items()})
+
+
+@qmp_command("blockdev-reopen", {"options": ["BlockdevOptions"]})
+def qmp_blockdev_reopen(machine: Machine, options: list[dict[str, Any]]) -> None:
+    """Change the options of existing nodes; the emulator can change read-only."""
+    machine.block.reopen(options)
 
 
 @qmp_command("blockdev-del", {"node-name": "str"})

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from emulator.block.filename import node_filename
 from emulator.block.node import BlockNode
 from emulator.block.permissions import PERM_ALL, PERM_RESIZE, PERM_WRITE, TemporaryUser, check_perms
 from emulator.block.qcow2 import Qcow2Image
+from emulator.block.vmdk import create as create_vmdk
 from emulator.error import QemuError
 from emulator.jobs.create import CreateJob
 from emulator.machine import Machine
@@ -33,9 +35,14 @@ qapi_types(
         "*backing-file": "str", "*backing-fmt": "BlockdevDriver", "*encrypt": "any",
         "*cluster-size": "size", "*preallocation": "PreallocMode", "*lazy-refcounts": "bool",
         "*refcount-bits": "int", "*compression-type": "Qcow2CompressionType"}},
+    {"struct": "BlockdevCreateOptionsVmdk", "data": {
+        "file": "BlockdevRef", "size": "size", "*extents": ["BlockdevRef"], "*subformat": "str",
+        "*backing-file": "str", "*adapter-type": "str", "*hwversion": "str",
+        "*toolsversion": "str", "*zeroed-grain": "bool"}},
     {"union": "BlockdevCreateOptions", "base": {"driver": "BlockdevDriver"},
      "discriminator": "driver",
-     "data": {"file": "BlockdevCreateOptionsFile", "qcow2": "BlockdevCreateOptionsQcow2"}},
+     "data": {"file": "BlockdevCreateOptionsFile", "qcow2": "BlockdevCreateOptionsQcow2",
+              "vmdk": "BlockdevCreateOptionsVmdk"}},
 )
 
 #: Drivers with a .bdrv_co_create in QEMU 7.2 (the rest say "Driver does not support ...").
@@ -99,6 +106,25 @@ def _create_qcow2(machine: Machine, options: dict[str, Any]) -> None:
         file.parents.remove(user)
 
 
+def _create_vmdk(machine: Machine, options: dict[str, Any]) -> None:
+    """vmdk_co_create for one hosted sparse extent in the `file` node."""
+    for key in ("extents", "backing-file", "zeroed-grain"):
+        if options.get(key):
+            raise QemuError(f"Option '{key}' is not supported by the emulator")
+    if options.get("adapter-type", "ide") != "ide" or options.get("hwversion", "4") != "4":
+        raise QemuError("VMDK adapter types and hardware versions other than the defaults are "
+                        "not supported by the emulator")
+    file = _file_node(machine, options["file"])
+    user = TemporaryUser(PERM_WRITE | PERM_RESIZE, PERM_ALL)
+    file.parents.append(user)
+    try:
+        check_perms([file])
+        create_vmdk(file, int(options["size"]), os.path.basename(node_filename(file)),
+                    options.get("subformat", "monolithicSparse"))
+    finally:
+        file.parents.remove(user)
+
+
 def _file_node(machine: Machine, ref: Any) -> BlockNode:
     """A BlockdevRef for creation: a node name, or inline options opened for the job only."""
     if isinstance(ref, str):
@@ -121,6 +147,9 @@ def qmp_blockdev_create(machine: Machine, job_id: str, options: dict[str, Any]) 
     elif driver == "qcow2":
         def create() -> None:
             _create_qcow2(machine, options)
+    elif driver == "vmdk":
+        def create() -> None:
+            _create_vmdk(machine, options)
     else:
         raise QemuError(f"blockdev-create of driver '{driver}' is not supported by the emulator")
     CreateJob(machine.jobs, job_id, create).start()

@@ -55,6 +55,13 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
         conflict = _write_conflict(target)
         if conflict:
             return _hmp_output(conflict + "\n")
+    elif backend is not None and backend.root is not None and _needs_write(command) \
+            and not backend.perm & PERM_WRITE:
+        # qemu-io's command_run: blk_set_perm(perm | WRITE), kept after the command.
+        try:
+            backend.set_perm(backend.perm | PERM_WRITE, backend.shared_perm)
+        except QemuError as exc:
+            return _hmp_output(exc.desc + "\n")
     # qemu-io's normal output goes to QEMU's stdout; its error_report() lines come back in the reply.
     reported: list[str] = []
     run_command(target, command, machine.stdout, report=reported.append)

@@ -15,6 +15,8 @@ import errno as errno_mod
 from collections.abc import Callable
 from typing import Any
 
+from emulator.block.blkdebug import RequestSuspended, SuspendedRequest, suspendable
+from emulator.block.copy_before_write import copy_cluster_size
 from emulator.block.dirty_bitmap import DirtyBitmap
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
 
@@ -28,12 +30,9 @@ COPY_SIZE = 1024 * 1024
 MAX_WORKERS = 64
 
 
-def backup_cluster_size(target: BlockNode) -> int:
-    """QEMU's backup_calculate_cluster_size: at least 64 KiB, else the target's cluster size."""
-    cluster = getattr(target, "cluster_size", None)
-    if not cluster:
-        return BACKUP_CLUSTER_SIZE_DEFAULT
-    return max(BACKUP_CLUSTER_SIZE_DEFAULT, int(cluster))
+def backup_cluster_size(target: BlockNode, min_cluster_size: int = 0) -> int:
+    """QEMU's block_copy_calculate_cluster_size (filters report their child's size)."""
+    return copy_cluster_size(target, min_cluster_size)
 
 
 class BackupJob(BlockJob):
@@ -55,6 +54,11 @@ class BackupJob(BlockJob):
         on_target_error: str = "report",
         release: Callable[[], None] | None = None,
         compress: bool = False,
+        max_workers: int = MAX_WORKERS,
+        max_chunk: int = 0,
+        bitmap_home: BlockNode | None = None,
+        min_cluster_size: int = 0,
+        discard_source: bool = False,
         **job_args: Any,
     ) -> None:
         """backup_job_create after its argument checks: the job goes `created` here."""
@@ -70,16 +74,27 @@ class BackupJob(BlockJob):
         #: one job cluster per copy task as block-copy does; zeroes stay plain zero writes.
         self.compress = compress
         self.len = source.length()
-        self.cluster_size = backup_cluster_size(target)
+        self.cluster_size = backup_cluster_size(target, min_cluster_size)
+        #: QEMU 10.0's discard-source: copied clusters are discarded on the source.
+        self.discard_source = discard_source
         #: block_copy_chunk_size: COPY_READ_WRITE_CLUSTER (one cluster a task) when compressing.
         self.copy_size = self.cluster_size if compress else COPY_SIZE
+        # x-perf: how many copy tasks run at once, and the largest task (0: no extra limit).
+        self.max_workers = max_workers
+        if max_chunk:
+            self.copy_size = min(self.copy_size, max(max_chunk, self.cluster_size))
         super().__init__(manager, job_id, None, **job_args)
         # QEMU holds the source only through the copy-before-write filter (whose ops it blocks):
         # a second backup of the same source is accepted.
         self.add_node(source, block_ops=False)
         self.add_node(target, role="target")
-        self.copy_bitmap: DirtyBitmap = source.dirty_bitmaps.create(
-            None, self.cluster_size, self.len, disabled=True)
+        #: Copy tasks stopped at a blkdebug breakpoint: (offset, length, zeroes, request).
+        self._suspended: list[tuple[int, int, bool, SuspendedRequest]] = []
+        # block_copy_state_new's copy bitmap: on the source in QEMU 7.2; QEMU 10.0 puts it on the
+        # copy-before-write filter, created before the filter's own bitmaps (`bitmap_home`).
+        self._bitmap_home = bitmap_home or source
+        self.copy_bitmap: DirtyBitmap = self._bitmap_home.dirty_bitmaps.create(
+            None, self.cluster_size, self.len, disabled=True, oldest=bitmap_home is not None)
         self._init_copy_bitmap()
         self.progress_set_remaining(self.copy_bitmap.count())
 
@@ -138,11 +153,20 @@ class BackupJob(BlockJob):
         except OSError as exc:
             raise _TargetError(exc) from exc
 
-    def _run_task(self, offset: int, length: int, zeroes: bool) -> OSError | None:
+    def _run_task(self, offset: int, length: int, zeroes: bool,
+                  can_suspend: bool = True) -> OSError | None:
         """One block-copy task: its bits are cleared while it runs and set again if it fails."""
         self.copy_bitmap.reset_dirty(offset, length)
         try:
-            self._do_copy(offset, length, zeroes)
+            if can_suspend:
+                with suspendable():
+                    self._do_copy(offset, length, zeroes)
+            else:
+                self._do_copy(offset, length, zeroes)
+        except RequestSuspended as exc:
+            # In flight but stopped: its clusters stay claimed until the request goes on.
+            self._suspended.append((offset, length, zeroes, exc.request))
+            return None
         except _TargetError as exc:
             self.copy_bitmap.set_dirty(offset, length)
             exc.error.is_read = False  # type: ignore[attr-defined]
@@ -151,6 +175,11 @@ class BackupJob(BlockJob):
             self.copy_bitmap.set_dirty(offset, length)
             exc.is_read = True  # type: ignore[attr-defined]
             return exc
+        if self.discard_source:
+            try:
+                self.source.discard(offset, min(offset + length, self.len) - offset)
+            except OSError:
+                pass  # block_copy_task_entry ignores the discard's result
         self.progress_update(min(offset + length, self.len) - offset)
         return None
 
@@ -159,15 +188,37 @@ class BackupJob(BlockJob):
         not-yet-copied clusters it touches (block_copy with ignore_ratelimit), or fail the write."""
         start = _align_down(offset, self.cluster_size)
         end = min(_align_up(offset + length, self.cluster_size), self.len)
+        self._finish_suspended_in(start, end)
         while True:
             area = self.copy_bitmap.next_dirty_area(start, end, self.copy_size)
             if area is None:
                 return
             n, flags = self._task_extent(*area)
-            error = self._run_task(area[0], n, _reads_as_zeroes(flags))
+            error = self._run_task(area[0], n, _reads_as_zeroes(flags), can_suspend=False)
             if error is not None:
                 raise error
             start = area[0] + n
+
+    def _finish_suspended_in(self, start: int, end: int) -> None:
+        """A guest write must not overtake the copy of its clusters: QEMU waits for the stopped
+        task; the emulator (whose guest I/O cannot wait) completes that task now."""
+        for task in list(self._suspended):
+            offset, length, zeroes, _request = task
+            if offset < end and start < offset + length:
+                self._suspended.remove(task)
+                error = self._run_task(offset, length, zeroes, can_suspend=False)
+                if error is not None:
+                    raise error
+
+    async def _wait_suspended(self, first_error: OSError | None) -> OSError | None:
+        """Let the stopped tasks go on once their breakpoints release them."""
+        while self._suspended:
+            offset, length, zeroes, request = self._suspended.pop(0)
+            await self.wait_io(lambda request=request: request.released)  # type: ignore[misc]
+            error = self._run_task(offset, length, zeroes)
+            if error is not None and first_error is None:
+                first_error = error
+        return first_error
 
     async def _block_copy_call(self) -> OSError | None:
         """One background block_copy call over the whole image (block_copy_dirty_clusters).
@@ -181,7 +232,7 @@ class BackupJob(BlockJob):
         first_error: OSError | None = None
         in_burst = 0
         while offset < self.len and not self.is_cancelled():
-            if in_burst >= MAX_WORKERS:
+            if in_burst >= self.max_workers:
                 in_burst = 0
                 if first_error is not None:
                     break
@@ -209,7 +260,7 @@ class BackupJob(BlockJob):
             in_burst += 1
             offset = area[0] + n
             await self.sleep_ns(0)
-        return first_error
+        return await self._wait_suspended(first_error)
 
     async def run(self) -> int:
         """backup_run + backup_loop: copy until done; on an I/O error apply the error policy."""
@@ -255,10 +306,8 @@ class BackupJob(BlockJob):
         self._cleanup_sync_bitmap(-1)
 
     def clean(self) -> None:
-        # The bitmap is on the source (QEMU 7.2) or went with the copy-before-write filter
-        # (QEMU 10.0), which the release below removes.
-        if self.copy_bitmap in self.source.dirty_bitmaps:
-            self.source.dirty_bitmaps.remove(self.copy_bitmap)
+        if self.copy_bitmap in list(self._bitmap_home.dirty_bitmaps):
+            self._bitmap_home.dirty_bitmaps.remove(self.copy_bitmap)
         try:
             self.target.flush()
         except OSError:

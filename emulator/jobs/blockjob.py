@@ -190,7 +190,7 @@ class BlockJob(Job):
             "device": self.id,
             "len": self.progress_total,
             "offset": self.progress_current,
-            "busy": self.busy,
+            "busy": self.busy or self.io_blocked,
             "paused": self.pause_count > 0,
             "speed": self.speed,
             "io-status": self.iostatus,

@@ -205,6 +205,8 @@ class Job:
         self.paused = True
         self.user_paused = False
         self.busy = False
+        #: Inside an I/O request stopped at a breakpoint (wait_io): busy as far as QEMU shows.
+        self.io_blocked = False
         # Cancellation: `cancelled` = requested, `force_cancel` = job_is_cancelled().
         self.cancelled = False
         self.force_cancel = False
@@ -453,6 +455,17 @@ class Job:
         if not self.should_pause():
             await self._do_yield(None)
         await self.pause_point()
+
+    async def wait_io(self, released: Callable[[], bool], poll_ns: int = 1_000_000) -> None:
+        """Wait for an I/O request of ours that is stopped outside the job (at a blkdebug
+        breakpoint) until `released()`.  QEMU's coroutine is then inside the request: not at a
+        pause point, still busy, and neither pause nor cancel take effect before it returns."""
+        self.io_blocked = True
+        try:
+            while not released() and not self.manager.exiting:
+                await self._do_yield(poll_ns)
+        finally:
+            self.io_blocked = False
 
     async def sleep_ns(self, ns: int) -> None:
         """Sleep `ns` nanoseconds of wall-clock time; cut short by enter(), pause or cancel."""

@@ -54,6 +54,8 @@ class JobManager:
     def __init__(self, events: JobEventSink | None = None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
         self._jobs: list[Job] = []  # newest first
+        #: Set by cancel_all_sync: waits for stopped I/O requests give up (see Job.wait_io).
+        self.exiting = False
         self.events: JobEventSink = events if events is not None else NullJobEventSink()
         self._loop = loop
         self._sections: list[DrainedSection] = []
@@ -151,7 +153,11 @@ class JobManager:
 
     # ---- shutdown -------------------------------------------------------------------------------
     def cancel_all_sync(self) -> None:
-        """job_cancel_sync_all: force-cancel every job and wait for each to finish (QEMU exit)."""
+        """job_cancel_sync_all: force-cancel every job and wait for each to finish (QEMU exit).
+
+        Requests stopped at blkdebug breakpoints are let go first: the emulator exits instead of
+        hanging in the final drain as QEMU would."""
+        self.exiting = True
         for _ in range(10_000):
             if not self._jobs:
                 return

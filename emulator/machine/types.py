@@ -80,6 +80,25 @@ def lookup(version: str, name: str | None) -> MachineType | None:
     return MachineType(canonical, _family(canonical))
 
 
+#: Machine properties `-machine TYPE,prop=value` may set (common and PC ones); others are refused.
+MACHINE_PROPS = frozenset([
+    "type", "accel", "kernel", "initrd", "append", "dtb", "dumpdtb", "phandle-start",
+    "dt-compatible", "dump-guest-core", "mem-merge", "usb", "graphics", "firmware",
+    "suppress-vmdesc", "memory-encryption", "memory-backend", "confidential-guest-support", "smp",
+    "boot", "memory", "audiodev", "nvdimm", "nvdimm-persistence", "hmat", "cxl", "kernel-irqchip",
+    "kvm-shadow-mem", "acpi", "smm", "pit", "hpet", "sata", "smbus", "max-ram-below-4g", "vmport",
+    "pic", "i8042", "default-bus-bypass-iommu", "x-oem-id", "x-oem-table-id", "bus-lock-ratelimit",
+    "sgx-epc", "pflash0", "pflash1", "i8259", "max-fw-size", "fd-bootchk",
+])
+
+
+def check_property(machine: MachineType, key: str) -> str | None:
+    """QEMU's error for a -machine property the type does not have, or None."""
+    if key in MACHINE_PROPS:
+        return None
+    return f"Property '{machine.name}-machine.{key}' not found"
+
+
 def unsupported_message(version: str, name: str) -> str:
     """QEMU's text for an unknown -machine type (it changed in 8.x)."""
     if version == "7.2":

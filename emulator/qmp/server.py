@@ -54,10 +54,37 @@ async def open_stdio() -> Streams:
                     loop.call_soon_threadsafe(reader.feed_data, chunk)
             loop.call_soon_threadsafe(reader.feed_eof)
         threading.Thread(target=pump, daemon=True, name="stdin").start()
-    transport, wprotocol = await loop.connect_write_pipe(
-        asyncio.streams.FlowControlMixin, os.fdopen(os.dup(1), "wb", buffering=0))
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    try:
+        transport, wprotocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, out)
+    except ValueError:  # a regular file: plain blocking writes are all it needs
+        return reader, FileWriter(out)  # type: ignore[return-value]
     writer = asyncio.StreamWriter(transport, wprotocol, reader, loop)  # type: ignore[arg-type]
     return reader, writer
+
+
+class FileWriter:
+    """The part of asyncio.StreamWriter a session uses, over a regular file (stdout redirected
+    to a file), where asyncio's pipe transports refuse to work."""
+
+    def __init__(self, file: Any) -> None:
+        self._file = file
+
+    def write(self, data: bytes) -> None:
+        if not self._file.closed:
+            self._file.write(data)
+
+    async def drain(self) -> None:
+        return None
+
+    def is_closing(self) -> bool:
+        return bool(self._file.closed)
+
+    def close(self) -> None:
+        self._file.close()
+
+    async def wait_closed(self) -> None:
+        return None
 
 
 async def open_client(endpoint: Endpoint) -> Streams:
@@ -208,6 +235,7 @@ class QmpServer:
         else:
             session = MonitorSession(reader, writer, self.dispatcher, self._lock,
                                      pretty=endpoint.pretty)
+        session.hold_output = endpoint.kind == "stdio"
         self._sessions.add(session)
         if endpoint.mode != "readline":
             self._events.add(session)

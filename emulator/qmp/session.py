@@ -28,11 +28,25 @@ READ_CHUNK = 65536
 
 
 def pretty_wire(data: bytes) -> bytes:
-    """A compact wire message re-encoded as QEMU's pretty QMP (4-space indent, LF line ends)."""
+    """A compact wire message re-encoded as QEMU's pretty QMP (qobject_to_json_pretty: members
+    one per line, four spaces per level, empty containers still opened and closed on two lines;
+    the monitor turns every newline into CRLF)."""
     import json
 
-    text = json.dumps(json.loads(data), indent=4, separators=(",", ": "))
-    return (text + "\n").encode("ascii")
+    return (_pretty(json.loads(data), 0).replace("\n", "\r\n") + "\r\n").encode("ascii")
+
+
+def _pretty(value: Any, level: int) -> str:
+    from .qobject import to_json
+
+    pad, inner = "    " * level, "    " * (level + 1)
+    if isinstance(value, dict):
+        members = [f"{inner}{to_json(key)}: {_pretty(item, level + 1)}" for key, item in value.items()]
+        return "{\n" + ",\n".join(members) + ("\n" if members else "") + pad + "}"
+    if isinstance(value, list):
+        items = [inner + _pretty(item, level + 1) for item in value]
+        return "[\n" + ",\n".join(items) + ("\n" if items else "") + pad + "]"
+    return to_json(value)
 
 
 class MonitorSession:
@@ -44,6 +58,8 @@ class MonitorSession:
                  dispatcher: Dispatcher, command_lock: asyncio.Lock, *, pretty: bool = False) -> None:
         #: -qmp-pretty / -mon pretty=on: every message indented over several lines.
         self.pretty = pretty
+        #: stdio: the end of input does not end output (events still go out until exit).
+        self.hold_output = False
         self._reader = reader
         self._writer = writer
         self._dispatcher = dispatcher
@@ -95,6 +111,8 @@ class MonitorSession:
             while not self._writer.is_closing() and not self._shutting_down:
                 data = await self._reader.read(READ_CHUNK)
                 if not data:
+                    if self.hold_output:
+                        await asyncio.Event().wait()  # until the server closes us
                     break
                 self._parser.feed(data)
                 await self._handle_pending()
@@ -165,7 +183,14 @@ class HmpSession(MonitorSession):
         finally:
             await self.close()
 
+    def _echo(self, line: str) -> None:
+        """QEMU's readline redraws the line after every character it reads, even off a pipe:
+        cursor back over the old text, the text so far, clear to end of line; then CRLF."""
+        out = [f"{chr(27)}[D" * (k - 1) + line[:k] + f"{chr(27)}[K" for k in range(1, len(line) + 1)]
+        self.send_raw(("".join(out) + "\r\n").encode())
+
     async def _line(self, line: str) -> None:
+        self._echo(line)
         async with self._lock:
             if line.strip() in ("quit", "q"):
                 self._dispatcher.machine.request_shutdown("host-qmp-quit")

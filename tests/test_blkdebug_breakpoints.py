@@ -1,0 +1,86 @@
+"""blkdebug breakpoints (qemu-io break / remove_break / resume / wait_break) and how a backup job
+stops at one: QEMU's texts, the one-shot rule, busy reporting, and no hang at exit."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+from typing import Any
+
+from emulator.block.image import create_image
+from emulator.commands import COMMANDS, new_machine
+from emulator.machine import Machine
+
+MiB = 1 << 20
+
+
+def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
+    return COMMANDS[command].handler(machine, **args)
+
+
+def hmp(machine: Machine, line: str) -> str:
+    cmd(machine, "human-monitor-command", command_line=line)
+    out = machine.stdout.getvalue()  # type: ignore[attr-defined]
+    machine.stdout = io.StringIO()
+    return str(out)
+
+
+def make(tmp_path: Path) -> Machine:
+    src, tgt = tmp_path / "s.qcow2", tmp_path / "t.qcow2"
+    create_image(str(src), "qcow2", 64 * MiB)
+    create_image(str(tgt), "qcow2", 64 * MiB)
+    machine = new_machine(stdout=io.StringIO())
+    machine.block.drive_add({"if": "none", "id": "drive0", "file": f"blkdebug::{src}",
+                             "format": "qcow2"})
+    machine.block.drive_add({"if": "none", "id": "drive1", "file": str(tgt), "format": "qcow2"})
+    hmp(machine, 'qemu-io drive0 "write -P 0xd5 1M 32k"')
+    return machine
+
+
+def test_breakpoint_commands_and_texts(tmp_path: Path) -> None:
+    machine = make(tmp_path)
+    assert hmp(machine, 'qemu-io drive0 "break read_aio bp0"') == ""
+    assert hmp(machine, 'qemu-io drive0 "break nosuch bp0"') == \
+        "Could not set breakpoint: No such file or directory\n"
+    assert hmp(machine, 'qemu-io drive1 "break read_aio bp0"') == \
+        "Could not set breakpoint: Operation not supported\n"
+    assert hmp(machine, 'qemu-io drive0 "resume bp0"') == \
+        "Could not resume request: No such file or directory\n"
+    assert hmp(machine, 'qemu-io drive0 "remove_break bp0"') == ""
+    assert hmp(machine, 'qemu-io drive0 "remove_break bp0"') == \
+        "Could not remove breakpoint bp0: No such file or directory\n"
+    machine.close()
+
+
+def test_backup_stops_at_breakpoint_until_removed(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        machine = make(tmp_path)
+        machine.jobs.loop = asyncio.get_running_loop()
+        hmp(machine, 'qemu-io drive0 "break read_aio bp_drive0"')
+        cmd(machine, "blockdev-backup", device="drive0", target="drive1", sync="full")
+        await asyncio.sleep(0.2)
+        info = cmd(machine, "query-block-jobs")[0]
+        assert info["status"] == "running" and info["busy"] is True  # inside the stopped read
+        assert info["offset"] < info["len"]
+        cmd(machine, "block-job-cancel", device="drive0")
+        await asyncio.sleep(0.05)
+        assert cmd(machine, "query-block-jobs") != []  # cancel waits for the request
+        hmp(machine, 'qemu-io drive0 "remove_break bp_drive0"')
+        await machine.jobs.wait_until(lambda: len(machine.jobs) == 0, timeout=5)
+        machine.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_exit_with_a_stopped_request_does_not_hang(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        machine = make(tmp_path)
+        machine.jobs.loop = asyncio.get_running_loop()
+        hmp(machine, 'qemu-io drive0 "break read_aio bp_drive0"')
+        cmd(machine, "blockdev-backup", device="drive0", target="drive1", sync="full")
+        await asyncio.sleep(0.1)
+        machine.close()
+        assert len(machine.jobs) == 0
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
