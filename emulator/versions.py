@@ -109,12 +109,8 @@ QEMU_7_2 = QemuProfile(
     img_info_children=False,
     commands_absent=frozenset({"block-job-change", "blockdev-set-active"}),
     members_absent=MappingProxyType({
-        # 10.0's BackupCommon.discard-source and BackupPerf.min-cluster-size (both 9.1).
-        "BackupCommon": frozenset({"*discard-source"}),
+        # 10.0's BackupPerf.min-cluster-size (9.1): "Parameter 'min-cluster-size' is unexpected".
         "BackupPerf": frozenset({"*min-cluster-size"}),
-        # 10.0's BlockdevOptions.active (10.0) and qcow2's discard-no-unref (8.1).
-        "BlockdevOptionsBase": frozenset({"*active"}),
-        "BlockdevOptionsQcow2": frozenset({"*discard-no-unref"}),
     }),
 )
 
@@ -132,6 +128,17 @@ QEMU_10_0 = QemuProfile(
     grouped_checked_before_prepare=True,
     block_copy_bitmap_on_filter=True,
     img_info_children=True,
+)
+
+#: Measured 7.2 -> 10.0 differences in the emulator's area that no profile models yet: under
+#: the 10.0 profile these still answer as 7.2 does ("Parameter ... is unexpected" or
+#: CommandNotFound).  Listed here so that the gap is data, not folklore.
+UNMODELLED_10_0 = (
+    ("blockdev-set-active command and BlockdevOptions.active (node inactivation: stores "
+    "persistent bitmaps, refuses inactive backup targets; real 10.0.2 aborts on a qemu-io "
+    "write to an inactive node)"),
+    "BackupCommon.discard-source (discard source clusters once copied)",
+    "BlockdevOptionsQcow2.discard-no-unref",
 )
 
 #: Supported profiles by short name, oldest first.

@@ -27,8 +27,9 @@ qapi_types(
     {"enum": "BitmapSyncMode", "data": ["on-success", "never", "always"]},
     {"enum": "BlockdevOnError", "data": ["report", "ignore", "enospc", "stop", "auto"]},
     {"enum": "NewImageMode", "data": ["existing", "absolute-paths"]},
+    # min-cluster-size is QEMU 9.1+ (dropped by the 7.2 profile, emulator/versions.py)
     {"struct": "BackupPerf", "data": {"*use-copy-range": "bool", "*max-workers": "int",
-                                      "*max-chunk": "int64"}},
+                                      "*max-chunk": "int64", "*min-cluster-size": "size"}},
     {"struct": "BackupCommon", "data": {
         "*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
         "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode", "*compress": "bool",
@@ -128,6 +129,9 @@ def _flush(machine: Machine) -> None:
         pass
 
 
+INT64_MAX = (1 << 63) - 1
+
+
 def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, target: BlockNode,
                      txn: JobTxn | None, release: Any) -> BackupJob:
     """QEMU's do_backup_common + backup_job_create: validate, freeze the bitmap, create the job."""
@@ -177,6 +181,13 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         if bitmap_mode != "never":
             bitmaps.check(bitmap, BITMAP_DEFAULT)
         bitmaps.create_successor(bitmap)
+    min_cluster_size = (args.get("x-perf") or {}).get("min-cluster-size", 0)
+    if min_cluster_size > INT64_MAX:  # backup_job_create
+        raise QemuError(f"min-cluster-size too large: {min_cluster_size} > {INT64_MAX}")
+    if min_cluster_size & (min_cluster_size - 1):
+        # block_copy_state_new, reached from bdrv_cbw_append before the job exists
+        raise QemuError("Could not create node: Cannot create block-copy-state: "
+                        "min-cluster-size needs to be a power of 2")
     graph = machine.block
     filter_box: list[BlockNode] = []
 
@@ -192,7 +203,8 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             auto_finalize=args.get("auto-finalize", True), auto_dismiss=args.get("auto-dismiss", True),
             source=source, target=target, sync=sync, sync_bitmap=bitmap, bitmap_mode=bitmap_mode,
             on_source_error=args.get("on-source-error", "report"),
-            on_target_error=args.get("on-target-error", "report"), release=release_all)
+            on_target_error=args.get("on-target-error", "report"), release=release_all,
+            min_cluster_size=min_cluster_size)
     except BaseException:
         if bitmap is not None:
             bitmaps.reclaim(bitmap)

@@ -28,12 +28,14 @@ COPY_SIZE = 1024 * 1024
 MAX_WORKERS = 64
 
 
-def backup_cluster_size(target: BlockNode) -> int:
-    """QEMU's backup_calculate_cluster_size: at least 64 KiB, else the target's cluster size."""
+def backup_cluster_size(target: BlockNode, min_cluster_size: int = 0) -> int:
+    """QEMU's block_copy_calculate_cluster_size: at least 64 KiB (or x-perf's
+    min-cluster-size, QEMU 9.1+), else the target's cluster size."""
+    floor = max(BACKUP_CLUSTER_SIZE_DEFAULT, min_cluster_size)
     cluster = getattr(target, "cluster_size", None)
     if not cluster:
-        return BACKUP_CLUSTER_SIZE_DEFAULT
-    return max(BACKUP_CLUSTER_SIZE_DEFAULT, int(cluster))
+        return floor
+    return max(floor, int(cluster))
 
 
 class BackupJob(BlockJob):
@@ -54,6 +56,7 @@ class BackupJob(BlockJob):
         on_source_error: str = "report",
         on_target_error: str = "report",
         release: Callable[[], None] | None = None,
+        min_cluster_size: int = 0,
         **job_args: Any,
     ) -> None:
         """backup_job_create after its argument checks: the job goes `created` here."""
@@ -66,7 +69,7 @@ class BackupJob(BlockJob):
         self.on_target_error = on_target_error
         self._release = release
         self.len = source.length()
-        self.cluster_size = backup_cluster_size(target)
+        self.cluster_size = backup_cluster_size(target, min_cluster_size)
         super().__init__(manager, job_id, None, **job_args)
         # QEMU holds the source only through the copy-before-write filter (whose ops it blocks):
         # a second backup of the same source is accepted.
