@@ -67,6 +67,8 @@ class QemuProfile:
     #: `qemu-img info` prints the protocol child of a format node ("Child node '/file':" in
     #: human output, "children" in JSON) (10.0).
     img_info_children: bool
+    #: `qemu-img map --output=json` entries have "compressed": true|false after "data" (10.0).
+    img_map_compressed: bool
     #: QMP commands of the emulator's area this version does not have (CommandNotFound).
     commands_absent: frozenset[str] = frozenset()
     #: QAPI struct members this version does not have: type name -> member names (as written
@@ -107,6 +109,7 @@ QEMU_7_2 = QemuProfile(
     grouped_checked_before_prepare=False,
     block_copy_bitmap_on_filter=False,
     img_info_children=False,
+    img_map_compressed=False,
     commands_absent=frozenset({"block-job-change", "blockdev-set-active"}),
     members_absent=MappingProxyType({
         # 10.0's BackupPerf.min-cluster-size (9.1): "Parameter 'min-cluster-size' is unexpected".
@@ -128,6 +131,7 @@ QEMU_10_0 = QemuProfile(
     grouped_checked_before_prepare=True,
     block_copy_bitmap_on_filter=True,
     img_info_children=True,
+    img_map_compressed=True,
 )
 
 #: Measured 7.2 -> 10.0 differences in the emulator's area that no profile models yet: under

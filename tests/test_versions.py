@@ -349,3 +349,13 @@ def test_file_node_size_counts_whole_sectors(session: tuple[str, Session]) -> No
     size = (s.workdir / "d0.qcow2").stat().st_size
     file_node = next(node for node in nodes if node["drv"] == "file")
     assert file_node["image"]["virtual-size"] == -(-size // 512) * 512
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_img_map_compressed_member(workdir: Path, version: str) -> None:
+    path = workdir / "m.qcow2"
+    assert img.main(["create", "-q", "-f", "qcow2", str(path), "1M"]) == 0
+    out = io.StringIO()
+    assert img.main(["--blocktxn-version", version, "map", "--output=json", str(path)], out=out) == 0
+    expected = ('"data": false, "compressed": false}' if version == "10.0" else '"data": false}')
+    assert expected in out.getvalue()
