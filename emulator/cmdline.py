@@ -296,7 +296,10 @@ class _Parser:
                 raise QemuError(f"invalid accelerator {opts.get('accel', '')}")
         elif name == "display":
             kind = parse_qemu_opts(arg or "", "type").get("type", "")
-            if kind in ("gtk", "sdl", "vnc", "curses", "egl-headless", "spice-app", "dbus", "cocoa"):
+            if kind in ("gtk", "sdl"):  # UI modules Debian ships in qemu-system-gui
+                text = self.config.profile.errors.DISPLAY_MODULE_MISSING % {"prog": PROG, "kind": kind}
+                raise CmdlineError(f"Display '{kind}' is not available.", text=text)
+            if kind in ("vnc", "curses", "egl-headless", "spice-app", "dbus", "cocoa"):
                 raise CmdlineError(f"Display '{kind}' is not available.")
             if kind != "none":
                 raise QemuError(f"Parameter 'type' does not accept value '{kind}'")
@@ -318,7 +321,8 @@ class _Parser:
     def _machine(self, arg: str) -> None:
         opts = parse_qemu_opts(arg, "type")
         if opts.get("type", "none") != "none":
-            raise CmdlineError("unsupported machine type\nUse -machine help to list supported machines")
+            raise CmdlineError(self.config.profile.errors.MACHINE_UNSUPPORTED % opts.get("type", "")
+                               + "\nUse -machine help to list supported machines")
         accel = opts.get("accel")
         if accel is not None and "tcg" not in accel.split(":"):
             raise CmdlineError(f"invalid accelerator {accel}")

@@ -34,6 +34,11 @@ class ErrorTexts:
     #: "Transaction property" (7.2, blockdev.c action_check_completion_mode) became
     #: "transaction property" (10.0, checked up front in qmp_transaction).
     TXN_PROPERTY_UNSUPPORTED: str
+    #: -machine TYPE other than none: 10.0 names the type.
+    MACHINE_UNSUPPORTED: str
+    #: The whole stderr text for -display gtk/sdl when Debian's qemu-system-gui module is not
+    #: installed (%(prog)s, %(kind)s): 7.2 prints a module line first, 10.0 one line with a hint.
+    DISPLAY_MODULE_MISSING: str
     #: block-job-change on a job whose driver has no .change (10.0 only; 7.2 has no command).
     JOB_CHANGE_UNSUPPORTED: str = "Job type does not support change"
 
@@ -102,6 +107,10 @@ QEMU_7_2 = QemuProfile(
     errors=ErrorTexts(
         TXN_PROPERTY_UNSUPPORTED="Action '%s' does not support Transaction property "
                                  "completion-mode = %s",
+        MACHINE_UNSUPPORTED="unsupported machine type%.0s",
+        DISPLAY_MODULE_MISSING="qemu: module ui-ui-%(kind)s not found, do you want to install "
+                               "qemu-system-gui package?\n"
+                               "%(prog)s: Display '%(kind)s' is not available.\n",
     ),
     node_active_field=False,
     file_format_specific=False,
@@ -124,6 +133,9 @@ QEMU_10_0 = QemuProfile(
     errors=ErrorTexts(
         TXN_PROPERTY_UNSUPPORTED="Action '%s' does not support transaction property "
                                  "completion-mode = %s",
+        MACHINE_UNSUPPORTED='unsupported machine type: "%s"',
+        DISPLAY_MODULE_MISSING="%(prog)s: Display '%(kind)s' is not available. Perhaps you want "
+                               "to install qemu-system-gui package?\n",
     ),
     node_active_field=True,
     file_format_specific=True,

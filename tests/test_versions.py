@@ -359,3 +359,20 @@ def test_img_map_compressed_member(workdir: Path, version: str) -> None:
     assert img.main(["--blocktxn-version", version, "map", "--output=json", str(path)], out=out) == 0
     expected = ('"data": false, "compressed": false}' if version == "10.0" else '"data": false}')
     assert expected in out.getvalue()
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_cmdline_error_texts(version: str) -> None:
+    done = _process(["-blocktxn-version", version, *BASE, "-machine", "foo"], None)
+    named = ' "foo"' if version == "10.0" else ""
+    assert (done.returncode, done.stderr) == (1, (f"qemu-system-x86_64: unsupported machine type"
+                                                 f"{':' if named else ''}{named}\n"
+                                                 "Use -machine help to list supported machines\n"))
+    done = _process(["-blocktxn-version", version, "-M", "none", "-display", "gtk"], None)
+    if version == "7.2":
+        assert done.stderr == ("qemu: module ui-ui-gtk not found, do you want to install "
+                               "qemu-system-gui package?\n"
+                               "qemu-system-x86_64: Display 'gtk' is not available.\n")
+    else:
+        assert done.stderr == ("qemu-system-x86_64: Display 'gtk' is not available. Perhaps you "
+                               "want to install qemu-system-gui package?\n")
