@@ -362,7 +362,10 @@ class _Parser:
             self.config.qtest_log = arg
         elif name == "display":
             kind = parse_qemu_opts(arg or "", "type").get("type", "")
-            if kind in ("gtk", "sdl", "vnc", "curses", "egl-headless", "spice-app", "dbus", "cocoa"):
+            if kind in ("gtk", "sdl"):  # UI modules Debian ships in qemu-system-gui
+                text = self.config.profile.errors.DISPLAY_MODULE_MISSING % {"prog": PROG, "kind": kind}
+                raise CmdlineError(f"Display '{kind}' is not available.", text=text)
+            if kind in ("vnc", "curses", "egl-headless", "spice-app", "dbus", "cocoa"):
                 raise CmdlineError(f"Display '{kind}' is not available.")
             if kind != "none":
                 raise QemuError(f"Parameter 'type' does not accept value '{kind}'")

@@ -34,6 +34,11 @@ class ErrorTexts:
     #: "Transaction property" (7.2, blockdev.c action_check_completion_mode) became
     #: "transaction property" (10.0, checked up front in qmp_transaction).
     TXN_PROPERTY_UNSUPPORTED: str
+    #: -machine TYPE other than none: 10.0 names the type.
+    MACHINE_UNSUPPORTED: str
+    #: The whole stderr text for -display gtk/sdl when Debian's qemu-system-gui module is not
+    #: installed (%(prog)s, %(kind)s): 7.2 prints a module line first, 10.0 one line with a hint.
+    DISPLAY_MODULE_MISSING: str
     #: block-job-change on a job whose driver has no .change (10.0 only; 7.2 has no command).
     JOB_CHANGE_UNSUPPORTED: str = "Job type does not support change"
 
@@ -67,6 +72,8 @@ class QemuProfile:
     #: `qemu-img info` prints the protocol child of a format node ("Child node '/file':" in
     #: human output, "children" in JSON) (10.0).
     img_info_children: bool
+    #: `qemu-img map --output=json` entries have "compressed": true|false after "data" (10.0).
+    img_map_compressed: bool
     #: QMP commands of the emulator's area this version does not have (CommandNotFound).
     commands_absent: frozenset[str] = frozenset()
     #: QAPI struct members this version does not have: type name -> member names (as written
@@ -100,6 +107,10 @@ QEMU_7_2 = QemuProfile(
     errors=ErrorTexts(
         TXN_PROPERTY_UNSUPPORTED="Action '%s' does not support Transaction property "
                                  "completion-mode = %s",
+        MACHINE_UNSUPPORTED="unsupported machine type%.0s",
+        DISPLAY_MODULE_MISSING="qemu: module ui-ui-%(kind)s not found, do you want to install "
+                               "qemu-system-gui package?\n"
+                               "%(prog)s: Display '%(kind)s' is not available.\n",
     ),
     node_active_field=False,
     file_format_specific=False,
@@ -107,14 +118,11 @@ QEMU_7_2 = QemuProfile(
     grouped_checked_before_prepare=False,
     block_copy_bitmap_on_filter=False,
     img_info_children=False,
+    img_map_compressed=False,
     commands_absent=frozenset({"block-job-change", "blockdev-set-active"}),
     members_absent=MappingProxyType({
-        # 10.0's BackupCommon.discard-source and BackupPerf.min-cluster-size (both 9.1).
-        "BackupCommon": frozenset({"*discard-source"}),
+        # 10.0's BackupPerf.min-cluster-size (9.1): "Parameter 'min-cluster-size' is unexpected".
         "BackupPerf": frozenset({"*min-cluster-size"}),
-        # 10.0's BlockdevOptions.active (10.0) and qcow2's discard-no-unref (8.1).
-        "BlockdevOptionsBase": frozenset({"*active"}),
-        "BlockdevOptionsQcow2": frozenset({"*discard-no-unref"}),
     }),
 )
 
@@ -125,6 +133,9 @@ QEMU_10_0 = QemuProfile(
     errors=ErrorTexts(
         TXN_PROPERTY_UNSUPPORTED="Action '%s' does not support transaction property "
                                  "completion-mode = %s",
+        MACHINE_UNSUPPORTED='unsupported machine type: "%s"',
+        DISPLAY_MODULE_MISSING="%(prog)s: Display '%(kind)s' is not available. Perhaps you want "
+                               "to install qemu-system-gui package?\n",
     ),
     node_active_field=True,
     file_format_specific=True,
@@ -132,6 +143,18 @@ QEMU_10_0 = QemuProfile(
     grouped_checked_before_prepare=True,
     block_copy_bitmap_on_filter=True,
     img_info_children=True,
+    img_map_compressed=True,
+)
+
+#: Measured 7.2 -> 10.0 differences in the emulator's area that no profile models yet: under
+#: the 10.0 profile these still answer as 7.2 does ("Parameter ... is unexpected" or
+#: CommandNotFound).  Listed here so that the gap is data, not folklore.
+UNMODELLED_10_0 = (
+    ("blockdev-set-active command and BlockdevOptions.active (node inactivation: stores "
+    "persistent bitmaps, refuses inactive backup targets; real 10.0.2 aborts on a qemu-io "
+    "write to an inactive node)"),
+    "BackupCommon.discard-source (discard source clusters once copied)",
+    "BlockdevOptionsQcow2.discard-no-unref",
 )
 
 #: Supported profiles by short name, oldest first.

@@ -315,3 +315,64 @@ def test_argument_sets_follow_the_version() -> None:
         for type_name, absent in profile.members_absent.items():
             if type_name in TYPES:
                 assert not set(types[type_name]["data"]) & absent
+
+
+def test_backup_min_cluster_size(session: tuple[str, Session]) -> None:
+    version, s = session
+    t0 = {"driver": "qcow2", "node-name": "t0",
+          "file": {"driver": "file", "filename": str(s.workdir / "t0.qcow2")}}
+
+    def backup(size: Any) -> tuple[str, dict[str, Any]]:
+        return ("blockdev-backup", {"job-id": "j1", "device": "drive0", "target": "t0",
+                                    "sync": "full", "speed": 1, "filter-node-name": "cbw",
+                                    "x-perf": {"min-cluster-size": size}})
+
+    _, replies = s.run(("blockdev-add", t0), backup(100), backup(-1), backup(1 << 18),
+                       ("query-named-block-nodes", None), ("job-cancel", {"id": "j1"}))
+    if version == "7.2":
+        unexpected = ("error", "GenericError", "Parameter 'x-perf.min-cluster-size' is unexpected")
+        assert replies[1] == unexpected and replies[3] == unexpected
+        return
+    assert replies[1] == ("error", "GenericError", ("Could not create node: Cannot create "
+                          "block-copy-state: min-cluster-size needs to be a power of 2"))
+    assert replies[2] == ("error", "GenericError",
+                          "min-cluster-size too large: 18446744073709551615 > 9223372036854775807")
+    assert replies[3] == {}
+    cbw = next(node for node in replies[4] if node["node-name"] == "cbw")
+    assert {bm["granularity"] for bm in cbw["dirty-bitmaps"]} == {1 << 18}
+
+
+def test_file_node_size_counts_whole_sectors(session: tuple[str, Session]) -> None:
+    """bdrv_getlength of a file node: the file length rounded up to 512 (both versions)."""
+    _, s = session
+    _, (nodes,) = s.run(("query-named-block-nodes", None))
+    size = (s.workdir / "d0.qcow2").stat().st_size
+    file_node = next(node for node in nodes if node["drv"] == "file")
+    assert file_node["image"]["virtual-size"] == -(-size // 512) * 512
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_img_map_compressed_member(workdir: Path, version: str) -> None:
+    path = workdir / "m.qcow2"
+    assert img.main(["create", "-q", "-f", "qcow2", str(path), "1M"]) == 0
+    out = io.StringIO()
+    assert img.main(["--blocktxn-version", version, "map", "--output=json", str(path)], out=out) == 0
+    expected = ('"data": false, "compressed": false}' if version == "10.0" else '"data": false}')
+    assert expected in out.getvalue()
+
+
+@pytest.mark.parametrize("version", ["7.2", "10.0"])
+def test_cmdline_error_texts(version: str) -> None:
+    done = _process(["-blocktxn-version", version, *BASE, "-machine", "foo"], None)
+    named = ' "foo"' if version == "10.0" else ""
+    assert (done.returncode, done.stderr) == (1, (f"qemu-system-x86_64: unsupported machine type"
+                                                 f"{':' if named else ''}{named}\n"
+                                                 "Use -machine help to list supported machines\n"))
+    done = _process(["-blocktxn-version", version, "-M", "none", "-display", "gtk"], None)
+    if version == "7.2":
+        assert done.stderr == ("qemu: module ui-ui-gtk not found, do you want to install "
+                               "qemu-system-gui package?\n"
+                               "qemu-system-x86_64: Display 'gtk' is not available.\n")
+    else:
+        assert done.stderr == ("qemu-system-x86_64: Display 'gtk' is not available. Perhaps you "
+                               "want to install qemu-system-gui package?\n")

@@ -31,6 +31,7 @@ qapi_types(
     {"enum": "BitmapSyncMode", "data": ["on-success", "never", "always"]},
     {"enum": "BlockdevOnError", "data": ["report", "ignore", "enospc", "stop", "auto"]},
     {"enum": "NewImageMode", "data": ["existing", "absolute-paths"]},
+    # min-cluster-size is QEMU 9.1+ (dropped by the 7.2 profile, emulator/versions.py)
     {"struct": "BackupPerf", "data": {"*use-copy-range": "bool", "*max-workers": "int",
                                       "*max-chunk": "int64", "*min-cluster-size": "size"}},
     {"struct": "BackupCommon", "data": {
@@ -138,6 +139,9 @@ def _flush(machine: Machine) -> None:
         pass
 
 
+INT64_MAX = (1 << 63) - 1
+
+
 def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, target: BlockNode,
                      txn: JobTxn | None, release: Any) -> BackupJob:
     """QEMU's do_backup_common + backup_job_create: validate, freeze the bitmap, create the job."""
@@ -183,6 +187,8 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         raise QemuError("max-workers must be between 1 and 2147483647")
     if max_chunk < 0:
         raise QemuError("max-chunk must be zero (which means no limit) or positive")
+    if min_cluster > INT64_MAX:
+        raise QemuError(f"min-cluster-size too large: {min_cluster} > {INT64_MAX}")
     # (only drive-backup turns sync=top without a backing file into full, before these checks;
     # blockdev-backup keeps top and copies just the allocated clusters)
     if source.length() != target.length():
@@ -197,9 +203,11 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             bitmaps.check(bitmap, BITMAP_DEFAULT)
         bitmaps.create_successor(bitmap)
     graph = machine.block
-    try:
+    try:  # block_copy_state_new, reached from bdrv_cbw_append before the job exists
         check_min_cluster_size(min_cluster)
     except QemuError as exc:
+        if bitmap is not None:
+            bitmaps.reclaim(bitmap)
         raise QemuError(f"Could not create node: {exc.desc}") from None
     # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
     # once the filter has a user it takes its real perms, which may conflict with other users

@@ -1,7 +1,7 @@
 """`blocktxn img`: the qemu-img subset the test suites use (create, info, check, compare, map).
 
 Options, output text and exit codes follow qemu-img 7.2, or 10.0 where its output differs (`info`
-shows the protocol child): `--blocktxn-version V` as the first argument, else
+shows the protocol child, `map --output=json` a "compressed" member): `--blocktxn-version V` as the first argument, else
 $BLOCKTXN_QEMU_VERSION, else the newest (emulator/versions.py).  JSON objects are printed in the order
 QEMU's QDict iterates them (hash-bucket order), so the text matches qemu-img's byte for byte.
 
@@ -560,6 +560,8 @@ class Tool:
             tf = {True: "true", False: "false"}
             text = (f'{{ "start": {e["start"]}, "length": {e["length"]}, "depth": {e["depth"]}, '
                     f'"present": {tf[e["present"]]}, "zero": {tf[e["zero"]]}, "data": {tf[e["data"]]}')
+            if self.profile.img_map_compressed:
+                text += ', "compressed": false'  # compressed clusters are refused at open
             if e["offset"] is not None:
                 text += f', "offset": {e["offset"]}'
             text += "}"
