@@ -55,18 +55,28 @@ class _Drawer:
 
 
 @st.composite
-def scenarios(draw: Callable[[st.SearchStrategy[Any]], Any], max_steps: int,
-              avoid: frozenset[str] = frozenset()) -> list[Step]:
-    """A list of 1..max_steps steps, each drawn against the model the earlier ones predict."""
-    model = Model(avoid=avoid)
-    drawer = _Drawer(draw)
-    steps = []
-    for _ in range(draw(st.integers(1, max_steps))):
-        rule = draw(st.sampled_from(RULES))
-        step = replace(GENERATORS[rule](drawer, model), rule=rule)
-        predict(model, step)
-        steps.append(step)
-    return steps
+def _step_in(draw: Callable[[st.SearchStrategy[Any]], Any], model: Model) -> Step:
+    """One step drawn against `model`, which it then updates (`predict`)."""
+    rule = draw(st.sampled_from(RULES))
+    step = replace(GENERATORS[rule](_Drawer(draw), model), rule=rule)
+    predict(model, step)
+    return step
+
+
+def scenarios(max_steps: int, avoid: frozenset[str] = frozenset()) -> st.SearchStrategy[list[Step]]:
+    """A list of 1..max_steps steps, each drawn against the model the earlier ones predict.
+
+    A hypothesis list (its elements are drawn in order, so the shared model evolves in order)
+    rather than a loop in a composite: the shrinker deletes list elements well, and an element's
+    draws become the next element's when one is deleted."""
+
+    @st.composite
+    def fresh(draw: Callable[[st.SearchStrategy[Any]], Any]) -> list[Step]:
+        model = Model(avoid=avoid)
+        steps: list[Step] = draw(st.lists(_step_in(model), min_size=1, max_size=max_steps))
+        return steps
+
+    return fresh()
 
 
 # ---- the predicted model ------------------------------------------------------------------------
