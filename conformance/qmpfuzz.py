@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
 import selectors
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
+from conformance.differential_targets import FuzzProfile, ProfiledEmulatorTarget, module_dir_for
 from conformance.targets import Instance, Target
 
 # ---- what the generator may send --------------------------------------------------------------------
@@ -1028,12 +1030,26 @@ class LiveTarget:
         self.stop()
 
 
-def qemu_available() -> bool:
+def qemu_available(binary: str | None = None) -> bool:
+    """`binary` (default: qemu-system-x86_64 on PATH) runs ``--version`` (with its modules'
+    QEMU_MODULE_DIR when it is an unpacked package's binary)."""
+    profile_env = {"QEMU_MODULE_DIR": module_dir} if (module_dir := module_dir_for(binary)) else {}
     try:
-        return subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
-                              timeout=30, check=False).returncode == 0
+        return subprocess.run([binary or "qemu-system-x86_64", "--version"], capture_output=True,
+                              timeout=30, check=False, env={**os.environ, **profile_env}).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def fuzz_targets(qemu: str | None = None, qemu_img: str | None = None,
+                 qemu_io: str | None = None) -> tuple[Target, Target | None, FuzzProfile]:
+    """The emulator (a separate process, told to behave like the QEMU found) and real QEMU
+    (None when not found): `qemu` names qemu-system-x86_64, default PATH; the tools default to
+    the ones beside it (see conformance.differential_targets)."""
+    profile = FuzzProfile.find(qemu, qemu_img, qemu_io)
+    emulator = ProfiledEmulatorTarget(profile.version_text, use_option=profile.use_option,
+                                      separate_process=True)
+    return emulator, (profile.reference() if profile.binaries.complete else None), profile
 
 
 @dataclass
