@@ -63,6 +63,17 @@ def _step_in(draw: Callable[[st.SearchStrategy[Any]], Any], model: Model) -> Ste
     return step
 
 
+PHASES = 3
+
+
+def _phase_sizes(max_steps: int) -> list[int]:
+    """max_steps split into up to PHASES list sizes (the first one at least 1)."""
+    count = max(1, min(PHASES, max_steps))
+    sizes = [max_steps // count] * count
+    sizes[0] += max_steps - sum(sizes)
+    return sizes
+
+
 def scenarios(max_steps: int, avoid: frozenset[str] = frozenset()) -> st.SearchStrategy[list[Step]]:
     """A list of 1..max_steps steps, each drawn against the model the earlier ones predict.
 
@@ -73,7 +84,11 @@ def scenarios(max_steps: int, avoid: frozenset[str] = frozenset()) -> st.SearchS
     @st.composite
     def fresh(draw: Callable[[st.SearchStrategy[Any]], Any]) -> list[Step]:
         model = Model(avoid=avoid)
-        steps: list[Step] = draw(st.lists(_step_in(model), min_size=1, max_size=max_steps))
+        steps: list[Step] = []
+        # Hypothesis keeps lists short (about 6 elements); PHASES lists in a row make scenarios
+        # long enough for jobs to meet later commands, and shrink to empty lists all the same.
+        for phase, size in enumerate(_phase_sizes(max_steps)):
+            steps += draw(st.lists(_step_in(model), min_size=0 if phase else 1, max_size=size))
         return steps
 
     return fresh()
