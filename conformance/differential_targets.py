@@ -5,7 +5,8 @@ paths, else beside BIN, else PATH) and reads ``MAJOR.MINOR`` from ``BIN --versio
 
 * A QEMU unpacked from a distribution package (``X/usr/bin/qemu-system-x86_64`` with its modules
   in ``X/usr/lib/x86_64-linux-gnu/qemu``) only finds its modules through ``QEMU_MODULE_DIR``;
-  the reference target and the image tools get it in their environment.
+  the reference target gets it in its environment (qemu-img and qemu-io need no module for
+  qcow2, raw, file and blkdebug).
 * The emulator is told which QEMU to behave like through the environment variable
   ``BLOCKTXN_QEMU_VERSION=MAJOR.MINOR`` and, once the emulator accepts it, the command-line
   option ``-blocktxn-version MAJOR.MINOR`` (``use_option``: ``blocktxn fuzz
@@ -84,11 +85,11 @@ class FuzzProfile:
     @classmethod
     def find(cls, qemu: str | None = None, qemu_img: str | None = None, qemu_io: str | None = None,
              *, use_option: bool | None = None) -> FuzzProfile:
-        """Locate the programs; with `module_dir` set in this process before reading the version."""
+        """Locate the programs (this process's environment is left alone: only the reference
+        QEMU gets QEMU_MODULE_DIR; qemu-img, qemu-io and ``--version`` need no module)."""
         system = shutil.which(qemu or "qemu-system-x86_64")
         module_dir = module_dir_for(system)
-        env = {"QEMU_MODULE_DIR": module_dir} if module_dir and "QEMU_MODULE_DIR" not in os.environ else {}
-        os.environ.update(env)  # qemu-img/qemu-io and `--version` run with it too
+        env = {"QEMU_MODULE_DIR": module_dir} if module_dir else {}
         binaries = QemuBinaries.find(system or qemu, qemu_img or _beside(system, "qemu-img"),
                                      qemu_io or _beside(system, "qemu-io"))
         return cls(binaries, parse_version(binaries.version), module_dir,
@@ -138,7 +139,15 @@ class ProfiledEmulatorTarget(EmulatorTarget):
     def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance:
         if self.version is None:
             return super().start(socket_path, workdir, extra_argv)
-        # The in-process emulator reads this process's environment; a separate one inherits it.
+        # The in-process emulator reads this process's environment as it starts, a separate one
+        # inherits it; it is restored afterwards so that no other target sees it.
+        previous = os.environ.get(VERSION_ENV)
         os.environ[VERSION_ENV] = self.version
-        extra = [VERSION_OPTION, self.version, *extra_argv] if self.use_option else extra_argv
-        return super().start(socket_path, workdir, extra)
+        try:
+            extra = [VERSION_OPTION, self.version, *extra_argv] if self.use_option else extra_argv
+            return super().start(socket_path, workdir, extra)
+        finally:
+            if previous is None:
+                del os.environ[VERSION_ENV]
+            else:
+                os.environ[VERSION_ENV] = previous
