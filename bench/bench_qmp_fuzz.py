@@ -21,8 +21,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from conformance.qmpfuzz import COMPARE_LIMIT, Campaign, Finding, InputGenerator, LiveTarget, qemu_available
-from conformance.targets import EMULATOR_VERSIONS, EmulatorTarget, QemuBinaries, QemuTarget
+from conformance.qmpfuzz import (
+    COMPARE_LIMIT,
+    Campaign,
+    Finding,
+    InputGenerator,
+    LiveTarget,
+    fuzz_targets,
+    qemu_available,
+)
 
 
 def main() -> int:
@@ -37,9 +44,16 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=100, help="inputs between server health checks")
     parser.add_argument("--out", type=Path, default=None, help="write failing inputs here")
     parser.add_argument("--no-qemu", action="store_true")
+    parser.add_argument("--qemu", default=None,
+                        help="qemu-system-x86_64 to compare with (default: PATH); the emulator is "
+                             "told to behave like its version")
+    parser.add_argument("--qemu-img", default=None, help="qemu-img (default: beside --qemu, then PATH)")
+    parser.add_argument("--qemu-io", default=None, help="qemu-io (default: beside --qemu, then PATH)")
     args = parser.parse_args()
 
-    use_qemu = not args.no_qemu and args.compare_every > 0 and qemu_available()
+    emulator_target, qemu_target, profile = fuzz_targets(args.qemu, args.qemu_img, args.qemu_io)
+    use_qemu = (not args.no_qemu and args.compare_every > 0 and qemu_target is not None
+                and qemu_available(args.qemu))
     generator = InputGenerator(args.seed, max_size=args.max_size, drive="drive0")
     shown: Counter[str] = Counter()
 
@@ -56,10 +70,10 @@ def main() -> int:
     print(f"bench_qmp_fuzz: {args.inputs} inputs, seed {args.seed}, max size {args.max_size}, "
           f"{'every ' + str(args.compare_every) + 'th input up to ' + str(args.compare_limit) + ' bytes against QEMU' if use_qemu else 'no QEMU'}",
           flush=True)
-    binaries = QemuBinaries.find()
-    version = binaries.major_minor if binaries.major_minor in EMULATOR_VERSIONS else EMULATOR_VERSIONS[-1]
-    emulator = LiveTarget(EmulatorTarget(version, separate_process=True), name="emulator")
-    qemu = LiveTarget(QemuTarget(binaries), name="qemu") if use_qemu else None
+    print(f"bench_qmp_fuzz: real QEMU {profile.binaries.version}; emulator profile "
+          f"{profile.version_text}", flush=True)
+    emulator = LiveTarget(emulator_target, name="emulator")
+    qemu = LiveTarget(qemu_target, name="qemu") if use_qemu and qemu_target is not None else None
     try:
         campaign = Campaign(emulator, qemu, batch_size=args.batch, compare_limit=args.compare_limit,
                             compare_every=args.compare_every, on_finding=on_finding)

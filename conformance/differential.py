@@ -369,6 +369,9 @@ class Progress:
         self.started = started
         self.divergences = divergences
         self.interval = interval
+        #: The stream at start: the in-process emulator redirects sys.stdout while it runs (its
+        #: HMP output), and a line printed there would land in a target's compared output.
+        self.stream = sys.stdout
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="fuzz-progress", daemon=True)
 
@@ -382,7 +385,7 @@ class Progress:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
-            print(self.line(), flush=True)
+            print(self.line(), file=self.stream, flush=True)
 
     def __enter__(self) -> Self:
         self._thread.start()

@@ -93,7 +93,8 @@ def render_case(divergence: Divergence, run: DifferentialRun, qemu_img: str,
     helpers = ["launch_scenario"] + [helper for helper in ("wait_first_chunk", "wait_statuses")
                                      if any(line.startswith(f"await {helper}(") for line in body)]
     imports = "".join(f"    {helper},\n" for helper in helpers)
-    source = f'''r"""{summary_text}Found by the differential fuzzer (``blocktxn fuzz``): real QEMU 7.2 and the emulator
+    reference = run.reference.target.describe() or "real QEMU"
+    source = f'''r"""{summary_text}Found by the differential fuzzer (``blocktxn fuzz``): {reference} and the emulator
 diverged ({divergence.kind}) at step {divergence.step_index} of this scenario.
 
 What differed when it was found (reference = real QEMU, candidate = emulator):

@@ -13,13 +13,14 @@ generated only now and then, to be skipped unless ``blocktxn fuzz --include-know
 * ``bitmap-mode=always`` is not used on drive1 while blkdebug may fail a read (which clusters
   parallel copy tasks finished before the error depends on timing);
 * a grouped transaction with two or more backups holds only backups that cannot fail to
-  prepare (QEMU 7.2 hangs when it rolls such a transaction back);
-* ``block-dirty-bitmap-enable`` actions only where their prepare cannot fail (QEMU 7.2
-  dereferences a NULL bitmap in the abort of a failed enable), so never in grouped mode;
-* a merge never has an empty ``bitmaps`` list (QEMU 7.2 crashes);
-* a transaction never has two backups of the same node (the second fails to prepare, and QEMU
-  7.2 then aborts: ``bdrv_do_drained_end: Assertion `bs->quiesce_counter > 0' failed``, in
-  individual and grouped mode alike).
+  prepare (QEMU 7.2 hangs when it rolls such a transaction back: grouped-rollback-hang);
+* ``block-dirty-bitmap-enable`` actions mostly where their prepare cannot fail, and not in
+  grouped mode (enable-prepare-fails: QEMU 7.2 and 10.0 segfault in the abort of a failed
+  enable);
+* a merge's ``bitmaps`` list is rarely empty (merge-empty-list: 7.2 and 10.0 segfault);
+* a transaction rarely has two backups of the same node (same-node-backups: the second fails
+  to prepare and QEMU then aborts, ``bdrv_do_drained_end: Assertion `bs->quiesce_counter > 0'
+  failed``).
 """
 
 from __future__ import annotations

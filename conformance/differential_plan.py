@@ -55,18 +55,43 @@ class _Drawer:
 
 
 @st.composite
-def scenarios(draw: Callable[[st.SearchStrategy[Any]], Any], max_steps: int,
-              avoid: frozenset[str] = frozenset()) -> list[Step]:
-    """A list of 1..max_steps steps, each drawn against the model the earlier ones predict."""
-    model = Model(avoid=avoid)
-    drawer = _Drawer(draw)
-    steps = []
-    for _ in range(draw(st.integers(1, max_steps))):
-        rule = draw(st.sampled_from(RULES))
-        step = replace(GENERATORS[rule](drawer, model), rule=rule)
-        predict(model, step)
-        steps.append(step)
-    return steps
+def _step_in(draw: Callable[[st.SearchStrategy[Any]], Any], model: Model) -> Step:
+    """One step drawn against `model`, which it then updates (`predict`)."""
+    rule = draw(st.sampled_from(RULES))
+    step = replace(GENERATORS[rule](_Drawer(draw), model), rule=rule)
+    predict(model, step)
+    return step
+
+
+PHASES = 3
+
+
+def _phase_sizes(max_steps: int) -> list[int]:
+    """max_steps split into up to PHASES list sizes (the first one at least 1)."""
+    count = max(1, min(PHASES, max_steps))
+    sizes = [max_steps // count] * count
+    sizes[0] += max_steps - sum(sizes)
+    return sizes
+
+
+def scenarios(max_steps: int, avoid: frozenset[str] = frozenset()) -> st.SearchStrategy[list[Step]]:
+    """A list of 1..max_steps steps, each drawn against the model the earlier ones predict.
+
+    A hypothesis list (its elements are drawn in order, so the shared model evolves in order)
+    rather than a loop in a composite: the shrinker deletes list elements well, and an element's
+    draws become the next element's when one is deleted."""
+
+    @st.composite
+    def fresh(draw: Callable[[st.SearchStrategy[Any]], Any]) -> list[Step]:
+        model = Model(avoid=avoid)
+        steps: list[Step] = []
+        # Hypothesis keeps lists short (about 6 elements); PHASES lists in a row make scenarios
+        # long enough for jobs to meet later commands, and shrink to empty lists all the same.
+        for phase, size in enumerate(_phase_sizes(max_steps)):
+            steps += draw(st.lists(_step_in(model), min_size=0 if phase else 1, max_size=size))
+        return steps
+
+    return fresh()
 
 
 # ---- the predicted model ------------------------------------------------------------------------

@@ -26,7 +26,6 @@ import random
 import re
 import selectors
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from conformance.targets import Instance, Target
+from conformance.differential_targets import FuzzProfile
+from conformance.targets import EmulatorTarget, Instance, QemuBinaries, Target
 
 # ---- what the generator may send --------------------------------------------------------------------
 
@@ -1028,12 +1028,20 @@ class LiveTarget:
         self.stop()
 
 
-def qemu_available() -> bool:
-    try:
-        return subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True,
-                              timeout=30, check=False).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+def qemu_available(binary: str | None = None) -> bool:
+    """`binary` (default: qemu-system-x86_64 on PATH) runs ``--version`` (with its modules'
+    QEMU_MODULE_DIR when it is an unpacked package's binary)."""
+    return QemuBinaries.find(binary).version is not None
+
+
+def fuzz_targets(qemu: str | None = None, qemu_img: str | None = None,
+                 qemu_io: str | None = None) -> tuple[Target, Target | None, FuzzProfile]:
+    """The emulator (a separate process, told to behave like the QEMU found) and real QEMU
+    (None when not found): `qemu` names qemu-system-x86_64, default PATH; the tools default to
+    the ones beside it (see conformance.differential_targets)."""
+    profile = FuzzProfile.find(qemu, qemu_img, qemu_io)
+    emulator = EmulatorTarget(profile.emulator_version, separate_process=True)
+    return emulator, (profile.reference() if profile.binaries.complete else None), profile
 
 
 @dataclass

@@ -29,11 +29,12 @@ from conformance.qmpfuzz import (
     check_outcome,
     command_names,
     compare_outcomes,
+    fuzz_targets,
     is_harmless,
     parse_reply,
     qemu_available,
 )
-from conformance.targets import EmulatorTarget, QemuBinaries, QemuTarget
+from conformance.targets import EmulatorTarget
 from emulator.error import QemuError
 from emulator.launcher import EmbeddedEmulator
 from emulator.qmp.jsonparser import parse_json
@@ -51,12 +52,24 @@ def emulator() -> Iterator[LiveTarget]:
         yield target
 
 
-@pytest.fixture(scope="module")
-def qemu() -> Iterator[LiveTarget]:
-    if not qemu_available():
-        pytest.skip("qemu-system-x86_64 not installed")
-    with LiveTarget(QemuTarget(QemuBinaries.find()), name="qemu") as target:
-        yield target
+#: The real QEMU versions compared with: the one on PATH (Debian 12's 7.2) and QEMU 10.0 as
+#: unpacked by scripts/setup-qemu-10.sh (its modules beside it).
+QEMU_BINARIES = {"path": None,
+                 "10.0": "/root/.cache/blocktxn/qemu-10.0.2/usr/bin/qemu-system-x86_64"}
+
+
+@pytest.fixture(scope="module", params=sorted(QEMU_BINARIES))
+def qemu_pair(request: pytest.FixtureRequest) -> Iterator[tuple[LiveTarget, LiveTarget]]:
+    """Real QEMU and the emulator told to behave like that version."""
+    binary = QEMU_BINARIES[request.param]
+    if not qemu_available(binary):
+        pytest.skip(f"{binary or 'qemu-system-x86_64'} not installed")
+    emulator_target, qemu_target, profile = fuzz_targets(binary)
+    assert qemu_target is not None, profile.binaries.missing()
+    assert request.param == "path" or profile.version_text == request.param
+    with LiveTarget(emulator_target, name="emulator") as emulator, \
+            LiveTarget(qemu_target, name=f"qemu {profile.version_text}") as qemu:
+        yield emulator, qemu
 
 
 def assert_clean(campaign: Campaign) -> None:
@@ -116,7 +129,8 @@ def test_limits_are_answered_like_qemu(emulator: LiveTarget) -> None:
 # ---- against real QEMU ---------------------------------------------------------------------------
 
 @needs_qemu
-def test_same_answers_as_qemu(emulator: LiveTarget, qemu: LiveTarget) -> None:
+def test_same_answers_as_qemu(qemu_pair: tuple[LiveTarget, LiveTarget]) -> None:
+    emulator, qemu = qemu_pair
     campaign = Campaign(emulator, qemu, batch_size=50)
     generator = InputGenerator("ci-differential", max_size=2048, drive="drive0")
     report = campaign.run(generator.inputs(300))
