@@ -49,7 +49,7 @@ def test_fuzz_runs_against_qemu_10(capsys: pytest.CaptureFixture[str], tmp_path:
     status, lines, elapsed = _fuzz(capsys, "--minutes", "0.1", "--seed", "7", "--out", str(tmp_path),
                                    "--qemu", str(QEMU_10))
     assert elapsed < 6 + 10
-    assert "QEMU emulator version 10.0" in lines[0] and "BLOCKTXN_QEMU_VERSION=10.0" in lines[0]
+    assert "QEMU emulator version 10.0" in lines[0] and "in its QEMU 10.0 profile" in lines[0]
     assert "QEMU_MODULE_DIR=" in lines[0]
     summary = SUMMARY.match(lines[-1])
     assert summary, lines[-5:]

@@ -38,7 +38,7 @@ def is_vmdk(head: bytes) -> bool:
 
 _DESCRIPTOR = """# Disk DescriptorFile
 version=1
-CID={cid:08x}
+CID={cid:x}
 parentCID=ffffffff
 createType="{create_type}"
 
