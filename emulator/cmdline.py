@@ -287,8 +287,7 @@ class _Parser:
                 return self.config
         mtype = machine_types.lookup(self.config.version, self.config.machine)
         if mtype is None:
-            raise CmdlineError(machine_types.unsupported_message(self.config.version,
-                                                                 self.config.machine or ""))
+            raise CmdlineError(self._unsupported_machine(self.config.machine or ""))
         for key in self.machine_props:
             message = machine_types.check_property(mtype, key)
             if message:
@@ -391,6 +390,11 @@ class _Parser:
         # -nodefaults, -nographic, -no-user-config, -no-shutdown, -name, -m, -smp, and the
         # options of option_table.IGNORED: nothing to do without a guest
 
+    def _unsupported_machine(self, name: str) -> str:
+        """QEMU's text for an unknown -machine type (it names the type since 8.x)."""
+        return (self.config.profile.errors.MACHINE_UNSUPPORTED % name
+                + "\nUse -machine help to list supported machines")
+
     def _machine(self, arg: str) -> None:
         opts = parse_qemu_opts(arg, "type")
         kind = opts.get("type")
@@ -400,7 +404,7 @@ class _Parser:
         if kind is not None:
             self.config.machine = kind
             if machine_types.lookup(self.config.version, kind) is None:
-                raise CmdlineError(machine_types.unsupported_message(self.config.version, kind))
+                raise CmdlineError(self._unsupported_machine(kind))
         self.machine_props.extend(key for key in opts if key != "type")
         accel = opts.get("accel")
         if accel is not None:

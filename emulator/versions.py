@@ -39,6 +39,10 @@ class ErrorTexts:
     #: The whole stderr text for -display gtk/sdl when Debian's qemu-system-gui module is not
     #: installed (%(prog)s, %(kind)s): 7.2 prints a module line first, 10.0 one line with a hint.
     DISPLAY_MODULE_MISSING: str
+    #: block_copy_calculate_cluster_size's warning for a target without cluster size information
+    #: and without a backing file (%d: the block size used): 10.0 reworded it around
+    #: x-perf.min-cluster-size.
+    TARGET_CLUSTER_SIZE_WARNING: str
     #: block-job-change on a job whose driver has no .change (10.0 only; 7.2 has no command).
     JOB_CHANGE_UNSUPPORTED: str = "Job type does not support change"
 
@@ -74,6 +78,10 @@ class QemuProfile:
     img_info_children: bool
     #: `qemu-img map --output=json` entries have "compressed": true|false after "data" (10.0).
     img_map_compressed: bool
+    #: block_resize of a node a job holds: 7.2 answers QERR_DEVICE_IN_USE naming the `device`
+    #: argument ("Device '(null)' is in use" for a node-name); 10.0 checks the op blocker
+    #: ("Node '...' is busy: ...").
+    resize_busy_as_device_in_use: bool
     #: QMP commands of the emulator's area this version does not have (CommandNotFound).
     commands_absent: frozenset[str] = frozenset()
     #: QAPI struct members this version does not have: type name -> member names (as written
@@ -108,6 +116,11 @@ QEMU_7_2 = QemuProfile(
         TXN_PROPERTY_UNSUPPORTED="Action '%s' does not support Transaction property "
                                  "completion-mode = %s",
         MACHINE_UNSUPPORTED="unsupported machine type%.0s",
+        TARGET_CLUSTER_SIZE_WARNING=(
+            "warning: The target block device doesn't provide information about the block size "
+            "and it doesn't have a backing file. The default block size of %d bytes is used. If "
+            "the actual block size of the target exceeds this default, the backup may be "
+            "unusable\n"),
         DISPLAY_MODULE_MISSING="qemu: module ui-ui-%(kind)s not found, do you want to install "
                                "qemu-system-gui package?\n"
                                "%(prog)s: Display '%(kind)s' is not available.\n",
@@ -120,9 +133,13 @@ QEMU_7_2 = QemuProfile(
     img_info_children=False,
     img_map_compressed=False,
     commands_absent=frozenset({"block-job-change", "blockdev-set-active"}),
+    resize_busy_as_device_in_use=True,
     members_absent=MappingProxyType({
-        # 10.0's BackupPerf.min-cluster-size (9.1): "Parameter 'min-cluster-size' is unexpected".
+        # 10.0's BackupPerf.min-cluster-size and BackupCommon.discard-source (both 9.1), and
+        # the copy-before-write driver's min-cluster-size (9.1): "Parameter '...' is unexpected".
         "BackupPerf": frozenset({"*min-cluster-size"}),
+        "BackupCommon": frozenset({"*discard-source"}),
+        "BlockdevOptionsCbw": frozenset({"*min-cluster-size"}),
     }),
 )
 
@@ -134,6 +151,11 @@ QEMU_10_0 = QemuProfile(
         TXN_PROPERTY_UNSUPPORTED="Action '%s' does not support transaction property "
                                  "completion-mode = %s",
         MACHINE_UNSUPPORTED='unsupported machine type: "%s"',
+        TARGET_CLUSTER_SIZE_WARNING=(
+            "warning: The target block device doesn't provide information about the block size "
+            "and it doesn't have a backing file. The (default) block size of %d bytes is used. "
+            "If the actual block size of the target exceeds this value, the backup may be "
+            "unusable\n"),
         DISPLAY_MODULE_MISSING="%(prog)s: Display '%(kind)s' is not available. Perhaps you want "
                                "to install qemu-system-gui package?\n",
     ),
@@ -144,6 +166,7 @@ QEMU_10_0 = QemuProfile(
     block_copy_bitmap_on_filter=True,
     img_info_children=True,
     img_map_compressed=True,
+    resize_busy_as_device_in_use=False,
 )
 
 #: Measured 7.2 -> 10.0 differences in the emulator's area that no profile models yet: under
@@ -153,7 +176,6 @@ UNMODELLED_10_0 = (
     ("blockdev-set-active command and BlockdevOptions.active (node inactivation: stores "
     "persistent bitmaps, refuses inactive backup targets; real 10.0.2 aborts on a qemu-io "
     "write to an inactive node)"),
-    "BackupCommon.discard-source (discard source clusters once copied)",
     "BlockdevOptionsQcow2.discard-no-unref",
 )
 

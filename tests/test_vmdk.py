@@ -106,7 +106,13 @@ def test_created_layout_is_qemu_img_s(tmp_path: Path, size: str) -> None:
         "hwversion=undefined")
 
     def norm(data: bytes, name: bytes) -> bytes:
-        return re.sub(rb"CID=[0-9a-f]{1,8}\n", b"CID=x\n", data).replace(name, b"N.vmdk")
+        """The file with its descriptor's random CID (printed unpadded, so of 1 to 8 digits) and
+        the file name masked inside the descriptor's sectors, whose size stays as it is."""
+        start = int.from_bytes(data[28:36], "little") * 512  # VMDK4Header.desc_offset
+        size = int.from_bytes(data[36:44], "little") * 512   # VMDK4Header.desc_size
+        text = data[start:start + size].rstrip(b"\0")
+        text = re.sub(rb"CID=[0-9a-f]{1,8}\n", b"CID=x\n", text).replace(name, b"N.vmdk")
+        return data[:start] + text.ljust(size, b"\0") + data[start + size:]
 
     assert norm(theirs.read_bytes(), b"a.vmdk") == norm(ours.read_bytes(), b"b.vmdk")
     assert qemu_img("check", str(ours)).returncode == 0

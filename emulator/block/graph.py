@@ -65,9 +65,9 @@ class BlockGraph:
         self.backends: dict[str, BlockBackend] = {}
         self._id_counter = 0
         self._random = random.Random(seed)
-        #: The QEMU version whose block-layer details to follow ("7.2" or "10.0"); the command
-        #: layer keeps it in step with the machine.
-        self.version = os.environ.get("BLOCKTXN_QEMU_VERSION", "7.2")
+        #: QEMU 10.0's copy-before-write keeps its block-copy bitmap on the filter node, 7.2's on
+        #: the source (the machine sets this from its version profile).
+        self.copy_bitmap_on_filter = False
         #: throttle-group objects by id (object-add / -object), for throttle nodes to join.
         self.throttle_groups: dict[str, Any] = {}
 
@@ -224,7 +224,7 @@ class BlockGraph:
                                                                 "break-guest-write"),
                                        cbw_timeout=int(options.get("cbw-timeout", 0)),
                                        bitmap=bitmap,
-                                       copy_bitmap_on_filter=not self.version.startswith("7."))
+                                       copy_bitmap_on_filter=self.copy_bitmap_on_filter)
             node.options = options
             self.nodes.insert(slot, node)
             return node

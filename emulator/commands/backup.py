@@ -24,7 +24,6 @@ from emulator.machine import Machine
 from emulator.transaction import BaseAction
 
 from .registry import qapi_types, qmp_command
-from .version import is_qemu_10
 
 qapi_types(
     {"enum": "MirrorSyncMode", "data": ["top", "full", "none", "incremental", "bitmap"]},
@@ -65,7 +64,6 @@ class BackupAction(BaseAction):
 
     def prepare(self) -> None:
         args = self.args
-        _version_gate(self.machine, args, args.get("x-perf") or {})
         source = self.machine.block.lookup_bs(args["device"])
         release = None
         if self.kind == "drive-backup":
@@ -246,7 +244,8 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             on_source_error=args.get("on-source-error", "report"),
             on_target_error=args.get("on-target-error", "report"), release=release_all,
             compress=compress, max_workers=max_workers, max_chunk=max_chunk,
-            bitmap_home=cbw if is_qemu_10(machine) else None, min_cluster_size=min_cluster,
+            bitmap_home=cbw if machine.profile.block_copy_bitmap_on_filter else None,
+            min_cluster_size=min_cluster,
             discard_source=bool(args.get("discard-source", False)))
     except BaseException:
         graph.remove_filter(cbw)
@@ -256,16 +255,6 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     cbw.copy_hook = job.copy_before_write  # type: ignore[attr-defined]
     job.add_node(cbw)
     return job
-
-
-def _version_gate(machine: Machine, args: dict[str, Any], perf: dict[str, Any]) -> None:
-    """Members QEMU 7.2's schema does not have (discard-source, x-perf.min-cluster-size)."""
-    if is_qemu_10(machine):
-        return
-    if "discard-source" in args:
-        raise QemuError("Parameter 'discard-source' is unexpected")
-    if "min-cluster-size" in perf:
-        raise QemuError("Parameter 'x-perf.min-cluster-size' is unexpected")
 
 
 def _warn_unknown_cluster_size(machine: Machine, target: BlockNode, min_cluster: int = 0) -> None:
@@ -278,17 +267,7 @@ def _warn_unknown_cluster_size(machine: Machine, target: BlockNode, min_cluster:
         return
     stderr = getattr(machine, "stderr", None) or sys.stderr
     try:
-        if is_qemu_10(machine):
-            size = max(65536, min_cluster)
-            stderr.write("warning: The target block device doesn't provide information about "
-                         "the block size and it doesn't have a backing file. The (default) block "
-                         f"size of {size} bytes is used. If the actual block size of the target "
-                         "exceeds this value, the backup may be unusable\n")
-        else:
-            stderr.write("warning: The target block device doesn't provide information about "
-                         "the block size and it doesn't have a backing file. The default block "
-                         "size of 65536 bytes is used. If the actual block size of the target "
-                         "exceeds this default, the backup may be unusable\n")
+        stderr.write(machine.profile.errors.TARGET_CLUSTER_SIZE_WARNING % max(65536, min_cluster))
         stderr.flush()
     except (OSError, ValueError):
         pass

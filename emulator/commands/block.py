@@ -14,7 +14,6 @@ from emulator.machine import Machine
 
 from . import block_schema  # noqa: F401  (registers the BlockdevOptions types)
 from .registry import qmp_command
-from .version import is_qemu_10, qemu_version
 
 
 # ---- BlockDeviceInfo / ImageInfo as QEMU 7.2 builds them (block/qapi.c) ------------------------
@@ -180,10 +179,6 @@ def qmp_query_named_block_nodes(machine: Machine, flat: bool = False) -> list[di
 @qmp_command("blockdev-add", "BlockdevOptions")
 def qmp_blockdev_add(machine: Machine, **options: Any) -> None:
     # Arguments arrive with Python names at the top level; BlockdevOptions wants QAPI names.
-    machine.block.version = qemu_version(machine)
-    if options.get("driver") == "copy-before-write" and "min_cluster_size" in options \
-            and not is_qemu_10(machine):
-        raise QemuError("Parameter 'min-cluster-size' is unexpected")
     machine.block.blockdev_add({key.replace("_", "-") if key != "new_state" else key: value
                                 for key, value in options.items()})
 
@@ -206,7 +201,7 @@ def qmp_block_resize(machine: Machine, size: int, device: str | None = None,
     if size < 0:
         raise QemuError("Parameter 'size' expects a >0 size")
     if node.op_blockers.get("resize"):
-        if not is_qemu_10(machine):  # 7.2: QERR_DEVICE_IN_USE with the device argument
+        if machine.profile.resize_busy_as_device_in_use:
             raise QemuError(f"Device '{device if device is not None else '(null)'}' is in use")
         node.op_check("resize")
     # blk_new_with_bs(bs, BLK_PERM_RESIZE, BLK_PERM_ALL): every other user must allow resizing.

@@ -44,6 +44,7 @@ class Machine:
         #: -object / object-add objects the block layer does not own (iothreads), by id.
         self.objects: dict[str, dict[str, Any]] = {}
         self.block = BlockGraph()
+        self.block.copy_bitmap_on_filter = self.profile.block_copy_bitmap_on_filter
         self.jobs = JobManager()
         self._listeners: list[EventListener] = []
         #: QEMU's RunState as query-status reports it ("prelaunch" with -S, else "running").

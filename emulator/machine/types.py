@@ -99,8 +99,3 @@ def check_property(machine: MachineType, key: str) -> str | None:
     return f"Property '{machine.name}-machine.{key}' not found"
 
 
-def unsupported_message(version: str, name: str) -> str:
-    """QEMU's text for an unknown -machine type (it changed in 8.x)."""
-    if version == "7.2":
-        return "unsupported machine type\nUse -machine help to list supported machines"
-    return f'unsupported machine type: "{name}"\nUse -machine help to list supported machines'
