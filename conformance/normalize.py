@@ -182,7 +182,8 @@ def job_id_of(event: dict[str, Any]) -> str | None:
     return None
 
 
-def _render_job_event(event: dict[str, Any], paths: PathMap) -> tuple[str, str]:
+def _render_job_event(event: dict[str, Any], paths: PathMap,
+                      hidden: dict[str, Any] | None = None) -> tuple[str, str]:
     """(kind, line) of one job event; kind is the status for JOB_STATUS_CHANGE, else the name."""
     name = str(event.get("event"))
     data = dict(event.get("data") or {})
@@ -191,13 +192,18 @@ def _render_job_event(event: dict[str, Any], paths: PathMap) -> tuple[str, str]:
     if "offset" in data and (
         name == "BLOCK_JOB_CANCELLED" or (name == "BLOCK_JOB_COMPLETED" and "error" in data)
     ):
+        if hidden is not None:
+            hidden.setdefault("J3", []).append(data["offset"])
         data["offset"] = MASKED  # J3
     return name, "\n".join(message_lines(f"{name} ", filter_value(data, paths)))
 
 
-def normalize_job_events(events: Iterable[dict[str, Any]], paths: PathMap) -> list[str]:
-    """One job's events as lines, with rules J1-J3 applied."""
-    rendered = [_render_job_event(event, paths) for event in events]
+def normalize_job_events(events: Iterable[dict[str, Any]], paths: PathMap,
+                         hidden: dict[str, Any] | None = None) -> list[str]:
+    """One job's events as lines, with rules J1-J3 applied.  `hidden`, when given, receives
+    what each rule took out (J1: pairs dropped, J2: waitings dropped, J3: the offsets masked),
+    so that repeated real runs can show whether a rule hides variation (scripts/repeat_runs.py)."""
+    rendered = [_render_job_event(event, paths, hidden) for event in events]
     kept: list[str] = []
     index = 0
     while index < len(rendered):
@@ -205,9 +211,13 @@ def normalize_job_events(events: Iterable[dict[str, Any]], paths: PathMap) -> li
         following = rendered[index + 1][0] if index + 1 < len(rendered) else None
         is_status = line.startswith("JOB_STATUS_CHANGE ")
         if is_status and kind == "paused" and following == "running":  # J1
+            if hidden is not None:
+                hidden["J1"] = hidden.get("J1", 0) + 1
             index += 2
             continue
         if is_status and kind == "waiting" and following == "aborting":  # J2
+            if hidden is not None:
+                hidden["J2"] = hidden.get("J2", 0) + 1
             index += 1
             continue
         kept.append(line)
@@ -223,6 +233,8 @@ class NormalizedLog:
     conversation: list[str] = field(default_factory=list)
     jobs: dict[str, list[str]] = field(default_factory=dict)
     other_events: list[str] = field(default_factory=list)
+    #: Per job, what rules J1-J3 took out of it (see normalize_job_events); not rendered.
+    hidden: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def render(self) -> str:
         lines = [f"case: {self.case}", "", "== conversation"]
@@ -278,5 +290,9 @@ def normalize(log: QmpLog, paths: PathMap) -> NormalizedLog:
         if entry.kind == "command":
             last_command = str(entry.message.get("execute"))  # type: ignore[union-attr]
         result.conversation += _conversation_line(entry, paths, last_command)
-    result.jobs = {job_id: normalize_job_events(events, paths) for job_id, events in job_events.items()}
+    for job_id, events in job_events.items():
+        hidden: dict[str, Any] = {}
+        result.jobs[job_id] = normalize_job_events(events, paths, hidden)
+        if hidden:
+            result.hidden[job_id] = hidden
     return result

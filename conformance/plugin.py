@@ -24,13 +24,15 @@ Outputs:
   ``--blocktxn-report DIR`` writes DIR/report.html (conformance.report) and DIR/junit.xml (via
   pytest's own junitxml unless --junitxml is given); works with pytest-xdist.
   ``--blocktxn-dump-logs DIR`` writes each case's normalized log to
-  DIR/<target>/<module>/<case>.log (used by scripts/repeat_runs.py to spot nondeterminism).
+  DIR/<target>/<module>/<case>.log, and what rules J1-J3 took out of it to <case>.hidden.json
+  (used by scripts/repeat_runs.py to spot nondeterminism and to count each rule's evidence).
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -42,6 +44,7 @@ import pytest
 
 from conformance.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing, golden_set
 from conformance.imagecheck import check_images
+from conformance.normalize import normalize
 from conformance.report import (
     JUNIT_NAME,
     CaseRecord,
@@ -431,7 +434,11 @@ def _keep_outputs(item: pytest.Function, machine: VM, verdict: _Verdict) -> None
         module = item.module.__name__.rsplit(".", 1)[-1]
         path = settings.dump_logs_dir / machine.target.name / module / f"{_case_name(item)}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(machine.normalized(), encoding="utf-8")
+        normalized = normalize(machine.log, machine.paths)
+        path.write_text(normalized.render(), encoding="utf-8")
+        if normalized.hidden:  # what rules J1-J3 took out, for scripts/repeat_runs.py's evidence
+            path.with_suffix(".hidden.json").write_text(json.dumps(normalized.hidden, sort_keys=True),
+                                                        encoding="utf-8")
     if settings.report_dir is not None:
         record = CaseRecord(
             golden=verdict.golden,

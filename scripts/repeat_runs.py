@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import hashlib
+import json
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,7 @@ class Run:
     seconds: float = 0.0
     outcomes: dict[str, str] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
+    hidden: dict[str, dict[str, dict[str, object]]] = field(default_factory=dict)
     note: str = ""
 
     @property
@@ -87,6 +89,28 @@ def junit_outcomes(path: Path) -> dict[str, str]:
     return outcomes
 
 
+def dumped_hidden(directory: Path) -> dict[str, dict[str, dict[str, object]]]:
+    """log path -> job -> rule -> what the rule took out (the plugin's <case>.hidden.json)."""
+    return {str(path.relative_to(directory)).removesuffix(".hidden.json") + ".log": json.loads(path.read_text())
+            for path in sorted(directory.rglob("*.hidden.json"))}
+
+
+def rule_evidence(runs: Sequence[Run]) -> dict[tuple[str, str], Counter[str]]:
+    """(target, rule) -> how many (case, job) places the rule changed something in, split into
+    "varied" (what it took out differed between runs: the variation it exists to hide) and
+    "constant" (the same in every run: a deterministic difference the rule hides)."""
+    places = {(log.split("/", 1)[0], rule, log, job)
+              for run in runs for log, jobs in run.hidden.items() for job, rules in jobs.items()
+              for rule in rules}
+    evidence: dict[tuple[str, str], Counter[str]] = defaultdict(Counter)
+    for target, rule, log, job in places:
+        # every run that has the log counts, with what the rule took out there (or nothing)
+        seen = {json.dumps(run.hidden.get(log, {}).get(job, {}).get(rule), sort_keys=True)
+                for run in runs if log in run.logs}
+        evidence[(target, rule)]["varied" if len(seen) > 1 else "constant"] += 1
+    return dict(evidence)
+
+
 def dumped_logs(directory: Path) -> dict[str, str]:
     """relative path -> sha256 of every normalized log a run dumped."""
     return {str(path.relative_to(directory)): hashlib.sha256(path.read_bytes()).hexdigest()
@@ -115,6 +139,7 @@ def run_once(number: int, mode: str, workdir: Path, paths: Sequence[Path], targe
     run.seconds = time.monotonic() - started
     run.outcomes = junit_outcomes(directory / "junit.xml")
     run.logs = dumped_logs(directory / "logs") if (directory / "logs").is_dir() else {}
+    run.hidden = dumped_hidden(directory / "logs") if (directory / "logs").is_dir() else {}
     if run.returncode not in (0, 1, 5) and not run.note:
         run.note = f"pytest exit status {run.returncode} (see {directory / 'output.txt'})"
     return run
@@ -201,6 +226,12 @@ def print_report(runs: Sequence[Run], findings: Findings) -> None:
                 print(f"      {line}")
     else:
         print(f"identical: all {logs} normalized logs are the same in every run")
+    evidence = rule_evidence(runs)
+    if evidence:
+        print(f"rule evidence over {len(runs)} runs (places where the rule took something out; "
+              "varied: it differed between runs, constant: the same in every run):")
+        for (target, rule), counts in sorted(evidence.items()):
+            print(f"  {target} {rule}: {counts['varied']} varied, {counts['constant']} constant")
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
