@@ -583,3 +583,37 @@ def test_repeat_runs_passes_a_stable_suite(repeat_suite: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "identical: all 1 normalized logs are the same in every run" in done.stdout
     assert "2 runs (2 serial); 0 failed" in done.stdout
+
+
+def test_rule_evidence_splits_varied_from_constant(tmp_path: Path) -> None:
+    """repeat_runs' evidence per rule: a place whose hidden value differs between runs is
+    'varied'; one that is the same in every run (or absent from a run that has the log) counts
+    as such too, so a rule that hides only constant values shows up as 'constant'."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repeat_runs", ROOT / "scripts" / "repeat_runs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("repeat_runs", module)  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    log = "qemu@7.2/test_m/test_c.log"
+    other = "qemu@10.0/test_m/test_c.log"
+    runs = []
+    for number, (j1, j3) in enumerate([(2, [65536]), (2, [131072]), (2, [65536])], 1):
+        run = module.Run(number, "serial", tmp_path)
+        run.logs = {log: "h", other: "h"}
+        run.hidden = {log: {"drive0": {"J1": j1, "J3": j3}}, other: {"drive0": {"J1": number}}}
+        runs.append(run)
+    assert module.rule_evidence(runs) == {
+        ("qemu@7.2", "J1"): {"constant": 1}, ("qemu@7.2", "J3"): {"varied": 1},
+        ("qemu@10.0", "J1"): {"varied": 1}}
+
+
+def test_normalize_reports_what_the_job_rules_took_out() -> None:
+    """normalize() keeps, per job, what J1 (pairs), J2 (waitings) and J3 (offsets) removed."""
+    log = QmpLog("m/c")
+    for status in ("created", "running", "paused", "running", "waiting", "aborting"):
+        log.add("event", {"event": "JOB_STATUS_CHANGE", "data": {"id": "j", "status": status}})
+    log.add("event", {"event": "BLOCK_JOB_CANCELLED",
+                      "data": {"device": "j", "len": 4, "offset": 2, "speed": 0, "type": "backup"}})
+    assert normalize(log, PathMap()).hidden == {"j": {"J1": 1, "J2": 1, "J3": [2]}}
