@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+from typing import Any
 
 from emulator.error import QemuError
 
@@ -145,7 +146,27 @@ class RawNode(_FormatNode):
         return self.children["file"].block_status(offset, length)
 
 
-class VmdkNode(_FormatNode):
+class _ImageNode(_FormatNode):
+    """A format driver whose codec (`image`: a Qcow2Image or VmdkImage) maps guest offsets to
+    its file: size, cluster size and plain reads and writes go straight to it."""
+
+    image: Any
+
+    @property
+    def cluster_size(self) -> int:
+        return self.image.cluster_size
+
+    def _length(self) -> int:
+        return self.image.size
+
+    def _pread(self, offset: int, length: int) -> bytes:
+        return self.image.pread(offset, length)
+
+    def _pwrite(self, offset: int, data: bytes) -> None:
+        self.image.pwrite(offset, data)
+
+
+class VmdkNode(_ImageNode):
     """Format driver "vmdk" (hosted sparse extents, see vmdk.py)."""
 
     driver = "vmdk"
@@ -162,19 +183,6 @@ class VmdkNode(_FormatNode):
         except BaseException:
             super().close()
             raise
-
-    @property
-    def cluster_size(self) -> int:
-        return self.image.cluster_size
-
-    def _length(self) -> int:
-        return self.image.size
-
-    def _pread(self, offset: int, length: int) -> bytes:
-        return self.image.pread(offset, length)
-
-    def _pwrite(self, offset: int, data: bytes) -> None:
-        self.image.pwrite(offset, data)
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         # No zeroed-grain support here: QEMU's fallback writes a zero buffer.
@@ -197,7 +205,7 @@ class VmdkNode(_FormatNode):
             super().close()
 
 
-class Qcow2Node(_FormatNode):
+class Qcow2Node(_ImageNode):
     """Format driver "qcow2" over a Qcow2Image codec; its backing is a child node."""
 
     driver = "qcow2"
@@ -226,19 +234,6 @@ class Qcow2Node(_FormatNode):
             backing.block_all_ops(self._backing_blocker, allow=BACKING_ALLOWED_OPS)
             self.attach_child("backing", backing)
         self.image.set_backing(backing)
-
-    @property
-    def cluster_size(self) -> int:
-        return self.image.cluster_size
-
-    def _length(self) -> int:
-        return self.image.size
-
-    def _pread(self, offset: int, length: int) -> bytes:
-        return self.image.pread(offset, length)
-
-    def _pwrite(self, offset: int, data: bytes) -> None:
-        self.image.pwrite(offset, data)
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         self.image.pwrite_zeroes(offset, length, may_unmap)
