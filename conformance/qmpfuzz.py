@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from conformance.differential_targets import FuzzProfile
-from conformance.targets import EmulatorTarget, Instance, QemuBinaries, Target
+from conformance.targets import EmulatorTarget, Instance, MonitorSocket, QemuBinaries, Target
 
 # ---- what the generator may send --------------------------------------------------------------------
 
@@ -987,19 +987,23 @@ class LiveTarget:
             image = self.workdir / "scratch.qcow2"
             target.tools(self.workdir).create(image, "qcow2", "64M")
             extra = ["-drive", f"if=none,id=drive0,file={image},format=qcow2"]
-        self.instance: Instance = target.start(self.socket_path, self.workdir, extra)
+        # The target accepts on a socket made here before it starts (MonitorSocket.listen): a
+        # connection is queued until it is ready, so there is nothing to poll for.
+        monitor = MonitorSocket.listen(self.socket_path)
+        try:
+            self.instance: Instance = target.start(monitor, self.workdir, extra)
+        finally:
+            monitor.close()
         self.client = FuzzClient(self.socket_path)
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.instance.alive():
-                raise RuntimeError(f"{self.name} exited at start: {self.instance.stderr_text()}")
-            if self.socket_path.exists() and self.client.health_check(timeout=2.0) is None:
-                return
-            time.sleep(0.01)  # polling for the socket to appear, bounded by the deadline
-        raise RuntimeError(f"{self.name} did not serve QMP within {timeout}s")
+        """One health check, bounded: its greeting arrives once the target serves QMP."""
+        problem = self.client.health_check(timeout=timeout)
+        if problem is not None:
+            state = "exited" if not self.instance.alive() else "is running"
+            raise RuntimeError(f"{self.name} did not serve QMP within {timeout}s ({state}): {problem}; "
+                               f"stderr: {self.instance.stderr_text()}")
 
     def problems(self) -> list[str]:
         """Signs of a crash: the process died, or it logged an error or a traceback."""

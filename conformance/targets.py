@@ -11,10 +11,12 @@ there) and on stderr, and a way to stop it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -50,10 +52,49 @@ def major_minor(version_line: str | None) -> str | None:
     return f"{match.group(1)}.{match.group(2)}" if match else None
 
 
-def machine_argv(socket_path: Path, extra: list[str]) -> list[str]:
+class MonitorSocket:
+    """The QMP monitor's socket, made by the harness before the target starts, as QEMU's own
+    QEMUMachine does: the target inherits it (``-chardev socket,id=mon,fd=N``), so a client
+    never polls for a socket file or retries a connection made while the target starts up.
+
+    ``MonitorSocket.pair()``: a connected socket pair; the harness talks on `client`.
+    ``MonitorSocket.listen(path)``: a listening socket at `path` the target accepts on
+    (``server=on``), for clients that open many connections; they may connect at once, and
+    their greeting comes when the target is ready."""
+
+    def __init__(self, target_end: socket.socket, listening: bool,
+                 client: socket.socket | None = None) -> None:
+        self.target_end = target_end
+        self.listening = listening
+        self.client = client
+
+    @classmethod
+    def pair(cls) -> MonitorSocket:
+        client, target_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        return cls(target_end, listening=False, client=client)
+
+    @classmethod
+    def listen(cls, path: Path) -> MonitorSocket:
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(str(path))
+        listener.listen(16)
+        return cls(listener, listening=True)
+
+    def argv(self) -> list[str]:
+        server = ",server=on,wait=off" if self.listening else ""
+        return ["-chardev", f"socket,id=mon,fd={self.target_end.fileno()}{server}",
+                "-mon", "chardev=mon,mode=control"]
+
+    def close(self) -> None:
+        """Close the harness's copies (the target keeps what it inherited)."""
+        for sock in (self.target_end, self.client):
+            if sock is not None:
+                sock.close()
+
+
+def machine_argv(monitor: MonitorSocket, extra: list[str]) -> list[str]:
     """The QEMU-like arguments (without the binary) every case starts its target with."""
-    return ["-M", "none", "-nodefaults", "-display", "none",
-            "-qmp", f"unix:{socket_path},server=on,wait=off", *extra]
+    return ["-M", "none", "-nodefaults", "-display", "none", *monitor.argv(), *extra]
 
 
 class QemuNotUsable(Exception):
@@ -154,8 +195,7 @@ class QemuBinaries:
 class Instance(ABC):
     """One running target."""
 
-    def __init__(self, socket_path: Path, stdout_path: Path, stderr_path: Path) -> None:
-        self.socket_path = socket_path
+    def __init__(self, stdout_path: Path, stderr_path: Path) -> None:
         self.stdout_path = stdout_path
         self.stderr_path = stderr_path
         self._stdout_offset = 0
@@ -200,13 +240,15 @@ class Instance(ABC):
 class ProcessInstance(Instance):
     """A target running as a child process (real QEMU, or ``python -m emulator``)."""
 
-    def __init__(self, argv: list[str], socket_path: Path, workdir: Path,
+    def __init__(self, argv: list[str], monitor: MonitorSocket, workdir: Path,
                  env: dict[str, str] | None = None) -> None:
-        super().__init__(socket_path, workdir / "target.stdout", workdir / "target.stderr")
+        super().__init__(workdir / "target.stdout", workdir / "target.stderr")
         self.argv = argv
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             self.process = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL,
-                                            stdout=out, stderr=err, env=env)
+                                            stdout=out, stderr=err, env=env,
+                                            pass_fds=(monitor.target_end.fileno(),))
+        monitor.target_end.close()  # the child has its own copy
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -247,9 +289,11 @@ class _LogCapture(logging.Handler):
 class EmbeddedInstance(Instance):
     """The emulator running inside this Python process (emulator.launcher.EmbeddedEmulator)."""
 
-    def __init__(self, argv: list[str], socket_path: Path, workdir: Path) -> None:
-        super().__init__(socket_path, workdir / "target.stdout", workdir / "target.stderr")
+    def __init__(self, argv: list[str], monitor: MonitorSocket, workdir: Path) -> None:
+        super().__init__(workdir / "target.stdout", workdir / "target.stderr")
         from emulator.launcher import EmbeddedEmulator
+
+        fd = monitor.target_end.detach()  # the emulator owns the descriptor from here on
 
         self._stdout = open(self.stdout_path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
         self._stderr = open(self.stderr_path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115
@@ -262,6 +306,8 @@ class EmbeddedInstance(Instance):
             self.emulator.start()
         except BaseException:
             self._close_files()
+            with contextlib.suppress(OSError):
+                os.close(fd)  # it never got as far as taking the monitor
             raise
 
     def _flush_stdout(self) -> None:
@@ -314,7 +360,8 @@ class Target(ABC):
         return f"{self.kind}@{self.version}"
 
     @abstractmethod
-    def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance: ...
+    def start(self, monitor: MonitorSocket, workdir: Path, extra_argv: list[str]) -> Instance:
+        """Start with `monitor` as its QMP monitor (the instance takes the target's end)."""
 
     @abstractmethod
     def tools(self, workdir: Path) -> ImageTools: ...
@@ -335,10 +382,10 @@ class QemuTarget(Target):
         self.binaries = binaries
         self.version = binaries.major_minor
 
-    def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance:
+    def start(self, monitor: MonitorSocket, workdir: Path, extra_argv: list[str]) -> Instance:
         prefix = ["stdbuf", "-o0", "-e0"] if shutil.which("stdbuf") else []
-        argv = [*prefix, str(self.binaries.system), *machine_argv(socket_path, extra_argv)]
-        return ProcessInstance(argv, socket_path, workdir, self.binaries.env())
+        argv = [*prefix, str(self.binaries.system), *machine_argv(monitor, extra_argv)]
+        return ProcessInstance(argv, monitor, workdir, self.binaries.env())
 
     def tools(self, workdir: Path) -> ImageTools:
         return QemuImageTools(str(self.binaries.img), str(self.binaries.io), cwd=workdir,
@@ -361,15 +408,15 @@ class EmulatorTarget(Target):
         self.version = version
         self.separate_process = separate_process
 
-    def start(self, socket_path: Path, workdir: Path, extra_argv: list[str]) -> Instance:
-        argv = ["-blocktxn-version", self.version, *machine_argv(socket_path, extra_argv)]
+    def start(self, monitor: MonitorSocket, workdir: Path, extra_argv: list[str]) -> Instance:
+        argv = ["-blocktxn-version", self.version, *machine_argv(monitor, extra_argv)]
         if not self.separate_process:
-            return EmbeddedInstance(argv, socket_path, workdir)
+            return EmbeddedInstance(argv, monitor, workdir)
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parent.parent)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         env["PYTHONUNBUFFERED"] = "1"
-        return ProcessInstance([sys.executable, "-m", "emulator", *argv], socket_path, workdir, env)
+        return ProcessInstance([sys.executable, "-m", "emulator", *argv], monitor, workdir, env)
 
     def tools(self, workdir: Path) -> ImageTools:
         return EmulatorImageTools(cwd=workdir, version=self.version)

@@ -20,11 +20,9 @@ from qemu.qmp.message import Message
 from conformance.imagetools import ImageTools, ToolResult
 from conformance.normalize import PathMap, normalize
 from conformance.qmplog import QmpLog
-from conformance.targets import Instance, Target
+from conformance.targets import Instance, MonitorSocket, Target
 
 DEFAULT_TIMEOUT = 30.0
-CONNECT_POLL = 0.005
-CONNECT_ATTEMPT = 3.0
 
 
 class VMError(AssertionError):
@@ -51,7 +49,6 @@ class VM:
         self.workdir = workdir
         self.sockdir = sockdir
         self.timeout = timeout
-        self.socket_path = sockdir / "qmp.sock"
         self.log = QmpLog(case)
         self.paths = PathMap.of(TEST_DIR=str(workdir), SOCK_DIR=str(sockdir))
         self.tools: ImageTools = target.tools(workdir)
@@ -96,31 +93,33 @@ class VM:
         """Start the target and negotiate QMP; the greeting is the log's first entry."""
         if self.instance is not None:
             raise VMError("vm.launch() called twice")
-        self.instance = self.target.start(self.socket_path, self.workdir, list(self._argv))
+        monitor = MonitorSocket.pair()
+        try:
+            self.instance = self.target.start(monitor, self.workdir, list(self._argv))
+        except BaseException:
+            monitor.close()
+            raise
+        assert monitor.client is not None
         client = QMPClient(self.log.case)
         client.register_listener(_RecordingListener(self))
+        # The target inherited its end of the pair: the greeting comes once it is ready, with
+        # nothing to poll for.  The wait is bounded, and gives up early if the target dies.
+        connecting = asyncio.ensure_future(client.connect(monitor.client))
         deadline = time.monotonic() + self.timeout
-        while True:
-            if not self.instance.alive():
-                raise VMError(f"{self.target.name} exited during start-up "
-                              f"(status {self.instance.exit_status()})")
-            if self.socket_path.exists():
-                try:
-                    # A short per-attempt bound: under heavy load a QEMU that accepted the
-                    # connection during start-up has been seen never to send its greeting on it;
-                    # a fresh connection gets one.
-                    await asyncio.wait_for(client.connect(str(self.socket_path)),
-                                           max(0.1, min(CONNECT_ATTEMPT, deadline - time.monotonic())))
-                    break
-                except (TimeoutError, OSError, EOFError):
-                    await self._reset_client(client)
-                except Exception as exc:  # qemu.qmp's ConnectError wraps the OSError
-                    if "ConnectError" not in type(exc).__name__:
-                        raise
-                    await self._reset_client(client)
-            if time.monotonic() > deadline:
-                raise VMError(f"no QMP greeting from {self.target.name} within {self.timeout}s")
-            await asyncio.sleep(CONNECT_POLL)
+        try:
+            while not connecting.done():
+                if not self.instance.alive():
+                    raise VMError(f"{self.target.name} exited during start-up "
+                                  f"(status {self.instance.exit_status()})")
+                if time.monotonic() > deadline:
+                    raise VMError(f"no QMP greeting from {self.target.name} within {self.timeout}s")
+                await asyncio.wait({connecting}, timeout=0.1)
+            connecting.result()
+        except BaseException:
+            connecting.cancel()
+            await self._reset_client(client)
+            monitor.client.close()
+            raise
         self._client = client
         greeting = client.greeting
         self.log.add("greeting", greeting._asdict() if greeting is not None else {})

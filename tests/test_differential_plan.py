@@ -20,7 +20,7 @@ from conformance.differential_model import BitmapState, Model
 from conformance.differential_plan import RULES, scenarios, skip_reason
 from conformance.differential_steps import CreateImage, HmpIo, Img, Qmp, Step
 from conformance.differential_targets import FuzzProfile, parse_version
-from conformance.targets import EmulatorTarget, QemuBinaries
+from conformance.targets import EmulatorTarget, MonitorSocket, QemuBinaries
 
 QEMU_10 = Path("/root/.cache/blocktxn/qemu-10.0.2/usr/bin/qemu-system-x86_64")
 QEMU_10_IMG = QEMU_10.parent / "qemu-img"
@@ -253,7 +253,8 @@ def test_the_emulator_is_told_the_version(monkeypatch: pytest.MonkeyPatch, tmp_p
     process environment is left alone)."""
     seen: list[list[str]] = []
 
-    def fake_embedded(self: Any, argv: list[str], socket_path: Path, workdir: Path) -> None:
+    def fake_embedded(self: Any, argv: list[str], monitor: MonitorSocket, workdir: Path) -> None:
+        monitor.close()
         seen.append(list(argv))
 
     monkeypatch.setattr("conformance.targets.EmbeddedInstance.__init__", fake_embedded)
@@ -263,6 +264,6 @@ def test_the_emulator_is_told_the_version(monkeypatch: pytest.MonkeyPatch, tmp_p
                               parse_version(f"version {version}.1"))
         candidate = profile.candidate()
         assert isinstance(candidate, EmulatorTarget) and candidate.name == f"emulator@{version}"
-        candidate.start(tmp_path / "s", tmp_path, ["-drive", "x"])
+        candidate.start(MonitorSocket.pair(), tmp_path, ["-drive", "x"])
         assert seen[-1][:2] == ["-blocktxn-version", version] and seen[-1][-2:] == ["-drive", "x"]
     assert "BLOCKTXN_QEMU_VERSION" not in os.environ
