@@ -277,12 +277,15 @@ class VM:
                     await self.cmd("quit", timeout=wait_for)
                 finally:
                     self._client = None
-                with contextlib.suppress(Exception):
-                    await asyncio.wait_for(client.disconnect(), wait_for)
+            # The client keeps reading while the target exits: QEMU cancels its jobs on the way
+            # out (qemu_cleanup) and their events come before the monitor closes.
             if self.instance is not None:
                 exited = await asyncio.to_thread(self.instance.wait, wait_for)
                 if not exited:
                     raise VMError(f"{self.target.name} did not exit within {wait_for}s after quit")
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(client.disconnect(), wait_for)
         finally:
             if self.instance is not None:
                 self.instance.kill()

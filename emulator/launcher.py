@@ -96,7 +96,9 @@ async def run_machine(config: Config, machine: Machine,
     try:
         if ready is not None:
             ready(server)
-        await server.serve_forever()
+        # qemu_cleanup: jobs are cancelled and nodes closed while the monitors still run, so a
+        # connected client sees the cancelled jobs' events; the monitors go last.
+        await server.serve_forever(before_close=machine.close)
     finally:
         await server.close()
         machine.close()

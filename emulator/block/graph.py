@@ -529,10 +529,19 @@ class BlockGraph:
 
     def replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every user of `old` uses `new` instead, except jobs (whose nodes
-        stay where they are) and `new` itself.  QEMU walks old's parents newest first and
+        stay where they are) and nodes reachable from `new` (should_update_child: moving their
+        edge would make a loop, e.g. a sync=none backup target whose backing is the source,
+        below the backup's copy-before-write filter).  QEMU walks old's parents newest first and
         head-inserts each into new's list, so they end up in reverse order there."""
+        below_new: set[int] = set()
+        pending = [new]
+        while pending:
+            node = pending.pop()
+            if id(node) not in below_new:
+                below_new.add(id(node))
+                pending.extend(node.children.values())
         for parent in list(reversed(old.parents)):
-            if parent is new:
+            if id(parent) in below_new:
                 continue
             if isinstance(parent, BlockNode):
                 if old not in parent.children.values():

@@ -52,6 +52,7 @@ class Machine:
         self.shutdown_requested = False
         self.shutdown_reason: str | None = None
         self._shutdown_callbacks: list[Callable[[], None]] = []
+        self._closed = False
 
     def configure(self, version: str, machine_type: Any = None, *, qtest: bool = False) -> None:
         """Give the machine its version, type (a types.MachineType) and accelerator."""
@@ -95,6 +96,9 @@ class Machine:
             callback()
 
     def close(self) -> None:
-        """Cancel jobs and close every node (flushing images), as QEMU does on exit."""
+        """Cancel jobs and close every node (flushing images), as QEMU does on exit; once."""
+        if self._closed:
+            return
+        self._closed = True
         self.jobs.cancel_all_sync()
         self.block.close_all()

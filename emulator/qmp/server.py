@@ -15,7 +15,7 @@ import os
 import socket
 import stat
 import threading
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
 from emulator.commands import CommandDef
@@ -267,11 +267,16 @@ class QmpServer:
     def stop_requested(self) -> bool:
         return self._stop is not None and self._stop.is_set()
 
-    async def serve_forever(self) -> None:
-        """Serve until quit or request_stop(), then close."""
+    async def serve_forever(self, before_close: Callable[[], None] | None = None) -> None:
+        """Serve until quit or request_stop(), call `before_close` while the monitors still
+        run (qemu_cleanup cancels the jobs then, and their events still go out), then close."""
         assert self._stop is not None
         await self._stop.wait()
-        await self.close()
+        try:
+            if before_close is not None:
+                before_close()
+        finally:
+            await self.close()
 
     async def close(self) -> None:
         """Stop listening, let a running command finish and its reply go out, close sessions."""

@@ -116,6 +116,10 @@ class MonitorSession:
                     break
                 self._parser.feed(data)
                 await self._handle_pending()
+            if self._shutting_down and not self._writer.is_closing():
+                # qemu_cleanup: no more commands, but the events of the jobs the machine cancels
+                # on its way out still go out, until the server closes the monitor.
+                await self._writer.wait_closed()
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
