@@ -18,6 +18,7 @@ import dataclasses
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -640,32 +641,29 @@ def apply_block_options(config: Config, machine: Machine) -> None:
     if machine.devices is None:
         machine.configure(config.version, machine_types.lookup(config.version, config.machine),
                           qtest=config.accels[:1] == ["qtest"])
-    for location, opts in config.objects:
-        try:
-            _object(machine, opts)
-        except QemuError as exc:
-            raise CmdlineError(exc.desc, location) from exc
-    for location, options in config.blockdevs:
-        try:
-            machine.block.blockdev_add(options)
-        except QemuError as exc:
-            raise CmdlineError(exc.desc, location) from exc
+    _each(config.objects, lambda opts: _object(machine, opts))
+    _each(config.blockdevs, machine.block.blockdev_add)
     board = machine.devices.machine_type.family != "none"
     units: dict[str, int] = {}
-    for location, opts in config.drives:
+
+    def add_drive(opts: dict[str, str]) -> None:
+        if "if" not in opts:  # the machine's block_default_type: none for -M none, else ide
+            opts = {**opts, "if": "ide" if board else "none"}
+        index = units.get(opts["if"], 0)
+        units[opts["if"]] = index + 1
+        if "id" not in opts:
+            opts = {**opts, "id": default_drive_id(opts["if"], index, opts.get("media") == "cdrom")}
+        check_drive(opts, board=board)
+        _drive(machine, opts)
+
+    _each(config.drives, add_drive)
+    _each(config.devices, machine.devices.add)
+
+
+def _each(options: list[tuple[str, Any]], apply: Callable[[Any], object]) -> None:
+    """Apply each option in order; QEMU's error names the option it came from."""
+    for location, opts in options:
         try:
-            if "if" not in opts:  # the machine's block_default_type: none for -M none, else ide
-                opts = {**opts, "if": "ide" if board else "none"}
-            index = units.get(opts["if"], 0)
-            units[opts["if"]] = index + 1
-            if "id" not in opts:
-                opts = {**opts, "id": default_drive_id(opts["if"], index, opts.get("media") == "cdrom")}
-            check_drive(opts, board=board)
-            _drive(machine, opts)
-        except QemuError as exc:
-            raise CmdlineError(exc.desc, location) from exc
-    for location, opts in config.devices:
-        try:
-            machine.devices.add(opts)
+            apply(opts)
         except QemuError as exc:
             raise CmdlineError(exc.desc, location) from exc
