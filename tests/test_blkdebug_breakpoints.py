@@ -84,3 +84,31 @@ def test_exit_with_a_stopped_request_does_not_hang(tmp_path: Path) -> None:
         assert len(machine.jobs) == 0
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_pause_requested_at_a_breakpoint_stops_the_copy(tmp_path: Path) -> None:
+    """iotest 055's do_test_pause: a backup stopped at a breakpoint is asked to pause, then the
+    breakpoint goes.  The pause must take effect before the copy ends (backup_pause cancels the
+    block-copy call: no new task starts), so the job is found paused and idle with data left."""
+    async def scenario() -> None:
+        machine = make(tmp_path)
+        machine.jobs.loop = asyncio.get_running_loop()
+        hmp(machine, 'qemu-io drive0 "write -P 0x5a 0 64M"')
+        hmp(machine, 'qemu-io drive0 "break read_aio bp_drive0"')
+        cmd(machine, "drive-backup", device="drive0", target=str(tmp_path / "t2.qcow2"),
+            format="qcow2", sync="full")
+        cmd(machine, "block-job-pause", device="drive0")
+        hmp(machine, 'qemu-io drive0 "remove_break bp_drive0"')
+        await machine.jobs.wait_until(
+            lambda: any(info["paused"] and not info["busy"]
+                        for info in cmd(machine, "query-block-jobs")) or not len(machine.jobs),
+            timeout=5)
+        (info,) = cmd(machine, "query-block-jobs")
+        assert info["paused"] and not info["busy"] and info["offset"] < info["len"]
+        await asyncio.sleep(0.3)
+        assert cmd(machine, "query-block-jobs")[0]["offset"] == info["offset"]  # stays paused
+        cmd(machine, "block-job-resume", device="drive0")
+        await machine.jobs.wait_until(lambda: len(machine.jobs) == 0, timeout=10)
+        machine.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))

@@ -231,7 +231,10 @@ class BackupJob(BlockJob):
         offset = 0
         first_error: OSError | None = None
         in_burst = 0
-        while offset < self.len and not self.is_cancelled():
+        # A pause request ends the call like a cancel (backup_pause -> block_copy_call_cancel):
+        # no new task starts, the running ones finish, and the job pauses at its next pause
+        # point; after the resume a new call copies what is left.
+        while offset < self.len and not self.is_cancelled() and not self.should_pause():
             if in_burst >= self.max_workers:
                 in_burst = 0
                 if first_error is not None:
