@@ -219,9 +219,19 @@ def _render_job_event(event: dict[str, Any], paths: PathMap, hidden: dict[str, A
     return name, "\n".join(message_lines(f"{name} ", filter_value(data, paths)))
 
 
+#: QEMU versions (MAJOR.MINOR) whose drain pause pairs vary between runs: rule J1 applies to them only.
+DRAIN_PAIRS_VARY = frozenset({"10.0"})
+
+
+def drops_drain_pairs(version: str | None) -> bool:
+    """Whether rule J1 applies to logs of this QEMU version (None: an unknown version, as 10.0)."""
+    return version is None or version in DRAIN_PAIRS_VARY
+
+
 def normalize_job_events(events: Iterable[dict[str, Any]], paths: PathMap,
                          hidden: dict[str, Any] | None = None, *,
-                         mask_failed_offsets: bool = False) -> list[str]:
+                         mask_failed_offsets: bool = False,
+                         drop_drain_pairs: bool = True) -> list[str]:
     """One job's events as lines, with rules J1 and J2 applied (and J3 with
     `mask_failed_offsets`).  `hidden`, when given, receives what each rule took out (J1: pairs
     dropped, J2: waitings dropped, J3: the offsets masked), so that repeated real runs can show
@@ -234,7 +244,7 @@ def normalize_job_events(events: Iterable[dict[str, Any]], paths: PathMap,
         kind, line = rendered[index]
         following = rendered[index + 1][0] if index + 1 < len(rendered) else None
         is_status = line.startswith("JOB_STATUS_CHANGE ")
-        if is_status and kind == "paused" and following == "running":  # J1
+        if drop_drain_pairs and is_status and kind == "paused" and following == "running":  # J1
             if hidden is not None:
                 hidden["J1"] = hidden.get("J1", 0) + 1
             index += 2
@@ -294,8 +304,9 @@ def _conversation_line(entry: LogEntry, paths: PathMap, last_command: str | None
     raise ValueError(f"not a conversation entry: {entry.kind}")
 
 
-def normalize(log: QmpLog, paths: PathMap) -> NormalizedLog:
-    """Apply every rule of this module to a recorded session."""
+def normalize(log: QmpLog, paths: PathMap, version: str | None = None) -> NormalizedLog:
+    """Apply every rule of this module to a recorded session of QEMU `version` (MAJOR.MINOR;
+    the per-job rules depend on it)."""
     result = NormalizedLog(case=log.case)
     job_events: dict[str, list[dict[str, Any]]] = {}
     last_command: str | None = None
@@ -316,7 +327,8 @@ def normalize(log: QmpLog, paths: PathMap) -> NormalizedLog:
         result.conversation += _conversation_line(entry, paths, last_command)
     for job_id, events in job_events.items():
         hidden: dict[str, Any] = {}
-        result.jobs[job_id] = normalize_job_events(events, paths, hidden)
+        result.jobs[job_id] = normalize_job_events(events, paths, hidden,
+                                                   drop_drain_pairs=drops_drain_pairs(version))
         if hidden:
             result.hidden[job_id] = hidden
     return result

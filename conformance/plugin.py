@@ -438,7 +438,7 @@ def _keep_outputs(item: pytest.Function, machine: VM, verdict: _Verdict) -> None
         module = item.module.__name__.rsplit(".", 1)[-1]
         path = settings.dump_logs_dir / machine.target.name / module / f"{_case_name(item)}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        normalized = normalize(machine.log, machine.paths)
+        normalized = normalize(machine.log, machine.paths, machine.target.version)
         path.write_text(normalized.render(), encoding="utf-8")
         if normalized.hidden:  # what rules J1 and J2 took out, for scripts/repeat_runs.py's evidence
             path.with_suffix(".hidden.json").write_text(json.dumps(normalized.hidden, sort_keys=True),

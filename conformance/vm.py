@@ -299,7 +299,7 @@ class VM:
 
     # ---- reporting ----------------------------------------------------------------------------
     def normalized(self) -> str:
-        return normalize(self.log, self.paths).render()
+        return normalize(self.log, self.paths, self.target.version).render()
 
     def diagnostics(self) -> str:
         """What a failing case shows: the normalized log so far and the target's stderr."""

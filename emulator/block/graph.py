@@ -17,6 +17,7 @@ from typing import Any
 from emulator.error import QemuError
 
 from .backend import BlockBackend
+from .drain import attach_parent, drain_all_begin, drain_all_end, drained_begin, move_parent
 from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from .image import probe_format
 from .node import BlockNode
@@ -70,6 +71,8 @@ class BlockGraph:
         self.copy_bitmap_on_filter = False
         #: throttle-group objects by id (object-add / -object), for throttle nodes to join.
         self.throttle_groups: dict[str, Any] = {}
+        #: Active drain-all sections (bdrv_drain_all_count).
+        self.drain_all_count = 0
 
     # ---- names --------------------------------------------------------------------------------
     def _generate_node_name(self) -> str:
@@ -87,7 +90,26 @@ class BlockGraph:
 
     def _register(self, node: BlockNode) -> BlockNode:
         self.nodes.append(node)
+        for _ in range(self.drain_all_count):  # bdrv_new: a node born inside drain-all is drained
+            drained_begin(node)
         return node
+
+    # ---- drain-all ----------------------------------------------------------------------------
+    def drain_all_begin(self) -> None:
+        """bdrv_drain_all_begin: every node drained, so every block job pauses."""
+        self.drain_all_count += 1
+        drain_all_begin(self.nodes)
+
+    def drain_all_end(self) -> None:
+        """bdrv_drain_all_end."""
+        assert self.drain_all_count > 0
+        drain_all_end(self.nodes)
+        self.drain_all_count -= 1
+
+    def drain_all(self) -> None:
+        """bdrv_drain_all: a drain-all section with nothing in it (one pause per running job)."""
+        self.drain_all_begin()
+        self.drain_all_end()
 
     # ---- lookup -------------------------------------------------------------------------------
     def find_node(self, name: str) -> BlockNode | None:
@@ -549,21 +571,19 @@ class BlockGraph:
                 for role, child in list(parent.children.items()):
                     if child is old:
                         parent.children[role] = new
-                        old.parents.remove(parent)
-                        new.parents.append(parent)
+                        move_parent(old, new, parent)
                         _retarget_codec(parent, role, new)
             elif getattr(parent, "is_backend", False):
                 self.set_backend_root(parent, new)
             elif not hasattr(parent, "job_type"):  # temporary users follow the node
-                old.parents.remove(parent)
-                new.parents.append(parent)
+                move_parent(old, new, parent)
 
     @staticmethod
     def set_backend_root(backend: BlockBackend, root: BlockNode | None) -> None:
         backend.detach()
         backend.root = root
         if root is not None:
-            root.parents.append(backend)
+            attach_parent(root, backend)
 
     # ---- removal ------------------------------------------------------------------------------
     def close_nodes(self, nodes: list[BlockNode]) -> None:

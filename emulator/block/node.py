@@ -16,6 +16,7 @@ from typing import Any
 from emulator.error import QemuError
 
 from .dirty_bitmap import DirtyBitmapSet
+from .drain import attach_parent, detach_parent
 from .permissions import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_METADATA, default_perms
 
 # Block status flags (as QEMU's BDRV_BLOCK_*).
@@ -48,6 +49,10 @@ class BlockNode:
         self.read_only = read_only
         self.children: dict[str, BlockNode] = {}
         self.parents: list[Any] = []  # BlockNodes, backends or jobs holding a reference
+        #: Drained sections this node is in (bs->quiesce_counter; see drain.py), and per parent
+        #: edge the drained_begin callbacks it got (BdrvChild.parent_quiesce_counter).
+        self.quiesce_counter = 0
+        self.parent_quiesce: dict[int, int] = {}
         self.dirty_bitmaps = DirtyBitmapSet()
         self.op_blockers: dict[str, list[str]] = {}
         self.monitor_owned = False  # created by blockdev-add
@@ -64,13 +69,14 @@ class BlockNode:
 
     # ---- graph --------------------------------------------------------------------------------
     def attach_child(self, role: str, child: BlockNode) -> None:
+        """bdrv_attach_child: a child drained now quiesces this node too (drain saldo)."""
         self.children[role] = child
-        child.parents.append(self)
+        attach_parent(child, self)
 
     def detach_child(self, role: str) -> None:
         child = self.children.pop(role, None)
-        if child is not None and self in child.parents:
-            child.parents.remove(self)
+        if child is not None:
+            detach_parent(child, self)
 
     @property
     def file(self) -> BlockNode | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from emulator.block.copy_before_write import check_min_cluster_size
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
+from emulator.block.drain import attach_parent, detach_parent, drained_begin, drained_end
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
@@ -61,16 +62,19 @@ class BackupAction(BaseAction):
         self.args = args
         self.txn = txn
         self.job: BackupJob | None = None
+        self.drained: BlockNode | None = None
 
     def prepare(self) -> None:
         args = self.args
         source = self.machine.block.lookup_bs(args["device"])
         release = None
         if self.kind == "drive-backup":
+            self._drain(source)  # drive_backup_prepare: bdrv_drained_begin(bs), paired with .clean
             source.op_check("backup-source")  # QEMU's "early check to avoid creating target"
             target, release = self._open_drive_target(source)
         else:
             target = self.machine.block.lookup_bs(args["target"])
+            self._drain(source)  # blockdev_backup_prepare, after both lookups
         try:
             self.job = do_backup_common(self.machine, args, source, target, self.txn, release)
         except BaseException:
@@ -121,6 +125,10 @@ class BackupAction(BaseAction):
 
         return target, release
 
+    def _drain(self, source: BlockNode) -> None:
+        drained_begin(source)
+        self.drained = source
+
     def commit(self) -> None:
         assert self.job is not None
         self.job.start()
@@ -128,6 +136,12 @@ class BackupAction(BaseAction):
     def abort(self) -> None:
         if self.job is not None:
             self.job.cancel_sync(force=True)
+
+    def clean(self) -> None:
+        """drive_backup_clean / blockdev_backup_clean: the prepare's drained section ends."""
+        if self.drained is not None:
+            drained_end(self.drained)
+            self.drained = None
 
 
 def _flush(machine: Machine) -> None:
@@ -220,16 +234,16 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             bitmaps.reclaim(bitmap)
         raise
     holder = TemporaryUser(0, PERM_ALL)
-    cbw.parents.append(holder)
+    attach_parent(cbw, holder)
     try:
         check_perms([cbw])
     except BaseException:
-        cbw.parents.remove(holder)
+        detach_parent(cbw, holder)
         graph.remove_filter(cbw)
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
         raise
-    cbw.parents.remove(holder)
+    detach_parent(cbw, holder)
 
     def release_all() -> None:
         graph.remove_filter(cbw)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emulator.block.drain import attach_parent, detach_parent
 from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from emulator.block.filename import node_filename
 from emulator.block.image import backing_path
@@ -206,11 +207,11 @@ def qmp_block_resize(machine: Machine, size: int, device: str | None = None,
         node.op_check("resize")
     # blk_new_with_bs(bs, BLK_PERM_RESIZE, BLK_PERM_ALL): every other user must allow resizing.
     user = TemporaryUser(PERM_RESIZE, PERM_ALL)
-    node.parents.append(user)
+    attach_parent(node, user)
     try:
         check_perms([node])
     finally:
-        node.parents.remove(user)
+        detach_parent(node, user)
     if node.read_only:
         raise QemuError(f"Node '{node.node_name}' is read only")
     node.truncate(size)

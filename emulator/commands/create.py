@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from emulator.block.drain import attach_parent, detach_parent
 from emulator.block.filename import node_filename
 from emulator.block.node import BlockNode
 from emulator.block.permissions import PERM_ALL, PERM_RESIZE, PERM_WRITE, TemporaryUser, check_perms
@@ -97,13 +98,13 @@ def _create_qcow2(machine: Machine, options: dict[str, Any]) -> None:
     file = _file_node(machine, options["file"])
     # blk_new_with_bs(bs, BLK_PERM_WRITE | BLK_PERM_RESIZE, BLK_PERM_ALL)
     user = TemporaryUser(PERM_WRITE | PERM_RESIZE, PERM_ALL)
-    file.parents.append(user)
+    attach_parent(file, user)
     try:
         check_perms([file])
         Qcow2Image.create(file, size, cluster_size=cluster_size, backing_file=backing_file,
                           backing_fmt=backing_fmt)
     finally:
-        file.parents.remove(user)
+        detach_parent(file, user)
 
 
 def _create_vmdk(machine: Machine, options: dict[str, Any]) -> None:
@@ -116,13 +117,13 @@ def _create_vmdk(machine: Machine, options: dict[str, Any]) -> None:
                         "not supported by the emulator")
     file = _file_node(machine, options["file"])
     user = TemporaryUser(PERM_WRITE | PERM_RESIZE, PERM_ALL)
-    file.parents.append(user)
+    attach_parent(file, user)
     try:
         check_perms([file])
         create_vmdk(file, int(options["size"]), os.path.basename(node_filename(file)),
                     options.get("subformat", "monolithicSparse"))
     finally:
-        file.parents.remove(user)
+        detach_parent(file, user)
 
 
 def _file_node(machine: Machine, ref: Any) -> BlockNode:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emulator.block.drain import drained_begin, drained_end
 from emulator.block.drivers import Qcow2Node
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
@@ -45,6 +46,7 @@ class ExternalSnapshotAction(BaseAction):
         self.new: BlockNode | None = None
         self.new_nodes: list[BlockNode] = []
         self.appended = False
+        self.drained = False
 
     def prepare(self) -> None:
         graph = self.machine.block
@@ -54,6 +56,8 @@ class ExternalSnapshotAction(BaseAction):
         else:
             old = _lookup(self.machine, data["node"], data["node"])
         self.old = old
+        drained_begin(old)  # external_snapshot_prepare: bdrv_drained_begin, paired with .clean
+        self.drained = True
         old.op_check("external-snapshot")
         if not old.read_only:
             try:
@@ -111,6 +115,12 @@ class ExternalSnapshotAction(BaseAction):
             self.new.set_backing(None)
         if self.new_nodes:
             graph.close_nodes(self.new_nodes)
+
+    def clean(self) -> None:
+        """external_snapshot_clean: the prepare's drained section ends."""
+        if self.drained and self.old is not None:
+            drained_end(self.old)
+            self.drained = False
 
 
 def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:

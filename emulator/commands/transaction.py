@@ -147,9 +147,10 @@ def check_grouped_actions(machine: Machine, actions: list[dict[str, Any]], mode:
 
 
 def run_actions(machine: Machine, actions: list[TransactionAction]) -> None:
-    """Run a transaction inside a drained section, as qmp_transaction does."""
-    with machine.jobs.drained():
-        run_transaction(actions)
+    """qmp_transaction: "drain all i/o before any operations" (bdrv_drain_all: every running
+    block job pauses and resumes once), then the actions; each action drains its own node."""
+    machine.block.drain_all()
+    run_transaction(actions)
 
 
 @qmp_command("transaction", {"actions": ["TransactionAction"], "*properties": "TransactionProperties"})

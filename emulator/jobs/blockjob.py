@@ -11,6 +11,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
+from emulator.block.drain import attach_parent, detach_parent
 from emulator.block.node import BLOCK_OP_TYPES
 from emulator.block.permissions import PERM_ALL
 from emulator.error import QemuError
@@ -91,11 +92,10 @@ class BlockJob(Job):
         """
         self._nodes.insert(0, node)
         self._roles[id(node)] = role
-        node.parents.append(self)
         if block_ops:
             for op in BLOCK_OP_TYPES:
                 node.op_block(op, self.blocker)
-        self.manager.node_attached(self, node)
+        attach_parent(node, self)  # a drained node pauses the job at once (drain saldo)
 
     hold_node = add_node
 
@@ -105,8 +105,16 @@ class BlockJob(Job):
             node = self._nodes.pop(0)
             for op in BLOCK_OP_TYPES:
                 node.op_unblock(op, self.blocker)
-            if self in node.parents:
-                node.parents.remove(self)
+            detach_parent(node, self)
+
+    # ---- drained sections (child_job's BdrvChildClass callbacks) -------------------------------
+    def child_drained_begin(self, node: BlockNode) -> None:
+        """child_job_drained_begin: a drained section reached the job through `node`."""
+        self.drain_begin()
+
+    def child_drained_end(self, node: BlockNode) -> None:
+        """child_job_drained_end."""
+        self.drain_end()
 
     def clean(self) -> None:
         """Release the nodes at finalisation (as backup_clean does); subclasses call super()."""

@@ -100,5 +100,9 @@ class Machine:
         if self._closed:
             return
         self._closed = True
+        # qemu_cleanup: "We must cancel all block jobs while the block layer is drained" --
+        # bdrv_drain_all_begin (never ended: every running job shows paused, then running as
+        # the cancel re-enters it), job_cancel_sync_all, bdrv_close_all.
+        self.block.drain_all_begin()
         self.jobs.cancel_all_sync()
         self.block.close_all()
