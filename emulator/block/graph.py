@@ -17,7 +17,14 @@ from typing import Any
 from emulator.error import QemuError
 
 from .backend import BlockBackend
-from .drain import attach_parent, drain_all_begin, drain_all_end, drained_begin, move_parent
+from .drain import (
+    attach_parent,
+    drain_all_begin,
+    drain_all_end,
+    drained_begin,
+    drained_end,
+    move_parent,
+)
 from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from .image import probe_format
 from .node import BlockNode
@@ -554,7 +561,17 @@ class BlockGraph:
         stay where they are) and nodes reachable from `new` (should_update_child: moving their
         edge would make a loop, e.g. a sync=none backup target whose backing is the source,
         below the backup's copy-before-write filter).  QEMU walks old's parents newest first and
-        head-inserts each into new's list, so they end up in reverse order there."""
+        head-inserts each into new's list, so they end up in reverse order there.
+
+        bdrv_replace_node_common drains `old` meanwhile: jobs above it pause once (e.g. a backup
+        whose filter sits above another backup's filter, when that one is dropped)."""
+        drained_begin(old)
+        try:
+            self._replace_node(old, new)
+        finally:
+            drained_end(old)
+
+    def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         below_new: set[int] = set()
         pending = [new]
         while pending:
