@@ -147,9 +147,17 @@ def check_grouped_actions(machine: Machine, actions: list[dict[str, Any]], mode:
 
 
 def run_actions(machine: Machine, actions: list[TransactionAction]) -> None:
-    """Run a transaction inside a drained section, as qmp_transaction does."""
-    with machine.jobs.drained():
-        run_transaction(actions)
+    """Run a transaction inside a drained section, as qmp_transaction does.
+
+    The jobs the actions start resume when the section ends, in the order QEMU's clean phase
+    ends their sources' drained sections: list order in 7.2, newest first in 10.0 (a job whose
+    first read stops at a blkdebug breakpoint shows the order)."""
+    newest_first = machine.profile.transaction_newest_first
+    with machine.jobs.drained() as section:
+        running_before = list(section.jobs)
+        run_transaction(actions, newest_first=newest_first)
+        started = [job for job in section.jobs if job not in running_before]
+        section.jobs[:] = running_before + (started[::-1] if newest_first else started)
 
 
 @qmp_command("transaction", {"actions": ["TransactionAction"], "*properties": "TransactionProperties"})
