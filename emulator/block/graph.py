@@ -12,6 +12,7 @@ import logging
 import os
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 from emulator.error import QemuError
@@ -80,6 +81,14 @@ class BlockGraph:
         self.throttle_groups: dict[str, Any] = {}
         #: Active drain-all sections (bdrv_drain_all_count).
         self.drain_all_count = 0
+        #: Where the block layer's own stdout messages go (blkdebug's breakpoint lines); the
+        #: machine sets it, and leaves it None under the qtest accelerator, as QEMU prints
+        #: them only `if (!qtest_enabled())`.
+        self.debug_output: Callable[[str], None] | None = None
+
+    def _debug_print(self, text: str) -> None:
+        if self.debug_output is not None:
+            self.debug_output(text)
 
     # ---- names --------------------------------------------------------------------------------
     def _generate_node_name(self) -> str:
@@ -226,7 +235,8 @@ class BlockGraph:
                                 auto_named=auto,
                                 take_child_perms=qapi_perms(options.get("take-child-perms", [])),
                                 unshare_child_perms=qapi_perms(
-                                    options.get("unshare-child-perms", [])))
+                                    options.get("unshare-child-perms", [])),
+                                printer=self._debug_print)
             node.options = options
             self.nodes.insert(slot, node)
             return node
