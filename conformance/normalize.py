@@ -71,8 +71,9 @@ J1. (QEMU 10.0 only, ``DRAIN_PAIRS_VARY``) Drain-induced pause pairs are dropped
     followed by ``running`` is kept.
     Evidence: 10.0.2: 10 varied, 72 constant (real 10.0 takes its graph lock, a drain of every
     node, at each graph change, and the number of pairs varies run to run).  7.2.22 does not
-    vary: 0 varied, 84 constant places in the 10 runs above, and then REPEAT72 consecutive runs of the
-    suite with raw pairs compared against one golden set, all passing (issue 13).  So 7.2 goldens
+    vary: 0 varied, 84 constant places in the 10 runs above; then 10 consecutive runs (5 serial, 5
+    with -n 2) of the suite comparing the raw pairs with one golden set all passed, every normalized
+    log identical (issue 13).  So 7.2 goldens
     keep every pair, and the emulator's 7.2 profile models QEMU 7.2's drained sections
     (emulator/block/drain.py; per-command counts measured with scripts/drain_probe.py).
 J2. A ``waiting`` status immediately followed by ``aborting`` is dropped: in a grouped

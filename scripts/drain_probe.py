@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conformance.differential_steps import (  # noqa: E402
+from conformance.differential_steps import (
     CreateImage,
     HmpIo,
     Img,
@@ -36,8 +36,8 @@ from conformance.differential_steps import (  # noqa: E402
     run_primitive,
     wait_first_chunk,
 )
-from conformance.targets import EmulatorTarget, QemuBinaries, QemuTarget, Target  # noqa: E402
-from conformance.vm import VM  # noqa: E402
+from conformance.targets import EmulatorTarget, QemuBinaries, QemuTarget, Target
+from conformance.vm import VM
 
 
 def backup(job: str, device: str = "drive0", **extra: Any) -> list[Primitive]:
@@ -250,6 +250,11 @@ async def run_probe(target: Target, name: str, settle: float) -> list[tuple[str,
             vm.kill()
 
 
+def _per_job(events: list[str]) -> dict[str, str]:
+    """["j1: paused running;", ...] -> {"j1": "paused running"}."""
+    return {item.split(":")[0]: item.split(":", 1)[1].strip(" ;") for item in events}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("probes", nargs="*", help=f"default: all of {', '.join(PROBES)}")
@@ -263,6 +268,7 @@ def main() -> int:
     versions = args.emulator or [q.version for q in qemus]
     emulators = [EmulatorTarget(v) for v in versions]
     differing = 0
+    job_checks = [0, 0]  # (equal, all): per step and job, the emulator's statuses against QEMU's
     for name in args.probes or list(PROBES):
         print(f"== {name}")
         runs: dict[str, list[list[tuple[str, list[str]]]]] = {}
@@ -280,13 +286,23 @@ def main() -> int:
                 seen[target_name] = " | ".join(texts)
                 marker = "  VARIES" if len(texts) > 1 else ""
                 print(f"      {target_name:14} {seen[target_name]}{marker}")
+            for target in emulators:
+                reference = [q for q in qemus if q.version == target.version]
+                if not reference:
+                    continue
+                ref_jobs = _per_job(runs[reference[0].name][0][index][1])
+                emu_jobs = _per_job(runs[target.name][0][index][1])
+                for job in set(ref_jobs) | set(emu_jobs):
+                    job_checks[1] += 1
+                    job_checks[0] += ref_jobs.get(job) == emu_jobs.get(job)
             by_version: dict[str, set[str]] = {}
             for target_name, text in seen.items():
                 by_version.setdefault(target_name.split("@")[1], set()).add(text)
             if any(len(texts) > 1 for texts in by_version.values()):
                 differing += 1
                 print("      ^^^ DIFFERS")
-    print(f"{differing} step(s) differ")
+    print(f"{differing} step(s) differ; per-job status sequences of the emulator equal to QEMU's: "
+          f"{job_checks[0]} of {job_checks[1]}")
     return 1 if differing else 0
 
 
