@@ -213,6 +213,45 @@ def sync_none() -> tuple[Steps, Steps]:
     ])
 
 
+@probe
+def graph_changes() -> tuple[Steps, Steps]:
+    """One graph change per step next to a held job on another drive: QEMU 10.0 drains every
+    node for each graph write-lock section (bdrv_graph_wrlock), 7.2 does not."""
+    return ([("j1 on drive0", backup("j1"))], [
+        ("images", [CreateImage(Img("a.qcow2")), CreateImage(Img("b.qcow2")), CreateImage(Img("t.qcow2"))]),
+        ("add file f1", [Qmp("blockdev-add", {"node-name": "f1", "driver": "file",
+                                               "filename": Img("a.qcow2")})]),
+        ("add qcow2 q1 over f1", [Qmp("blockdev-add", {"node-name": "q1", "driver": "qcow2",
+                                                        "file": "f1"})]),
+        ("del q1", [Qmp("blockdev-del", {"node-name": "q1"})]),
+        ("del f1", [Qmp("blockdev-del", {"node-name": "f1"})]),
+        ("add qcow2 q2 inline file", [Qmp("blockdev-add", {"node-name": "q2", "driver": "qcow2",
+                                                            "file": {"driver": "file",
+                                                                     "filename": Img("b.qcow2")}})]),
+        ("del q2", [Qmp("blockdev-del", {"node-name": "q2"})]),
+        ("add null n1", [Qmp("blockdev-add", {"node-name": "n1", "driver": "null-co"})]),
+        ("add raw r1 over n1", [Qmp("blockdev-add", {"node-name": "r1", "driver": "raw", "file": "n1"})]),
+        ("del r1", [Qmp("blockdev-del", {"node-name": "r1"})]),
+        ("del n1", [Qmp("blockdev-del", {"node-name": "n1"})]),
+        ("add tgt", [Qmp("blockdev-add", {"node-name": "tgt", "driver": "qcow2",
+                                          "file": {"driver": "file", "filename": Img("t.qcow2")}})]),
+        ("blockdev-backup drive1 -> tgt (j2)", blockdev_backup("j2", "drive1", "tgt")),
+        ("job-cancel j2", [Qmp("job-cancel", {"id": "j2"})]),
+        ("drive-backup drive1 existing (j3)", backup("j3", "drive1")),
+        ("job-cancel j3", [Qmp("job-cancel", {"id": "j3"})]),
+        ("qemu-io drive1 read", [HmpIo("drive1", "read 0 512")]),
+        ("qemu-io tgt read", [HmpIo("tgt", "read 0 512")]),
+        ("blockdev-del tgt", [Qmp("blockdev-del", {"node-name": "tgt"})]),
+        ("drive-backup drive1 bad bitmap", [Qmp("drive-backup", {
+            "job-id": "j4", "device": "drive1", "sync": "incremental", "format": "qcow2",
+            "mode": "existing", "target": Img("a.qcow2"), "bitmap": "nosuch"})]),
+        ("drive-backup drive1 bad job id", [Qmp("drive-backup", {
+            "job-id": "1bad", "device": "drive1", "sync": "full", "format": "qcow2",
+            "mode": "existing", "target": Img("a.qcow2")})]),
+        ("transaction []", [Qmp("transaction", {"actions": []})]),
+    ])
+
+
 async def run_probe(target: Target, name: str, settle: float) -> list[tuple[str, list[str]]]:
     """Run one probe on one target: [(step label, ["job status", ...]), ...]."""
     held, steps = PROBES[name]()
