@@ -73,6 +73,14 @@ class QemuProfile:
     #: The backup job's block-copy bitmap lives on the copy-before-write filter node (10.0,
     #: listed after the filter's own two bitmaps); 7.2 creates it on the source node.
     block_copy_bitmap_on_filter: bool
+    #: Each graph change drains every node (10.0: bdrv_graph_wrlock begins and ends a drain-all
+    #: section), so every running block job pauses once per write-lock section, whatever node
+    #: the change is on; 7.2 changes the graph without draining (emulator/block/drain.py).
+    graph_lock_drains: bool
+    #: At quit, a running job pauses and resumes once more before qemu_cleanup's drain-all and
+    #: cancel (10.0: `paused running paused running aborting`; 7.2: `paused running aborting`),
+    #: in every run of scripts/drain_probe.py's probes sync_none and backup_errors.
+    extra_drain_at_quit: bool
     #: `transaction` commits, aborts and cleans its actions newest first (10.0: qmp_transaction
     #: registers them with tran_add, which inserts at the head of the list), so the jobs of a
     #: transaction start in reverse order; 7.2 commits and cleans in list order (and aborts in
@@ -136,6 +144,8 @@ QEMU_7_2 = QemuProfile(
     status_singlestep=True,
     grouped_checked_before_prepare=False,
     block_copy_bitmap_on_filter=False,
+    graph_lock_drains=False,
+    extra_drain_at_quit=False,
     transaction_newest_first=False,
     img_info_children=False,
     img_map_compressed=False,
@@ -171,6 +181,8 @@ QEMU_10_0 = QemuProfile(
     status_singlestep=False,
     grouped_checked_before_prepare=True,
     block_copy_bitmap_on_filter=True,
+    graph_lock_drains=True,
+    extra_drain_at_quit=True,
     transaction_newest_first=True,
     img_info_children=True,
     img_map_compressed=True,

@@ -252,6 +252,100 @@ def graph_changes() -> tuple[Steps, Steps]:
     ])
 
 
+@probe
+def graph_calibration() -> tuple[Steps, Steps]:
+    """More graph changes next to a held job on another drive, for QEMU 10.0's counts."""
+    blk = {"driver": "blkdebug", "image": {"driver": "file", "filename": Img("a.qcow2")}}
+    return ([("j1 on drive0", backup("j1"))], [
+        ("images", [CreateImage(Img("a.qcow2")), CreateImage(Img("b.qcow2")), CreateImage(Img("t.qcow2")),
+                    CreateImage(Img("u.qcow2"))]),
+        ("add qcow2/blkdebug/file q3", [Qmp("blockdev-add", {"node-name": "q3", "driver": "qcow2",
+                                                             "file": blk})]),
+        ("del q3", [Qmp("blockdev-del", {"node-name": "q3"})]),
+        ("add raw over inline file", [Qmp("blockdev-add", {"node-name": "r2", "driver": "raw",
+                                                           "file": {"driver": "file",
+                                                                    "filename": Img("b.qcow2")}})]),
+        ("del r2", [Qmp("blockdev-del", {"node-name": "r2"})]),
+        ("add qcow2 qb with backing=drive1", [Qmp("blockdev-add", {
+            "node-name": "qb", "driver": "qcow2", "backing": "drive1",
+            "file": {"driver": "file", "filename": Img("b.qcow2")}})]),
+        ("del qb", [Qmp("blockdev-del", {"node-name": "qb"})]),
+        ("drive-backup drive1 absolute-paths (j2)", [Qmp("drive-backup", {
+            "job-id": "j2", "device": "drive1", "sync": "full", "format": "qcow2",
+            "target": Img("new.qcow2"), "speed": 1})]),
+        ("job-cancel j2", [Qmp("job-cancel", {"id": "j2"})]),
+        ("drive-backup drive1 sync=none (j3)", [Qmp("drive-backup", {
+            "job-id": "j3", "device": "drive1", "sync": "none", "format": "qcow2",
+            "mode": "existing", "target": Img("t.qcow2")})]),
+        ("job-cancel j3", [Qmp("job-cancel", {"id": "j3"})]),
+        ("drive-backup drive1 existing, completes (j4)", [Qmp("drive-backup", {
+            "job-id": "j4", "device": "drive1", "sync": "full", "format": "qcow2",
+            "mode": "existing", "target": Img("u.qcow2")})]),
+        ("transaction of 2 bitmap-adds", [Qmp("transaction", {"actions": [
+            {"type": "block-dirty-bitmap-add", "data": {"node": "drive1", "name": "x1"}},
+            {"type": "block-dirty-bitmap-add", "data": {"node": "drive1", "name": "x2"}}]})]),
+        ("block_resize drive1", [Qmp("block_resize", {"node-name": "drive1", "size": 8388608})]),
+        ("blockdev-snapshot-sync drive1 existing", [Qmp("blockdev-snapshot-sync", {
+            "node-name": "drive1", "snapshot-file": Img("b.qcow2"), "format": "qcow2",
+            "mode": "existing", "snapshot-node-name": "s1"})]),
+        ("qemu-io drive0 read (device)", [HmpIo("drive0", "read 0 512")]),
+    ])
+
+
+@probe
+def image_creation() -> tuple[Steps, Steps]:
+    """Targets and overlays QEMU creates itself (mode absolute-paths), next to a held job."""
+    return ([("j1 on drive0", backup("j1"))], [
+        ("drive-backup drive1 sync=none absolute-paths (j2)", [Qmp("drive-backup", {
+            "job-id": "j2", "device": "drive1", "sync": "none", "format": "qcow2",
+            "target": Img("none.qcow2")})]),
+        ("job-cancel j2", [Qmp("job-cancel", {"id": "j2"})]),
+        ("drive-backup drive1 raw absolute-paths (j3)", [Qmp("drive-backup", {
+            "job-id": "j3", "device": "drive1", "sync": "full", "format": "raw",
+            "target": Img("full.raw"), "speed": 1})]),
+        ("job-cancel j3", [Qmp("job-cancel", {"id": "j3"})]),
+        ("drive-backup drive1 qcow2 absolute-paths (j4)", [Qmp("drive-backup", {
+            "job-id": "j4", "device": "drive1", "sync": "full", "format": "qcow2",
+            "target": Img("full.qcow2"), "speed": 1})]),
+        ("job-cancel j4", [Qmp("job-cancel", {"id": "j4"})]),
+        ("blockdev-snapshot-sync drive1 absolute-paths", [Qmp("blockdev-snapshot-sync", {
+            "node-name": "drive1", "snapshot-file": Img("snap.qcow2"), "format": "qcow2",
+            "snapshot-node-name": "s1"})]),
+    ])
+
+
+@probe
+def stacked_filters() -> tuple[Steps, Steps]:
+    """Two backups of one node: the second filter goes below the first; dropping it drains it."""
+    return ([("j4 on drive1", backup("j4", "drive1"))], [
+        ("t5", [CreateImage(Img("j5.qcow2"))]),
+        ("drive-backup drive1 sync=none (j5)", [Qmp("drive-backup", {
+            "job-id": "j5", "device": "drive1", "sync": "none", "format": "qcow2",
+            "mode": "existing", "target": Img("j5.qcow2")})]),
+        ("job-cancel j5", [Qmp("job-cancel", {"id": "j5"})]),
+        ("job-cancel j4", [Qmp("job-cancel", {"id": "j4"})]),
+    ])
+
+
+@probe
+def target_open_failures() -> tuple[Steps, Steps]:
+    """drive-backup targets that fail to open, next to a held job on another drive."""
+    return ([("j1 on drive0", backup("j1"))], [
+        ("missing file", [Qmp("drive-backup", {"job-id": "j2", "device": "drive1", "sync": "full",
+                                               "format": "qcow2", "mode": "existing",
+                                               "target": Img("missing.qcow2")})]),
+        ("locked by j1", [Qmp("drive-backup", {"job-id": "j2", "device": "drive1", "sync": "full",
+                                               "format": "qcow2", "mode": "existing",
+                                               "target": Img("j1.qcow2")})]),
+        ("locked by j1, raw", [Qmp("drive-backup", {"job-id": "j2", "device": "drive1", "sync": "full",
+                                                    "format": "raw", "mode": "existing",
+                                                    "target": Img("j1.qcow2")})]),
+        ("source as target", [Qmp("drive-backup", {"job-id": "j2", "device": "drive1", "sync": "full",
+                                                   "format": "qcow2", "mode": "existing",
+                                                   "target": Img("drive1.qcow2")})]),
+    ])
+
+
 async def run_probe(target: Target, name: str, settle: float) -> list[tuple[str, list[str]]]:
     """Run one probe on one target: [(step label, ["job status", ...]), ...]."""
     held, steps = PROBES[name]()
@@ -283,10 +377,16 @@ async def run_probe(target: Target, name: str, settle: float) -> list[tuple[str,
                 errors = [r["error"]["desc"][:50] for r in replies
                           if isinstance(r, dict) and "error" in r]
                 result.append((label + (f"  [error: {errors[0]}]" if errors else ""), events))
+                if args_verbose():
+                    print(f"    {target.name} {label}: {replies}", file=sys.stderr)
             await vm.shutdown()
             return result
         finally:
             vm.kill()
+
+
+def args_verbose() -> bool:
+    return "--verbose" in sys.argv
 
 
 def _per_job(events: list[str]) -> dict[str, str]:
@@ -301,6 +401,7 @@ def main() -> int:
     parser.add_argument("--emulator", action="append", default=[], metavar="VERSION",
                         help="an emulator profile (default: each --qemu's version)")
     parser.add_argument("--runs", type=int, default=1, help="runs of each real QEMU")
+    parser.add_argument("--verbose", action="store_true", help="print every reply (stderr)")
     parser.add_argument("--settle", type=float, default=0.15, help="seconds to wait after each step")
     args = parser.parse_args()
     qemus = [QemuTarget(QemuBinaries.find(system)) for system in args.qemu]

@@ -56,6 +56,10 @@ def open_error(filename: str, err: OSError) -> QemuError:
     return QemuError(f"Could not open '{filename}': {os.strerror(err.errno or errno.EIO)}")
 
 
+class ImageLockError(QemuError):
+    """An image lock (file-posix's byte-range locks) is held against us: the file itself opened."""
+
+
 class FileStorage:
     """A host file implementing the Storage protocol with pread/pwrite/fsync."""
 
@@ -197,9 +201,9 @@ class FileStorage:
             bit = 1 << i
             # Others who unshare what we want to use block us, and vice versa.
             if perm & bit and self._conflicts(LOCK_SHARED_BASE + i):
-                raise QemuError(f'Failed to get "{name}" lock')
+                raise ImageLockError(f'Failed to get "{name}" lock')
             if unshared & bit and self._conflicts(LOCK_PERM_BASE + i):
-                raise QemuError(f'Failed to get shared "{name}" lock')
+                raise ImageLockError(f'Failed to get shared "{name}" lock')
         for i in range(len(PERM_NAMES)):
             bit = 1 << i
             self._ofd_lock(F_OFD_SETLK, fcntl.F_RDLCK if perm & bit else fcntl.F_UNLCK, LOCK_PERM_BASE + i)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.block.drain import attach_parent, detach_parent
+from emulator.block.drain import attach_parent, detach_parent, drained
 from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from emulator.block.filename import node_filename
 from emulator.block.image import backing_path
@@ -204,14 +204,19 @@ def qmp_block_resize(machine: Machine, size: int, device: str | None = None,
         node.op_check("resize")
     # blk_new_with_bs(bs, BLK_PERM_RESIZE, BLK_PERM_ALL): every other user must allow resizing.
     user = TemporaryUser(PERM_RESIZE, PERM_ALL)
+    machine.block.graph_wrlock()  # 10.0: blk_new_with_bs attaches under the graph write lock
     attach_parent(node, user)
     try:
         check_perms([node])
     finally:
         detach_parent(node, user)
-    if node.read_only:
-        raise QemuError(f"Node '{node.node_name}' is read only")
-    node.truncate(size)
+    try:
+        if node.read_only:
+            raise QemuError(f"Node '{node.node_name}' is read only")
+        with drained(node):  # qmp_block_resize: bdrv_drained_begin around blk_truncate
+            node.truncate(size)
+    finally:
+        machine.block.graph_wrlock()  # 10.0: blk_unref of that BlockBackend
 
 
 def _lookup_resize_target(machine: Machine, device: str | None, node_name: str | None) -> BlockNode:

@@ -58,6 +58,7 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
         # Real QEMU 7.2.22 drains the node twice on the way (scripts/drain_probe.py, probe
         # hmp_qemu_io: two paused/running pairs of a backup above the node, in every run); the
         # last one is blk_unref -> blk_remove_bs -> blk_drain.
+        machine.block.graph_wrlock()  # 10.0: blk_insert_bs takes the graph write lock
         with drained(target):
             pass
         try:
@@ -65,6 +66,7 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
         finally:
             with drained(target):
                 pass
+            machine.block.graph_wrlock()  # 10.0: blk_remove_bs's bdrv_root_unref_child
     return _qemu_io_on_backend(machine, backend, target, command)
 
 

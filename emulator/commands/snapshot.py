@@ -14,6 +14,7 @@ from emulator.block.drivers import Qcow2Node
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
+from emulator.commands.backup import QCOW2_CREATE_SECTIONS
 from emulator.error import QemuError
 from emulator.machine import Machine
 from emulator.transaction import BaseAction
@@ -77,6 +78,7 @@ class ExternalSnapshotAction(BaseAction):
             if data.get("mode", "absolute-paths") != "existing":
                 message = create_image(filename, fmt, old.length(),
                                        backing_file=node_filename(old), backing_fmt=old.driver)
+                graph.graph_wrlock(QCOW2_CREATE_SECTIONS if fmt == "qcow2" else 0)
                 if message:
                     self.machine.stdout.write(message if message.endswith("\n") else message + "\n")
             before = len(graph.nodes)
@@ -97,6 +99,7 @@ class ExternalSnapshotAction(BaseAction):
         if not isinstance(new, Qcow2Node):
             raise QemuError("The overlay does not support backing images")
         new.set_backing(old)
+        graph.graph_wrlock(2)  # 10.0: bdrv_append = bdrv_set_backing_hd + bdrv_replace_node
         for backend in list(graph.backends.values()):
             if backend.root is old:
                 graph.set_backend_root(backend, new)

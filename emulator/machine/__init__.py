@@ -45,6 +45,7 @@ class Machine:
         self.objects: dict[str, dict[str, Any]] = {}
         self.block = BlockGraph()
         self.block.copy_bitmap_on_filter = self.profile.block_copy_bitmap_on_filter
+        self.block.graph_lock_drains = self.profile.graph_lock_drains
         self.block.debug_output = self._print_unless_qtest
         self.jobs = JobManager()
         self._listeners: list[EventListener] = []
@@ -114,6 +115,8 @@ class Machine:
         # qemu_cleanup: "We must cancel all block jobs while the block layer is drained" --
         # bdrv_drain_all_begin (never ended: every running job shows paused, then running as
         # the cancel re-enters it), job_cancel_sync_all, bdrv_close_all.
+        if self.profile.extra_drain_at_quit:
+            self.block.drain_all()
         self.block.drain_all_begin()
         self.jobs.cancel_all_sync()
         self.block.close_all()
