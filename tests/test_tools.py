@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from helpers import need
 
 from emulator.block.file import FileStorage
 from emulator.block.qcow2 import Qcow2Image
@@ -20,11 +21,6 @@ from emulator.tools import img as img_tool
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def need(binary: str) -> None:
-    if shutil.which(binary) is None:
-        pytest.skip(f"{binary} not found: apt-get install qemu-utils")
 
 
 def real_img(args: list[str], cwd: Path) -> tuple[int, str, str]:
