@@ -346,7 +346,8 @@ def test_manual_finalize_finalizes_whole_txn() -> None:
 
 
 def test_cancel_at_pending_aborts_group() -> None:
-    """f3/f6 of qemu-7.2-observed: cancel of one pending member cancels all, even fully done ones."""
+    """f3/f6 of docs/qemu-7.2-observations.md: cancel of one pending member cancels all, even
+    fully done ones."""
     async def scenario(h: Harness) -> None:
         txn = JobTxn()
         job0 = h.start_job(1, True, 0, txn, auto_finalize=False)

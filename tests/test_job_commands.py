@@ -1,6 +1,6 @@
 """The job-control QMP handlers, called directly on a Machine: lookups and error classes, verb
 errors, query-jobs / query-block-jobs output, and the QMP events of the job event sink —
-all checked against what a real QEMU 7.2 answered (see qemu-7.2-observed.md and the report).
+all checked against what a real QEMU 7.2 answered (see docs/qemu-7.2-observations.md, section 4).
 """
 
 from __future__ import annotations

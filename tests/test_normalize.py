@@ -1,6 +1,6 @@
 """conformance.normalize: the orders real QEMU produces compare equal; real differences do not.
 
-The event sequences are the ones recorded from QEMU 7.2 in qemu-7.2-observed.md section 4.
+The event sequences are the ones recorded from QEMU 7.2 in docs/qemu-7.2-observations.md, section 3.
 """
 
 from __future__ import annotations
