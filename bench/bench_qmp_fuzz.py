@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from conformance.qmpfuzz import (
+from conformance.qmpfuzz.inputs import (
     COMPARE_LIMIT,
     Campaign,
     Finding,

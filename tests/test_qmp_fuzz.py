@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.qmpfuzz import (
+from conformance.qmpfuzz.inputs import (
     FAMILIES,
     UNSAFE_COMMANDS,
     Campaign,

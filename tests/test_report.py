@@ -24,16 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from conformance.normalize import PathMap, normalize
+from conformance.compare.normalize import PathMap, normalize
 from conformance.qmplog import QmpLog
-from conformance.report import (
+from conformance.report.html import (
     STATUS_COLOURS,
     Timeline,
     picture_of,
     timeline_from_log,
     upstream_of,
 )
-from conformance.summary import EMULATOR_ONLY, Tally
+from conformance.report.summary import EMULATOR_ONLY, Tally
 from conformance.targets import QemuBinaries
 
 ROOT = Path(__file__).resolve().parent.parent

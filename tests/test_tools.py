@@ -219,7 +219,7 @@ def test_io_help_lists_options_and_commands_and_exits_0() -> None:
 
 def test_blocktxn_img_and_io_help_from_the_command_line() -> None:
     for tool in ("img", "io"):
-        done = subprocess.run([sys.executable, "-m", "conformance.cli", tool, "--help"], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "blocktxn_cli.main", tool, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         assert len(done.stdout.splitlines()) > 10

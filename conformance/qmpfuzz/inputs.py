@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
-from conformance.differential_targets import FuzzProfile
+from conformance.differential.targets import FuzzProfile
 from conformance.targets import EmulatorTarget, Instance, MonitorSocket, QemuBinaries, Target
 
 # ---- what the generator may send --------------------------------------------------------------------
@@ -1042,7 +1042,7 @@ def fuzz_targets(qemu: str | None = None, qemu_img: str | None = None,
                  qemu_io: str | None = None) -> tuple[Target, Target | None, FuzzProfile]:
     """The emulator (a separate process, told to behave like the QEMU found) and real QEMU
     (None when not found): `qemu` names qemu-system-x86_64, default PATH; the tools default to
-    the ones beside it (see conformance.differential_targets)."""
+    the ones beside it (see conformance.differential.targets)."""
     profile = FuzzProfile.find(qemu, qemu_img, qemu_io)
     emulator = EmulatorTarget(profile.emulator_version, separate_process=True)
     return emulator, (profile.reference() if profile.binaries.complete else None), profile
