@@ -1,2 +1,3 @@
-"""A QMP input fuzzer: generated hostile input, a raw-socket client that bounds every wait, and
-campaigns against the emulator and real QEMU (inputs; split by concern in the next commit)."""
+"""A QMP input fuzzer: generated hostile input (inputs), a raw-socket client that bounds every
+wait (client), and campaigns that run it against the emulator and real QEMU and compare the
+answers (campaign)."""
