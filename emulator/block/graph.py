@@ -12,12 +12,20 @@ import logging
 import os
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 from emulator.error import QemuError
 
 from .backend import BlockBackend
-from .drain import attach_parent, drain_all_begin, drain_all_end, drained_begin, move_parent
+from .drain import (
+    attach_parent,
+    drain_all_begin,
+    drain_all_end,
+    drained_begin,
+    drained_end,
+    move_parent,
+)
 from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from .image import probe_format
 from .node import BlockNode
@@ -73,6 +81,14 @@ class BlockGraph:
         self.throttle_groups: dict[str, Any] = {}
         #: Active drain-all sections (bdrv_drain_all_count).
         self.drain_all_count = 0
+        #: Where the block layer's own stdout messages go (blkdebug's breakpoint lines); the
+        #: machine sets it, and leaves it None under the qtest accelerator, as QEMU prints
+        #: them only `if (!qtest_enabled())`.
+        self.debug_output: Callable[[str], None] | None = None
+
+    def _debug_print(self, text: str) -> None:
+        if self.debug_output is not None:
+            self.debug_output(text)
 
     # ---- names --------------------------------------------------------------------------------
     def _generate_node_name(self) -> str:
@@ -219,7 +235,8 @@ class BlockGraph:
                                 auto_named=auto,
                                 take_child_perms=qapi_perms(options.get("take-child-perms", [])),
                                 unshare_child_perms=qapi_perms(
-                                    options.get("unshare-child-perms", [])))
+                                    options.get("unshare-child-perms", [])),
+                                printer=self._debug_print)
             node.options = options
             self.nodes.insert(slot, node)
             return node
@@ -554,7 +571,17 @@ class BlockGraph:
         stay where they are) and nodes reachable from `new` (should_update_child: moving their
         edge would make a loop, e.g. a sync=none backup target whose backing is the source,
         below the backup's copy-before-write filter).  QEMU walks old's parents newest first and
-        head-inserts each into new's list, so they end up in reverse order there."""
+        head-inserts each into new's list, so they end up in reverse order there.
+
+        bdrv_replace_node_common drains `old` meanwhile: jobs above it pause once (e.g. a backup
+        whose filter sits above another backup's filter, when that one is dropped)."""
+        drained_begin(old)
+        try:
+            self._replace_node(old, new)
+        finally:
+            drained_end(old)
+
+    def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         below_new: set[int] = set()
         pending = [new]
         while pending:

@@ -55,11 +55,8 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True,
                file_format_specific: bool = False) -> dict[str, Any]:
     """ImageInfo of `node` (bdrv_query_image_info); `file_format_specific` is the profile's
     flag for 10.0's {"type": "file", "data": {}} on file nodes."""
-    length = node.length()
-    if isinstance(node, FileNode):
-        length = -(-length // 512) * 512  # bdrv_getlength counts whole sectors
     info: dict[str, Any] = {
-        "virtual-size": length,
+        "virtual-size": node.length(),
         "filename": node_filename(node),
         "format": node.driver,
     }

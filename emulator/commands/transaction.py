@@ -148,9 +148,11 @@ def check_grouped_actions(machine: Machine, actions: list[dict[str, Any]], mode:
 
 def run_actions(machine: Machine, actions: list[TransactionAction]) -> None:
     """qmp_transaction: "drain all i/o before any operations" (bdrv_drain_all: every running
-    block job pauses and resumes once), then the actions; each action drains its own node."""
+    block job pauses and resumes once), then the actions; each action drains its own node until
+    its clean phase, so the jobs the actions start resume in clean order: list order in 7.2,
+    newest first in 10.0 (a job whose first read stops at a blkdebug breakpoint shows it)."""
     machine.block.drain_all()
-    run_transaction(actions)
+    run_transaction(actions, newest_first=machine.profile.transaction_newest_first)
 
 
 @qmp_command("transaction", {"actions": ["TransactionAction"], "*properties": "TransactionProperties"})
