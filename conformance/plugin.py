@@ -18,10 +18,10 @@ Markers:
   with a golden (none is needed): the case's own assertions are the check.
   ``@pytest.mark.upstream("iotest 124: test_incremental_simple")``: the upstream test the case
   ports, shown in the HTML report (without it, a docstring starting ``Ports 124 ``test_x````
-  is read; see conformance.report).
+  is read; see conformance.report.html).
 
 Outputs:
-  ``--blocktxn-report DIR`` writes DIR/report.html (conformance.report) and DIR/junit.xml (via
+  ``--blocktxn-report DIR`` writes DIR/report.html (conformance.report.html) and DIR/junit.xml (via
   pytest's own junitxml unless --junitxml is given); works with pytest-xdist.
   ``--blocktxn-dump-logs DIR`` writes each case's normalized log to
   DIR/<target>/<module>/<case>.log, and what rules J1 and J2 took out of it to <case>.hidden.json
@@ -42,10 +42,10 @@ from typing import Any
 
 import pytest
 
-from conformance.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing, golden_set
+from conformance.compare.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing, golden_set
+from conformance.compare.normalize import normalize
 from conformance.imagecheck import check_images
-from conformance.normalize import normalize
-from conformance.report import (
+from conformance.report.html import (
     JUNIT_NAME,
     CaseRecord,
     ReportCollector,
@@ -54,7 +54,7 @@ from conformance.report import (
     timeline_from_log,
     upstream_of,
 )
-from conformance.summary import (
+from conformance.report.summary import (
     CASE_PROPERTY,
     EMULATOR_ONLY_PROPERTY,
     RECORD_PROPERTY,
@@ -395,7 +395,7 @@ def _image_checker(settings: Settings, version: str) -> QemuBinaries | None:
 
 @dataclass
 class _Verdict:
-    """What the golden comparison concluded (see conformance.report.CaseRecord.golden)."""
+    """What the golden comparison concluded (see conformance.report.html.CaseRecord.golden)."""
 
     golden: str
     text: str = ""

@@ -17,8 +17,8 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 from qemu.qmp.message import Message
 
+from conformance.compare.normalize import PathMap, normalize
 from conformance.imagetools import ImageTools, ToolResult
-from conformance.normalize import PathMap, normalize
 from conformance.qmplog import QmpLog
 from conformance.targets import Instance, MonitorSocket, Target
 

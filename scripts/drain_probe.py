@@ -2,7 +2,7 @@
 """Which commands pause a running job, and how often: per step, the JOB_STATUS_CHANGE events a
 held backup job (``speed=1``) received while the step ran, on real QEMU and on the emulator.
 
-This is how the drain points of conformance/normalize.py's rule J1 and of the emulator's drained
+This is how the drain points of conformance/compare/normalize.py's rule J1 and of the emulator's drained
 sections (emulator/block/drain.py) were measured.  Each probe starts the differential scenario's
 two drives (drive0 = ``-drive`` with node-name node0, drive1 = qcow2 over blkdebug), starts the
 held backup(s) it names, then runs its steps one by one; after each step it waits `--settle`
@@ -26,7 +26,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from conformance.differential_steps import (
+from conformance.differential.steps import (
     CreateImage,
     HmpIo,
     Img,

@@ -6,17 +6,14 @@ from __future__ import annotations
 import asyncio
 import io
 from pathlib import Path
-from typing import Any
+
+from helpers import qmp_cmd as cmd
 
 from emulator.block.image import create_image
-from emulator.commands import COMMANDS, new_machine
+from emulator.commands import new_machine
 from emulator.machine import Machine
 
 MiB = 1 << 20
-
-
-def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
-    return COMMANDS[command].handler(machine, **args)
 
 
 def hmp(machine: Machine, line: str) -> str:

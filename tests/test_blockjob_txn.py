@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from helpers import JobEventRecorder as Recorder
 
 from emulator.block.drivers import NullCoNode
 from emulator.jobs import BlockJob, Job, JobManager, JobStatus, JobTxn
@@ -23,38 +24,6 @@ from emulator.jobs import BlockJob, Job, JobManager, JobStatus, JobTxn
 EINPROGRESS = -errno.EINPROGRESS
 EIO = -errno.EIO
 ECANCELED = -errno.ECANCELED
-
-
-class Recorder:
-    """A JobEventSink keeping every event, per job and globally."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, str]] = []
-
-    def _add(self, job: Job, what: str) -> None:
-        assert job.id is not None
-        self.log.append((job.id, what))
-
-    def status_changed(self, job: Job) -> None:
-        self._add(job, job.status.value)
-
-    def pending(self, job: Job) -> None:
-        self._add(job, "PENDING")
-
-    def ready(self, job: Job) -> None:
-        self._add(job, "READY")
-
-    def completed(self, job: Job) -> None:
-        self._add(job, f"COMPLETED({job.error})" if job.ret < 0 else "COMPLETED")
-
-    def cancelled(self, job: Job) -> None:
-        self._add(job, "CANCELLED")
-
-    def io_error(self, job: Job, operation: str, action: str) -> None:
-        self._add(job, f"ERROR({operation},{action})")
-
-    def of(self, job_id: str) -> list[str]:
-        return [what for jid, what in self.log if jid == job_id]
 
 
 class TestBlockJob(BlockJob):
@@ -394,7 +363,8 @@ def test_manual_finalize_finalizes_whole_txn() -> None:
 
 
 def test_cancel_at_pending_aborts_group() -> None:
-    """f3/f6 of qemu-7.2-observed: cancel of one pending member cancels all, even fully done ones."""
+    """f3/f6 of docs/qemu-7.2-observations.md: cancel of one pending member cancels all, even
+    fully done ones."""
     async def scenario(h: Harness) -> None:
         txn = JobTxn()
         job0 = h.start_job(1, True, 0, txn, auto_finalize=False)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import qmp_cmd as run
 
 from emulator.block.dirty_bitmap import (
     BITMAP_ALLOW_RO,
@@ -340,12 +341,6 @@ def machine(tmp_path: Any) -> Any:
     m.block.close_all()
 
 
-def run(machine: Any, _command: str, /, **args: Any) -> Any:
-    from emulator.commands import COMMANDS
-
-    return COMMANDS[_command].handler(machine, **args)
-
-
 def bitmaps_of(machine: Any, node: str) -> list[dict[str, Any]]:
     return machine.block.find_node(node).dirty_bitmaps.query()
 
@@ -464,27 +459,12 @@ def test_merge_local_external_and_sizes(machine: Any) -> None:
 
 
 def transact(machine: Any, *actions: tuple[str, dict[str, Any]], fail: bool = False) -> None:
-    """Run actions as qmp_transaction does (prepare all; on error abort all in reverse)."""
-    from emulator.commands.bitmaps import transaction_action
-
-    built = [transaction_action(machine, kind, data) for kind, data in actions]
-    done: list[Any] = []
-    try:
-        for action in built:
-            done.append(action)
-            action.prepare()
-        if fail:
-            raise QemuError("Transaction aborted using Abort action")
-    except QemuError:
-        for action in reversed(done):
-            action.abort()
-        for action in done:
-            action.clean()
-        raise
-    for action in done:
-        action.commit()
-    for action in done:
-        action.clean()
+    """Run actions in one QMP transaction; with `fail`, an "abort" action ends it, so that every
+    action before it is prepared and then aborted in reverse."""
+    listed = [{"type": kind, "data": data} for kind, data in actions]
+    if fail:
+        listed.append({"type": "abort", "data": {}})
+    run(machine, "transaction", actions=listed)
 
 
 def test_transaction_actions_roll_back(machine: Any) -> None:

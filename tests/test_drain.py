@@ -10,6 +10,8 @@ import itertools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from helpers import JobEventRecorder as Recorder
+
 from emulator.block.drain import (
     attach_parent,
     detach_parent,
@@ -22,35 +24,7 @@ from emulator.block.drain import (
 )
 from emulator.block.drivers import NullCoNode
 from emulator.block.node import BlockNode
-from emulator.jobs import BlockJob, Job, JobManager, JobStatus
-
-
-class Recorder:
-    """JOB_STATUS_CHANGE statuses per job id."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str | None, str]] = []
-
-    def status_changed(self, job: Job) -> None:
-        self.log.append((job.id, job.status.value))
-
-    def pending(self, job: Job) -> None:
-        pass
-
-    def ready(self, job: Job) -> None:
-        pass
-
-    def completed(self, job: Job) -> None:
-        pass
-
-    def cancelled(self, job: Job) -> None:
-        pass
-
-    def io_error(self, job: Job, operation: str, action: str) -> None:
-        pass
-
-    def of(self, job_id: str) -> list[str]:
-        return [what for jid, what in self.log if jid == job_id]
+from emulator.jobs import BlockJob, JobManager, JobStatus
 
 
 class StepBlockJob(BlockJob):
@@ -72,7 +46,7 @@ class StepBlockJob(BlockJob):
 
 
 def run(scenario: Callable[[JobManager, Recorder], Coroutine[Any, Any, None]]) -> Recorder:
-    events = Recorder()
+    events = Recorder(statuses_only=True)
     manager = JobManager(events)
     asyncio.run(asyncio.wait_for(scenario(manager, events), 10))
     return events

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import subprocess
 from pathlib import Path
 
 import pexpect
 import pytest
+from helpers import real, real_check_clean
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -19,20 +19,6 @@ from emulator.block.qcow2 import Qcow2Image
 from emulator.error import QemuError
 
 MiB = 1 << 20
-
-
-def real(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    if shutil.which(args[0]) is None:
-        pytest.skip(f"{args[0]} not found: apt-get install qemu-utils")
-    r = subprocess.run(args, check=False, capture_output=True, text=True, cwd=cwd, timeout=60)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
-
-
-def real_check_clean(path: Path) -> None:
-    r = real("qemu-img", "check", str(path), check=False)
-    assert r.returncode == 0 and "No errors were found on the image." in r.stdout, (r.stdout, r.stderr)
 
 
 def real_compare(a: Path, fmt_a: str, b: Path, fmt_b: str) -> None:

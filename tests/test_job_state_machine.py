@@ -11,6 +11,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from helpers import JobEventRecorder as Recorder
 
 from emulator.block.drain import drained
 from emulator.block.drivers import NullCoNode
@@ -62,34 +63,6 @@ VERB_CASES = [
     for verb, bits in QEMU_JOB_VERB_TABLE.items()
     for col, bit in zip(_COLUMNS, bits.split(), strict=True)
 ]
-
-
-class Recorder:
-    """JobEventSink recording (job id, event) pairs."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str | None, str]] = []
-
-    def status_changed(self, job: Job) -> None:
-        self.log.append((job.id, job.status.value))
-
-    def pending(self, job: Job) -> None:
-        self.log.append((job.id, "PENDING"))
-
-    def ready(self, job: Job) -> None:
-        self.log.append((job.id, "READY"))
-
-    def completed(self, job: Job) -> None:
-        self.log.append((job.id, f"COMPLETED({job.error})" if job.ret < 0 else "COMPLETED"))
-
-    def cancelled(self, job: Job) -> None:
-        self.log.append((job.id, "CANCELLED"))
-
-    def io_error(self, job: Job, operation: str, action: str) -> None:
-        self.log.append((job.id, f"ERROR({operation},{action})"))
-
-    def of(self, job_id: str) -> list[str]:
-        return [what for jid, what in self.log if jid == job_id]
 
 
 class StepJob(Job):

@@ -1,6 +1,6 @@
-"""conformance.normalize: the orders real QEMU produces compare equal; real differences do not.
+"""conformance.compare.normalize: the orders real QEMU produces compare equal; real differences do not.
 
-The event sequences are the ones recorded from QEMU 7.2 in qemu-7.2-observed.md section 4.
+The event sequences are the ones recorded from QEMU 7.2 in docs/qemu-7.2-observations.md, section 3.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from conformance.normalize import PathMap, filter_text, normalize
+from conformance.compare.normalize import PathMap, filter_text, normalize
 from conformance.qmplog import QmpLog
 
 PATHS = PathMap.of(TEST_DIR="/tmp/pytest-of-x/pytest-1/test_a0", SOCK_DIR="/tmp/btxabc")
@@ -93,7 +93,7 @@ def test_grouped_failure_interleavings_and_optional_waiting_compare_equal(
 def test_a_cancelled_offset_is_compared_in_goldens_and_masked_for_live_fuzzing() -> None:
     """J3 applies to the live differential fuzzer only: goldens keep a cancelled job's offset
     (deterministic in every real run of the suite), the fuzzer masks it."""
-    from conformance.normalize import normalize_job_events
+    from conformance.compare.normalize import normalize_job_events
 
     assert b2_session("typical", False, offset=65536) != b2_session("typical", False, offset=LEN)
     lines = {offset: normalize_job_events(b2_drive0(False, offset), PATHS, mask_failed_offsets=True)
@@ -114,7 +114,7 @@ def test_grouped_failure_renders_per_job_sequences() -> None:
 def test_short_messages_stay_on_one_line_and_long_ones_are_indented() -> None:
     """Rule L1: compact JSON up to 100 characters with the prefix, else indented key-sorted
     JSON whose continuation lines sit under the prefix."""
-    from conformance.normalize import message_lines
+    from conformance.compare.normalize import message_lines
 
     assert message_lines("<- ", {"return": {}}) == ['<- {"return": {}}']
     long = {"return": [{"node-name": "drive0", "drv": "qcow2", "ro": False, "file": "x" * 60}]}
@@ -245,7 +245,7 @@ def test_text_filters() -> None:
 
 def test_tool_json_actual_size_is_masked_but_other_fields_are_not() -> None:
     """Rule F6 on qemu-img info --output=json lines: the host allocation varies, nothing else."""
-    from conformance.normalize import PathMap, filter_text
+    from conformance.compare.normalize import PathMap, filter_text
 
     assert filter_text('    "actual-size": 1589248,', PathMap()) == '    "actual-size": "MASKED",'
     assert filter_text('    "virtual-size": 67108864,', PathMap()) == '    "virtual-size": 67108864,'

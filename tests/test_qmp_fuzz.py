@@ -17,22 +17,22 @@ from pathlib import Path
 
 import pytest
 
-from conformance.qmpfuzz import (
-    FAMILIES,
-    UNSAFE_COMMANDS,
+from conformance.qmpfuzz.campaign import (
     Campaign,
-    FuzzClient,
-    FuzzInput,
-    InputGenerator,
     LiveTarget,
-    Outcome,
     check_outcome,
-    command_names,
     compare_outcomes,
     fuzz_targets,
-    is_harmless,
-    parse_reply,
     qemu_available,
+)
+from conformance.qmpfuzz.client import FuzzClient, Outcome, parse_reply
+from conformance.qmpfuzz.inputs import (
+    FAMILIES,
+    UNSAFE_COMMANDS,
+    FuzzInput,
+    InputGenerator,
+    command_names,
+    is_harmless,
 )
 from conformance.targets import EmulatorTarget
 from emulator.error import QemuError

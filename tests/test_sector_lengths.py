@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import qmp_cmd as _cmd
 
 from emulator.block.drivers import FileNode, NullCoNode, RawNode
 from emulator.block.file import FileStorage
 from emulator.block.image import create_image, open_image_chain
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, sectors_to_bytes
 from emulator.block.qcow2 import Qcow2Image
-from emulator.commands import COMMANDS, new_machine
+from emulator.commands import new_machine
 from emulator.error import QemuError
 
 MiB = 1 << 20
@@ -102,10 +103,6 @@ def _run_machine(body: Any) -> None:
             machine.close()
 
     asyncio.run(asyncio.wait_for(main(), 30))
-
-
-def _cmd(machine: Any, command: str, /, **args: Any) -> Any:
-    return COMMANDS[command].handler(machine, **args)
 
 
 async def _settle(machine: Any) -> None:

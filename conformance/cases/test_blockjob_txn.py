@@ -1,4 +1,4 @@
-"""QEMU's unit test tests/unit/test-blockjob-txn.c at the QMP level (cases.md section B).
+"""QEMU's unit test tests/unit/test-blockjob-txn.c at the QMP level (docs/upstream-cases.md, section B).
 
 Upstream's test jobs run N event-loop iterations and return a preset code; here a member is a
 ``drive-backup`` (sync=full, into an existing qcow2 target) of a 4 MiB qcow2 node, and the

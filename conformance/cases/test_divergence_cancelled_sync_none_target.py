@@ -21,7 +21,7 @@ Record the golden from real QEMU with
 
 from __future__ import annotations
 
-from conformance.differential_steps import wait_statuses
+from conformance.differential.steps import wait_statuses
 from conformance.vm import VM
 
 

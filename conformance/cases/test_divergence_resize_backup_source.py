@@ -29,7 +29,7 @@ Record the golden from real QEMU with
 
 from __future__ import annotations
 
-from conformance.differential_steps import wait_first_chunk, wait_statuses
+from conformance.differential.steps import wait_first_chunk, wait_statuses
 from conformance.vm import VM
 
 MIB = 1024 * 1024

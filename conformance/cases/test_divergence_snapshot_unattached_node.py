@@ -11,7 +11,7 @@ emulator started the job.  Goldens recorded with ./blocktxn record-golden from r
 
 from __future__ import annotations
 
-from conformance.differential_steps import launch_scenario
+from conformance.differential.steps import launch_scenario
 from conformance.vm import VM
 
 

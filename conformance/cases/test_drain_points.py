@@ -4,9 +4,9 @@ QEMU emits a ``paused``/``running`` pair for a running job each time a drained s
 a section on a node reaches every job attached to that node or to one of its ancestors
 (bdrv_parent_drained_begin and bdrv_child_cb_drained_begin up the graph; child_job_drained_begin
 pauses the job).  On QEMU 7.2 the number of pairs is deterministic, and the 7.2 goldens keep them
-(rule J1 applies to 10.0 only; see conformance/normalize.py).  Each case holds a full backup still
-with ``speed: 1`` and runs one family of commands next to it; scripts/drain_probe.py shows the
-same steps one by one on real QEMU and the emulator.
+(rule J1 applies to 10.0 only; see conformance/compare/normalize.py).  Each case holds a full
+backup still with ``speed: 1`` and runs one family of commands next to it; scripts/drain_probe.py
+shows the same steps one by one on real QEMU and the emulator.
 
 Measured on real QEMU 7.2.22 (scripts/drain_probe.py --runs 2, identical in both runs; and the
 repeated suite runs of scripts/repeat_runs.py):
@@ -22,7 +22,7 @@ repeated suite runs of scripts/repeat_runs.py):
 
 from __future__ import annotations
 
-from conformance.differential_steps import launch_scenario, wait_first_chunk, wait_statuses
+from conformance.differential.steps import launch_scenario, wait_first_chunk, wait_statuses
 from conformance.vm import VM
 
 EXISTING = {"format": "qcow2", "mode": "existing"}

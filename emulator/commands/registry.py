@@ -1,9 +1,10 @@
 """The table of QMP commands (QEMU's QmpCommandList), filled by the modules of this package.
 
 A handler is called as handler(machine, **arguments) after the QMP layer has checked the
-arguments against the command's QAPI schema (emulator/commands/schema.py).  Argument names are
-turned into Python names the way QAPI's c_name does ("job-id" -> job_id); absent optional
-arguments are not passed, so handlers give them their QAPI defaults.  A handler returns the
+arguments against the command's QAPI argument type (a struct in TYPES below, or an inline
+{member: type} dict).  Argument names are turned into Python names the way QAPI's c_name does
+("job-id" -> job_id); absent optional arguments are not passed, so handlers give them their QAPI
+defaults.  A handler returns the
 command's return value (None for "no return" -> {}) or raises emulator.error.QemuError; it may
 be a coroutine function.
 """
@@ -21,7 +22,7 @@ Handler = Callable[..., Any]
 class CommandDef:
     name: str
     handler: Handler
-    #: QAPI argument type: a struct name in schema.SCHEMA, an inline {member: type} dict, or None.
+    #: QAPI argument type: a struct name in TYPES, an inline {member: type} dict, or None.
     args: str | dict[str, Any] | None = None
     #: True when the command may run before qmp_capabilities (only qmp_capabilities itself).
     allow_negotiation: bool = False

@@ -17,7 +17,7 @@ TARGET_PROPERTY = "blocktxn-target"
 CASE_PROPERTY = "blocktxn-case"
 EMULATOR_ONLY_PROPERTY = "blocktxn-emulator-only"
 UPSTREAM_PROPERTY = "blocktxn-upstream"
-#: The per-case record for the HTML report (conformance.report.CaseRecord as JSON); attached to
+#: The per-case record for the HTML report (conformance.report.html.CaseRecord as JSON); attached to
 #: the call report (or the setup report when there is no call), never to teardown, so that it
 #: stays out of JUnit XML (which takes properties from the teardown report).
 RECORD_PROPERTY = "blocktxn-record"

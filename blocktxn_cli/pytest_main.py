@@ -1,4 +1,4 @@
-"""``python conformance/pytest_main.py PROG [pytest args]``: pytest, with PROG in its messages.
+"""``python blocktxn_cli/pytest_main.py PROG [pytest args]``: pytest, with PROG in its messages.
 
 blocktxn runs pytest in a child process; without this, pytest's usage errors would be branded
 with the interpreter's ``__main__.py`` instead of the blocktxn command the user typed.  It is run

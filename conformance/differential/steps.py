@@ -2,7 +2,7 @@
 
 A step is plain data (QMP commands, HMP qemu-io commands, image creations) that can be both
 *run* on a conformance ``vm`` and *rendered* as the Python source of a conformance case.  The
-differential fuzzer (conformance.differential) runs steps on two targets at once; when they
+differential fuzzer (conformance.differential.fuzz) runs steps on two targets at once; when they
 diverge, the same steps are rendered into an ``async def test_...(vm)`` that imports the helpers
 of this module, so the committed case does exactly what the fuzzer did.
 
@@ -107,7 +107,7 @@ class Step:
 
     label: str
     primitives: tuple[Primitive, ...]
-    #: The generator rule that drew it (conformance.differential_plan.RULES); "" for teardown.
+    #: The generator rule that drew it (conformance.differential.plan.RULES); "" for teardown.
     rule: str = ""
 
 
@@ -153,7 +153,7 @@ async def run_step(vm: VM, step: Step) -> list[Any]:
 
 def job_events(vm: VM) -> dict[str, list[dict[str, Any]]]:
     """Every job event received so far, per job id (rule O3's grouping), in arrival order."""
-    from conformance.normalize import job_id_of
+    from conformance.compare.normalize import job_id_of
 
     grouped: dict[str, list[dict[str, Any]]] = {}
     for event in vm.log.events():

@@ -1,10 +1,10 @@
 """Hypothesis strategies for differential steps, drawn against a *predicted* Model.
 
-Every generator returns a Step.  The model a generator sees is the one conformance.differential_plan
+Every generator returns a Step.  The model a generator sees is the one conformance.differential.plan
 predicts from the steps drawn before (never the reference's replies), so the seed alone decides
 the scenario.  Generation favours what real QEMU does deterministically and survives; the runtime
-check (conformance.differential_plan.skip_reason, against the model learnt from the reference)
-skips a step that would not be, and the known crashes (conformance.differential_crashes) are
+check (conformance.differential.plan.skip_reason, against the model learnt from the reference)
+skips a step that would not be, and the known crashes (conformance.differential.crashes) are
 generated only now and then, to be skipped unless ``blocktxn fuzz --include-known-crashes``:
 
 * speed-limited (``speed=1``) jobs are the only jobs alive between steps; unlimited jobs are
@@ -29,9 +29,9 @@ from typing import Any, Protocol, TypeVar
 
 from hypothesis import strategies as st
 
-from conformance.differential_crashes import enable_is_safe
-from conformance.differential_model import NODE_OF, Model
-from conformance.differential_steps import IMAGE_BYTES, CreateImage, HmpIo, Img, Qmp, Step
+from conformance.differential.crashes import enable_is_safe
+from conformance.differential.model import NODE_OF, Model
+from conformance.differential.steps import IMAGE_BYTES, CreateImage, HmpIo, Img, Qmp, Step
 
 PATTERNS = ("0x00", "0x11", "0x5a", "0xa5", "0xc3", "0xff")
 BITMAP_NAMES = ("b0", "b1", "b2")
@@ -59,7 +59,7 @@ T = TypeVar("T")
 
 class Draws(Protocol):
     """What the generators draw from: hypothesis's ``st.data()`` object, or the draw function
-    of a composite strategy wrapped by conformance.differential_plan."""
+    of a composite strategy wrapped by conformance.differential.plan."""
 
     def draw(self, strategy: st.SearchStrategy[T], label: Any = None) -> T: ...
 

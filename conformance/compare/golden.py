@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 #: The repository's golden directory (next to the conformance package).
-DEFAULT_GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
+DEFAULT_GOLDEN_DIR = Path(__file__).resolve().parents[2] / "golden"
 
 RECORD_HINT = "record it from real QEMU with: ./blocktxn record-golden --qemu BIN -k {case}"
 

@@ -5,7 +5,7 @@ QEMU's own determinism) each get a conformance VM on the same set-up.  A step ru
 once; then, in this order:
 
 1. the step's conversation (commands, replies, stdout text, tool runs) is normalized with
-   conformance.normalize and compared;
+   conformance.compare.normalize and compared;
 2. the model is updated from the reference's replies;
 3. both targets *settle*: new jobs finish their first copy task, and every job reaches a state
    it cannot leave without a command (Model.at_rest); the job states are compared;
@@ -30,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformance.differential_model import ENDED, Model
-from conformance.differential_steps import (
+from conformance.compare.normalize import normalize, normalize_job_events
+from conformance.differential.model import ENDED, Model
+from conformance.differential.steps import (
     WAIT_TIMEOUT,
     HmpIo,
     Img,
@@ -46,7 +47,6 @@ from conformance.differential_steps import (
     wait_for_status_change,
 )
 from conformance.imagetools import QemuImageTools
-from conformance.normalize import normalize, normalize_job_events
 from conformance.qmplog import QmpLog
 from conformance.targets import QemuBinaries, Target
 from conformance.vm import VM, VMError

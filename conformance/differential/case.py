@@ -15,8 +15,8 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from conformance.differential_runner import DifferentialRun, Divergence
-from conformance.differential_steps import IMAGE_BYTES, render_steps
+from conformance.differential.runner import DifferentialRun, Divergence
+from conformance.differential.steps import IMAGE_BYTES, render_steps
 
 RECORD_COMMAND = "./blocktxn record-golden -k {name}"
 MAX_RUNS = 64
@@ -106,13 +106,13 @@ Record the golden from real QEMU with ``{RECORD_COMMAND.format(name=name)}``.
 
 from __future__ import annotations
 
-from conformance.differential_steps import (
+from conformance.differential.steps import (
 {imports})
 from conformance.vm import VM
 
 
 async def {name}(vm: VM) -> None:
-    """Replays the minimal scenario on the drives of conformance.differential_steps."""
+    """Replays the minimal scenario on the drives of conformance.differential.steps."""
     await launch_scenario(vm)
 {indented}
 '''

@@ -34,10 +34,10 @@ from typing import Any
 
 import jinja2
 
-from conformance.golden import Golden, golden_set, golden_versions
-from conformance.normalize import PathMap, dump, filter_value, job_id_of
+from conformance.compare.golden import Golden, golden_set, golden_versions
+from conformance.compare.normalize import PathMap, dump, filter_value, job_id_of
 from conformance.qmplog import QmpLog
-from conformance.summary import (
+from conformance.report.summary import (
     CASE_PROPERTY,
     EMULATOR_ONLY,
     EMULATOR_ONLY_PROPERTY,

@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TIMEOUT = 1800.0
 FORMATS = {"-raw", "-bochs", "-cloop", "-parallels", "-qcow", "-qcow2", "-qed", "-vdi", "-vpc",
            "-vhdx", "-vmdk", "-luks", "-dmg", "-file", "-blkdebug", "-nbd", "-fuse", "-ssh", "-nfs"}
@@ -131,7 +131,7 @@ import posix, sys
 sys.path[1:1] = {paths!r}
 server = posix.environ.get(b"BLOCKTXN_FORKSERVER")
 if server:
-    from conformance.forkclient import run_via
+    from conformance.iotests.forkclient import run_via
     run_via(server.decode())
 from emulator.__main__ import main
 sys.exit(main())
@@ -162,7 +162,8 @@ def compile_emulator() -> None:
     import compileall
 
     compileall.compile_dir(str(ROOT / "emulator"), quiet=2)
-    compileall.compile_file(str(ROOT / "conformance" / "forkclient.py"), quiet=2)
+    for module in ("__init__.py", "iotests/__init__.py", "iotests/forkclient.py"):  # forkclient's imports
+        compileall.compile_file(str(ROOT / "conformance" / module), quiet=2)
 
 
 def has_format(args: Sequence[str]) -> bool:
@@ -217,11 +218,11 @@ def build_env(options: Options, scratch: Path, tools: dict[str, str]) -> dict[st
 
 
 class ForkServer:
-    """conformance/forkserver.py as a child of the runner, for the runner's lifetime."""
+    """conformance/iotests/forkserver.py as a child of the runner, for the runner's lifetime."""
 
     def __init__(self, scratch: Path) -> None:
         self.path = str(scratch / "forkserver.sock")
-        self.proc = subprocess.Popen([sys.executable, "-m", "conformance.forkserver", self.path],
+        self.proc = subprocess.Popen([sys.executable, "-m", "conformance.iotests.forkserver", self.path],
                                      cwd=ROOT, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
                                      text=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
         import select

@@ -33,8 +33,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from conformance.differential_model import NODE_OF, Model
-from conformance.differential_steps import CreateImage, Img, Qmp, Step
+from conformance.differential.model import NODE_OF, Model
+from conformance.differential.steps import CreateImage, Img, Qmp, Step
 
 Version = tuple[int, int]
 

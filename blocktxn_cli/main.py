@@ -37,7 +37,7 @@ PYTEST_HINT = ("Any other option goes to pytest (e.g. -k EXPR, -x, -v, -n auto, 
 
 def pytest_argv(paths: Sequence[Path], extra: Sequence[str], prog: str = "blocktxn") -> list[str]:
     """The argv of a pytest child that loads our plugin explicitly (also used by scripts/)."""
-    argv = [sys.executable, str(ROOT / "conformance" / "pytest_main.py"), prog, "--rootdir", str(ROOT)]
+    argv = [sys.executable, str(ROOT / "blocktxn_cli" / "pytest_main.py"), prog, "--rootdir", str(ROOT)]
     if (ROOT / "pyproject.toml").is_file():
         argv += ["-c", str(ROOT / "pyproject.toml")]
     # Our own plugin is loaded explicitly so that it works without an installed entry point;
@@ -206,7 +206,7 @@ def _emulate(extra: list[str]) -> int:
 
 
 def _fuzz(extra: list[str]) -> int:
-    from conformance.differential import main as fuzz_main
+    from conformance.differential.fuzz import main as fuzz_main
 
     return int(fuzz_main(extra) or 0)
 
@@ -218,7 +218,7 @@ def _img(extra: list[str]) -> int:
 
 
 def _iotests(extra: list[str]) -> int:
-    from conformance.iotests import main as iotests_main
+    from conformance.iotests.runner import main as iotests_main
 
     return int(iotests_main(extra) or 0)
 

@@ -6,7 +6,7 @@ changed what was drawn).  So `scenarios` draws every step up front against a *pr
 which only the steps drawn before update (`predict`: commands are assumed to succeed, jobs to
 behave as their options say).  When the scenario runs, `skip_reason` decides, from the model
 learnt from the reference, whether each step is applicable: a step that would make real QEMU
-nondeterministic, hit a known crash (conformance.differential_crashes) or a known divergence
+nondeterministic, hit a known crash (conformance.differential.crashes) or a known divergence
 the run avoids is skipped, deterministically.  Shrinking works on the drawn list as usual.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from conformance.differential_crashes import Version, known_crash
-from conformance.differential_gen import (
+from conformance.differential.crashes import Version, known_crash
+from conformance.differential.gen import (
     Draws,
     T,
     backup_step,
@@ -29,8 +29,8 @@ from conformance.differential_gen import (
     query_step,
     transaction_step,
 )
-from conformance.differential_model import ENDED, NODE_OF, Model
-from conformance.differential_steps import HmpIo, Img, Qmp, Step
+from conformance.differential.model import ENDED, NODE_OF, Model
+from conformance.differential.steps import HmpIo, Img, Qmp, Step
 
 GENERATORS: dict[str, Callable[[Draws, Model], Step]] = {
     "guest_io": hmp_io_step,

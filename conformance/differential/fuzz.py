@@ -1,14 +1,14 @@
 """Differential testing: hypothesis drives real QEMU and the emulator through the same scenarios.
 
-A scenario is drawn whole from the seed (conformance.differential_plan.scenarios), then runs:
-both targets start on identical images (conformance.differential_steps.launch_scenario), every
+A scenario is drawn whole from the seed (conformance.differential.plan.scenarios), then runs:
+both targets start on identical images (conformance.differential.steps.launch_scenario), every
 applicable step (differential_plan.skip_reason, from what the reference replied) runs on both in
 lockstep, and they are compared after every step and at the end
-(conformance.differential_runner).  A divergence fails the example; hypothesis shrinks the drawn
+(conformance.differential.runner).  A divergence fails the example; hypothesis shrinks the drawn
 list, and its final replay renders the steps as a ready-to-commit conformance case
-(conformance.differential_case) with the command recording its golden.
+(conformance.differential.case) with the command recording its golden.
 
-Known crashes of real QEMU (conformance.differential_crashes) are skipped unless asked for.
+Known crashes of real QEMU (conformance.differential.crashes) are skipped unless asked for.
 ``blocktxn fuzz`` keeps its deadline to seconds: no step starts after it, a running one is
 abandoned shortly after it, and every step is bounded (STEP_TIMEOUT).  It prints a progress line
 every 10 s and ends with ``N scenarios, M divergences, K reference failures``.
@@ -38,13 +38,13 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis.control import current_build_context
 from hypothesis.errors import InvalidArgument
 
-from conformance.differential_case import RECORD_COMMAND, render_case
-from conformance.differential_crashes import KNOWN_CRASHES
-from conformance.differential_gen import AVOIDABLE
-from conformance.differential_plan import scenarios, skip_reason
-from conformance.differential_runner import DifferentialRun, Divergence, ReferenceFailure
-from conformance.differential_steps import Step
-from conformance.differential_targets import FuzzProfile, parse_version
+from conformance.differential.case import RECORD_COMMAND, render_case
+from conformance.differential.crashes import KNOWN_CRASHES
+from conformance.differential.gen import AVOIDABLE
+from conformance.differential.plan import scenarios, skip_reason
+from conformance.differential.runner import DifferentialRun, Divergence, ReferenceFailure
+from conformance.differential.steps import Step
+from conformance.differential.targets import FuzzProfile, parse_version
 from conformance.targets import INSTALL_HINT, QemuBinaries, Target
 
 
@@ -91,7 +91,7 @@ class FuzzConfig:
     @property
     def binaries(self) -> QemuBinaries:
         if self.profile is None:
-            raise RuntimeError("conformance.differential.configure() was not called")
+            raise RuntimeError("conformance.differential.fuzz.configure() was not called")
         return self.profile.binaries
 
     def out_of_time(self) -> bool:
@@ -195,7 +195,7 @@ def run_scenario(plan: Sequence[Step]) -> None:
         return
     profile, workroot = CONFIG.profile, CONFIG.workroot
     if profile is None or workroot is None:
-        raise RuntimeError("conformance.differential.configure() was not called")
+        raise RuntimeError("conformance.differential.fuzz.configure() was not called")
     CONFIG.scenarios += 1
     loop = asyncio.new_event_loop()
     workdir = Path(tempfile.mkdtemp(prefix="scenario", dir=workroot))
@@ -273,7 +273,7 @@ async def _replay_steps(run: DifferentialRun, steps: Sequence[Step]) -> None:
 
 def _profile() -> FuzzProfile:
     if CONFIG.profile is None:
-        raise RuntimeError("conformance.differential.configure() was not called")
+        raise RuntimeError("conformance.differential.fuzz.configure() was not called")
     return CONFIG.profile
 
 

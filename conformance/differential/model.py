@@ -72,7 +72,7 @@ class Model:
     held: dict[str, bool] = field(default_factory=dict)
     #: jobs stopped by on-source-error=stop (paused until resumed).
     error_stopped: set[str] = field(default_factory=set)
-    #: Known divergences not to generate again (names in conformance.differential_gen.AVOIDABLE).
+    #: Known divergences not to generate again (names in conformance.differential.gen.AVOIDABLE).
     avoid: frozenset[str] = frozenset()
 
     # ---- names ------------------------------------------------------------------------------

@@ -47,14 +47,14 @@ O1. The conversation is compared in order: the greeting, every command (``->``),
 O2. Events are not interleaved with the conversation: whether an event is sent before or after
     a reply depends on timing (e.g. the reply to ``block-job-cancel`` races the job's events).
     Evidence: QEMU 7.2 answered ``block-job-cancel`` both before and after the job's events over
-    10 runs of one scenario (shared spec notes, qemu-7.2-observed.md, "c4").
+    10 runs of one scenario (docs/qemu-7.2-observations.md, scenario c4).
 O3. Job events (``JOB_STATUS_CHANGE`` keyed by ``data.id``; ``BLOCK_JOB_*`` keyed by
     ``data.device`` or ``data.id``) are grouped per job id, in arrival order within the job,
     groups sorted by id.  QEMU orders one job's events but interleaves independent jobs'
     events differently run to run.  A job id reused after dismissal just continues its group:
     the new job's ``created`` always follows the old one's ``null``.  Evidence: 3 global
     interleavings of a failing grouped transaction and 4 of an individual one in 10 runs each
-    of QEMU 7.2 (qemu-7.2-observed.md, "b2" and the individual-mode failure).
+    of QEMU 7.2 (docs/qemu-7.2-observations.md, scenarios b2 and d).
 O4. All other events keep their arrival order relative to each other, in one list.
 
 Per-job rules.  Evidence: ``scripts/repeat_runs.py --runs 5 --workers 2 --target qemu --qemu

@@ -1,5 +1,5 @@
 """A fork server for the emulator: one warm process that has imported the emulator and forks a
-fresh emulator process for each QEMU_PROG invocation (conformance/forkclient.py).
+fresh emulator process for each QEMU_PROG invocation (conformance/iotests/forkclient.py).
 
 Why: QEMU's iotests start the binary under test dozens of times per test, and a Python process
 pays for its imports (asyncio, the command and block modules) on every start, several times
@@ -10,7 +10,7 @@ directory, umask and environment, runs emulator.__main__.main with the client's 
 status goes back to the client.  The server never creates an event loop or a thread, so forking
 is safe.  `blocktxn iotests` starts it, and stops it (killing any emulator still running) at the end.
 
-    python -m conformance.forkserver SOCKET_PATH
+    python -m conformance.iotests.forkserver SOCKET_PATH
 """
 
 from __future__ import annotations

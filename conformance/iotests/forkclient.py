@@ -1,4 +1,4 @@
-"""The client half of the emulator fork server (conformance/forkserver.py), run as QEMU_PROG.
+"""The client half of the emulator fork server (conformance/iotests/forkserver.py), run as QEMU_PROG.
 
 It imports builtin modules only (`_socket`, `_signal`, `_struct`, `posix`, `marshal`: `socket`,
 `signal` and `os` would cost more than the rest of its life), sends its argv, environment,
