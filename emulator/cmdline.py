@@ -16,16 +16,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from emulator import PACKAGE
+from emulator.cutils import id_wellformed
 from emulator.error import QemuError
 from emulator.versions import (
     DEFAULT_PROFILE,
+    PACKAGE,
     VERSION_ENV,
     QemuProfile,
     UnsupportedVersion,
@@ -568,7 +568,7 @@ def check_drive(opts: dict[str, str], *, board: bool = True) -> None:
     """The checks of QEMU's drive_new() that come before opening the image (`board`: the
     machine has buses for board-created drives, unlike `-M none`)."""
     drive_id = opts.get("id")
-    if drive_id is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", drive_id):
+    if drive_id is not None and not id_wellformed(drive_id):
         raise QemuError("Parameter 'id' expects an identifier\n"
                         "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.")
     if "cache" in opts and opts["cache"] not in DRIVE_CACHE_MODES:

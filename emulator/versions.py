@@ -20,6 +20,8 @@ from typing import Any
 
 #: Environment variable naming the version when no -blocktxn-version option is given.
 VERSION_ENV = "BLOCKTXN_QEMU_VERSION"
+#: VersionInfo's "package" (QEMU's build puts its distribution's package version there).
+PACKAGE = "blocktxn-emulator"
 
 
 class UnsupportedVersion(ValueError):
@@ -92,6 +94,11 @@ class QemuProfile:
     @property
     def version_string(self) -> str:
         return ".".join(str(part) for part in self.version)
+
+    def version_info(self) -> dict[str, Any]:
+        """VersionInfo (the greeting, query-version), members in QAPI order as QEMU builds it."""
+        major, minor, micro = self.version
+        return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
 
     def has_command(self, name: str) -> bool:
         return name not in self.commands_absent

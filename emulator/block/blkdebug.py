@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator.cutils import qemu_strtou64
 from emulator.error import QemuError
 
 from .node import BlockNode
@@ -325,22 +326,19 @@ _GROUP = re.compile(r"\[([^\]]{1,63})\]")
 # sscanf(" %63s = \"%1023[^\"]\""): the value ends at the next quote (or the line end).
 _KEY = re.compile(r"(?>\S{1,63})")
 _VALUE = re.compile(r'\s*=\s*"([^"]{1,1023})')
-_NUMBER = re.compile(r"\s*([-+]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
 _TRUE = ("on", "yes", "true", "y")
 _FALSE = ("off", "no", "false", "n")
 
 
 def _parse_number(name: str, text: str) -> int:
-    """QemuOpts number: strtoull with base 0 (0x.. hex, 0.. octal), whole string, wraps if negative."""
-    match = _NUMBER.fullmatch(text)
-    if not match:
-        raise QemuError(f"Parameter '{name}' expects a number")
-    digits = match.group(2)
-    value = int(digits, 8) if digits.startswith("0") and digits[1:2] not in ("x", "X") else int(digits, 0)
-    if value >= 1 << 64:
-        raise QemuError(f"Value '{text}' is too large for parameter '{name}'")
-    if match.group(1) == "-":
-        value = (-value) & ((1 << 64) - 1)
+    """QemuOpts number: qemu_strtou64 with base 0 (0x.. hex, 0.. octal), whole string, wraps if
+    negative; read back as the int64 QEMU stores."""
+    try:
+        value = qemu_strtou64(text)
+    except OSError as exc:
+        if exc.errno == errno_mod.ERANGE:
+            raise QemuError(f"Value '{text}' is too large for parameter '{name}'") from None
+        raise QemuError(f"Parameter '{name}' expects a number") from None
     return value - (1 << 64) if value >= 1 << 63 else value
 
 

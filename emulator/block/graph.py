@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
 from typing import Any
 
+from emulator.cutils import id_wellformed
 from emulator.error import QemuError
 
 from .backend import BlockBackend
@@ -24,14 +24,6 @@ from .node import BlockNode
 from .permissions import check_perms, qapi_perms
 
 _LOG = logging.getLogger(__name__)
-
-_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
-
-
-def id_wellformed(name: str) -> bool:
-    """QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'."""
-    return bool(_ID_RE.match(name))
-
 
 def _retarget_codec(parent: BlockNode, role: str, new: BlockNode) -> None:
     """A qcow2 codec holds its file and backing Storage directly: point it at the new child."""

@@ -11,7 +11,6 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from emulator import PACKAGE
 from emulator.error import QemuError
 
 from .registry import COMMANDS, qapi_types, qmp_command
@@ -65,8 +64,7 @@ def qmp_qmp_capabilities(machine: Machine, enable: list[str] | None = None) -> N
 
 @qmp_command("query-version")
 def qmp_query_version(machine: Machine) -> dict[str, Any]:
-    major, minor, micro = machine.profile.version
-    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
+    return machine.profile.version_info()
 
 
 @qmp_command("query-status")

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from emulator.cutils import id_wellformed
 from emulator.error import QemuError
 
 from .types import MachineType, device_help
@@ -69,7 +70,6 @@ MODELS = {model.name: model for model in (
     DeviceModel("ide-cd", "IDE", block=True, removable=True, props=_IDE),
 )}
 ALIASES = {"virtio-blk": "virtio-blk-pci", "virtio-scsi": "virtio-scsi-pci"}
-ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 
 def known_model_names(version: str) -> set[str]:
@@ -189,7 +189,7 @@ class DeviceTree:
         dev_id = opts.pop("id", None)
         if dev_id is not None:
             dev_id = str(dev_id)
-            if not ID_RE.fullmatch(dev_id):
+            if not id_wellformed(dev_id):
                 raise QemuError("Parameter 'id' expects an identifier\nIdentifiers consist of "
                                 "letters, digits, '-', '.', '_', starting with a letter.")
             if self.find(dev_id) is not None:

@@ -15,18 +15,14 @@ uint32_t`), and a list element's bare name is "null".
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator.cutils import INT64_MAX, INT64_MIN, UINT64_MAX, qemu_strtoi64, qemu_strtosz, qemu_strtou64
 from emulator.error import QemuError
 
 from .qobject import qdict_order
-
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
-UINT64_MAX = (1 << 64) - 1
 
 _INT_RANGES = {
     "int8": (-(1 << 7), (1 << 7) - 1, "int8_t"),
@@ -67,68 +63,6 @@ def _try_uint(value: Any) -> int | None:
     if _qtype(value) == "qnum" and isinstance(value, int) and 0 <= value <= UINT64_MAX:
         return int(value)
     return None
-
-
-# ---- C library number parsing used in keyval mode (qemu_strtoi64 & co) -----------------------
-
-_STRTOX = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\Z")
-
-
-def qemu_strtoi64(text: str) -> int | None:
-    """strtoll(text, &end, 0) demanding the whole string; None on error or overflow."""
-    value = _strtox(text)
-    return value if value is not None and INT64_MIN <= value <= INT64_MAX else None
-
-
-def qemu_strtou64(text: str) -> int | None:
-    """strtoull(): negative values wrap around, as in C."""
-    value = _strtox(text)
-    if value is None or abs(value) > UINT64_MAX:
-        return None
-    return value & UINT64_MAX
-
-
-def _strtox(text: str) -> int | None:
-    match = _STRTOX.match(text)
-    if not match:
-        return None
-    sign, digits = match.groups()
-    if len(digits.lstrip("0xX")) > _MAX_DIGITS:  # overflows 64 bits: strtoll's ERANGE
-        return UINT64_MAX + 1
-    if digits[:2] in ("0x", "0X"):
-        magnitude = int(digits, 0)
-    elif digits.startswith("0"):
-        magnitude = int(digits, 8)
-    else:
-        magnitude = int(digits)
-    return -magnitude if sign == "-" else magnitude
-
-
-#: More significant digits than any 64-bit number has, in any base used here (octal: 22).
-_MAX_DIGITS = 24
-
-_SIZE = re.compile(r"[ \t\n\v\f\r]*(0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]*)?)[ \t]*([bBkKmMgGtTpPeE]?)\Z")
-_SIZE_SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-
-
-def qemu_strtosz(text: str) -> int | None:
-    """Sizes like 64M or 1.5G (qemu_strtosz); None if malformed or beyond 2^64 - 1."""
-    match = _SIZE.match(text)
-    if not match:
-        return None
-    number, suffix = match.groups()
-    shift = _SIZE_SHIFT[suffix.lower()]
-    if len(number.split(".")[0].lstrip("0xX")) > _MAX_DIGITS:
-        return None  # beyond 2^64 (and too long for int())
-    if number[:2] in ("0x", "0X"):
-        value = int(number, 16) << shift
-    elif "." in number:
-        if not suffix or suffix in "bB":
-            return None  # a fraction needs a unit
-        value = int(float(number) * (1 << shift))
-    else:
-        value = int(number) << shift
-    return value if value <= UINT64_MAX else None
 
 
 def qapi_bool_parse(text: str) -> bool | None:
@@ -263,10 +197,10 @@ class InputVisitor:
     # -- scalars ---------------------------------------------------------------------------------
     def type_int64(self, name: str | None) -> int:
         if self.keyval:
-            value = qemu_strtoi64(self._get_keyval(name))
-            if value is None:
-                raise self._value_error(name, "integer")
-            return value
+            try:
+                return qemu_strtoi64(self._get_keyval(name))
+            except OSError:
+                raise self._value_error(name, "integer") from None
         value = _try_int(self._get(name))
         if value is None:
             raise self._type_error(name, "integer")
@@ -274,10 +208,10 @@ class InputVisitor:
 
     def type_uint64(self, name: str | None) -> int:
         if self.keyval:
-            value = qemu_strtou64(self._get_keyval(name))
-            if value is None:
-                raise self._value_error(name, "integer")
-            return value
+            try:
+                return qemu_strtou64(self._get_keyval(name))
+            except OSError:
+                raise self._value_error(name, "integer") from None
         raw = self._get(name)
         unsigned = _try_uint(raw)
         if unsigned is not None:
@@ -289,10 +223,10 @@ class InputVisitor:
 
     def type_size(self, name: str | None) -> int:
         if self.keyval:
-            value = qemu_strtosz(self._get_keyval(name))
-            if value is None:
-                raise self._value_error(name, "size")
-            return value
+            try:
+                return qemu_strtosz(self._get_keyval(name))
+            except OSError:  # QEMU words ERANGE the same ("TODO report -ERANGE more nicely")
+                raise self._value_error(name, "size") from None
         return self.type_uint64(name)
 
     def type_bool(self, name: str | None) -> bool:

@@ -28,7 +28,7 @@ from emulator.block.image import (
 )
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
 from emulator.block.qcow2 import Qcow2Image
-from emulator.block.qemu_io import strtosz
+from emulator.cutils import qemu_strtosz
 from emulator.error import QemuError
 from emulator.versions import DEFAULT_PROFILE, QemuProfile, UnsupportedVersion, select
 
@@ -215,7 +215,7 @@ class Tool:
             return 1
         if len(args) == 2:
             try:
-                size = strtosz(args[1])
+                size = qemu_strtosz(args[1])
             except OSError as e:
                 if e.errno == 34:
                     raise self.fail("Image size must be less than 8 EiB!") from None
@@ -261,7 +261,7 @@ class Tool:
 
     def _size_option(self, args: list[str], key: str, value: str) -> int:
         try:
-            return strtosz(value)
+            return qemu_strtosz(value)
         except OSError:
             raise self.fail(f"Parameter '{key}' expects a non-negative number below 2^64\n"
                             "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
