@@ -22,9 +22,9 @@ from emulator.error import QemuError
 from emulator.jobs.backup import BackupJob, backup_cluster_size
 from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
-from emulator.transaction import BaseAction
+from emulator.transaction import BaseAction, run_drained
 
-from .registry import qapi_types, qmp_command
+from .registry import qapi_types, qmp_command, transaction_action
 
 qapi_types(
     {"enum": "MirrorSyncMode", "data": ["top", "full", "none", "incremental", "bitmap"]},
@@ -51,10 +51,10 @@ def _no_copy_hook(offset: int, length: int) -> None:
     """The filter's hook until its job exists (nothing can write through it before)."""
 
 
+@transaction_action("drive-backup", grouped=True)
+@transaction_action("blockdev-backup", grouped=True)
 class BackupAction(BaseAction):
     """The drive-backup / blockdev-backup transaction action."""
-
-    supports_grouped = True
 
     def __init__(self, machine: Machine, kind: str, args: dict[str, Any], txn: JobTxn | None) -> None:
         self.machine = machine
@@ -293,16 +293,12 @@ def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @qmp_command("drive-backup", "DriveBackup")
 def qmp_drive_backup(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [BackupAction(machine, "drive-backup", _qapi_names(kwargs), None)])
+    run_drained(machine.block, [BackupAction(machine, "drive-backup", _qapi_names(kwargs), None)])
 
 
 @qmp_command("blockdev-backup", "BlockdevBackup")
 def qmp_blockdev_backup(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [BackupAction(machine, "blockdev-backup", _qapi_names(kwargs), None)])
+    run_drained(machine.block, [BackupAction(machine, "blockdev-backup", _qapi_names(kwargs), None)])
 
 
 __all__ = ["BackupAction", "do_backup_common", "os"]

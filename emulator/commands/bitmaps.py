@@ -5,9 +5,9 @@ Checks run in QEMU's order so the first failing one gives QEMU's message.  Bitma
 node that `node` names: through a device name that is the device's root node (which, while a
 backup runs, is the backup's filter node, as in QEMU).
 
-Transaction actions: `transaction_action(machine, kind, data)` returns an object with
-prepare()/commit()/abort()/clean() for kinds block-dirty-bitmap-{add,remove,clear,enable,
-disable,merge}.  abort() is safe to call whether or not prepare() succeeded.
+Transaction actions: the block-dirty-bitmap-{add,remove,clear,enable,disable,merge} kinds register
+themselves in registry.TRANSACTION_ACTIONS; `transaction_action(machine, kind, data)` builds one.
+abort() is safe to call whether or not prepare() succeeded.
 """
 
 from __future__ import annotations
@@ -28,10 +28,12 @@ from emulator.block.dirty_bitmap import (
 )
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
+from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
 from emulator.transaction import BaseAction
 
-from .registry import qapi_types, qmp_command
+from .registry import TRANSACTION_ACTIONS, qapi_types, qmp_command
+from .registry import transaction_action as register_action
 
 qapi_types(
     {"struct": "BlockDirtyBitmap", "data": {"node": "str", "name": "str"}},
@@ -202,7 +204,8 @@ def qmp_x_debug_block_dirty_bitmap_sha256(machine: Machine, node: str, name: str
 class BitmapAction(BaseAction):
     """Base of the bitmap transaction actions: the QMP `data` and what prepare did."""
 
-    def __init__(self, machine: Machine, data: dict[str, Any]) -> None:
+    def __init__(self, machine: Machine, kind: str, data: dict[str, Any],
+                 txn: JobTxn | None = None) -> None:
         self.machine = machine
         self.data = data
         self.bitmap: DirtyBitmap | None = None
@@ -213,6 +216,7 @@ class BitmapAction(BaseAction):
         raise NotImplementedError
 
 
+@register_action("block-dirty-bitmap-add")
 class BitmapAddAction(BitmapAction):
     """Add the bitmap in prepare; abort deletes it."""
 
@@ -228,6 +232,7 @@ class BitmapAddAction(BitmapAction):
             self.bitmap = None
 
 
+@register_action("block-dirty-bitmap-clear")
 class BitmapClearAction(BitmapAction):
     """Clear in prepare keeping the old bits; abort puts them back."""
 
@@ -245,6 +250,7 @@ class BitmapClearAction(BitmapAction):
         self.backup = None
 
 
+@register_action("block-dirty-bitmap-enable")
 class BitmapEnableAction(BitmapAction):
     """Enable (or, with enable=False, disable) in prepare; abort restores the previous state."""
 
@@ -261,10 +267,12 @@ class BitmapEnableAction(BitmapAction):
             self.bitmap.disabled = not self.was_enabled
 
 
+@register_action("block-dirty-bitmap-disable")
 class BitmapDisableAction(BitmapEnableAction):
     enable = False
 
 
+@register_action("block-dirty-bitmap-merge")
 class BitmapMergeAction(BitmapAction):
     """Merge in prepare keeping the target's old bits; abort restores them."""
 
@@ -280,6 +288,7 @@ class BitmapMergeAction(BitmapAction):
         self.backup = None
 
 
+@register_action("block-dirty-bitmap-remove")
 class BitmapRemoveAction(BitmapAction):
     """Mark busy (and not to be stored) in prepare; commit frees it, abort un-marks it."""
 
@@ -301,20 +310,12 @@ class BitmapRemoveAction(BitmapAction):
             self.node.dirty_bitmaps.remove(self.bitmap)
 
 
-ACTIONS: dict[str, type[BitmapAction]] = {
-    "block-dirty-bitmap-add": BitmapAddAction,
-    "block-dirty-bitmap-remove": BitmapRemoveAction,
-    "block-dirty-bitmap-clear": BitmapClearAction,
-    "block-dirty-bitmap-enable": BitmapEnableAction,
-    "block-dirty-bitmap-disable": BitmapDisableAction,
-    "block-dirty-bitmap-merge": BitmapMergeAction,
-}
-
-
 def transaction_action(machine: Machine, kind: str, data: dict[str, Any]) -> BitmapAction:
     """The transaction action object for a block-dirty-bitmap-* action of `transaction`."""
-    return ACTIONS[kind](machine, data)
+    action = TRANSACTION_ACTIONS[kind].factory(machine, kind, data, None)
+    assert isinstance(action, BitmapAction)
+    return action
 
 
-__all__ = ["ACTIONS", "BITMAP_RO", "BitmapAction", "bitmap_add", "bitmap_merge", "bitmap_remove",
+__all__ = ["BITMAP_RO", "BitmapAction", "bitmap_add", "bitmap_merge", "bitmap_remove",
            "device_or_node_name", "lookup_bitmap", "node_cluster_size", "transaction_action"]

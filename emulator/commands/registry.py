@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from emulator.transaction import TransactionAction
+
 Handler = Callable[..., Any]
 
 
@@ -65,3 +67,38 @@ def qapi_types(*expressions: dict[str, Any]) -> None:
         if name in TYPES and TYPES[name] != expr:
             raise ValueError(f"QAPI type {name} defined twice differently")
         TYPES[name] = expr
+
+
+#: A transaction action's constructor, called as factory(machine, kind, data, txn): `kind` is the
+#: TransactionActionKind, `data` the action's QAPI data with QAPI member names, `txn` the JobTxn
+#: of a grouped transaction (None unless the action was registered with grouped=True).
+ActionFactory = Callable[..., TransactionAction]
+
+
+@dataclass(frozen=True)
+class ActionDef:
+    kind: str
+    factory: ActionFactory
+    #: The action may join a completion-mode=grouped transaction (QEMU: the backups only).
+    grouped: bool = False
+    #: QEMU 7.2 refuses a grouped transaction in this action's prepare
+    #: (action_check_completion_mode); `abort` has no such check.
+    mode_checked: bool = True
+
+
+#: Transaction actions by TransactionActionKind (QEMU's BlkActionOps table in blockdev.c), filled
+#: by the modules that implement them; `transaction` only looks them up.
+TRANSACTION_ACTIONS: dict[str, ActionDef] = {}
+
+
+def transaction_action(kind: str, *, grouped: bool = False,
+                       mode_checked: bool = True) -> Callable[[ActionFactory], ActionFactory]:
+    """Register `factory` (usually a TransactionAction class) as the action `kind`."""
+
+    def register(factory: ActionFactory) -> ActionFactory:
+        if kind in TRANSACTION_ACTIONS:
+            raise ValueError(f"transaction action {kind} registered twice")
+        TRANSACTION_ACTIONS[kind] = ActionDef(kind, factory, grouped, mode_checked)
+        return factory
+
+    return register

@@ -15,10 +15,18 @@ from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
+from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
-from emulator.transaction import BaseAction
+from emulator.transaction import BaseAction, run_drained
 
-from .registry import qmp_command
+from .registry import qapi_types, qmp_command, transaction_action
+
+qapi_types(
+    {"struct": "BlockdevSnapshot", "data": {"node": "str", "overlay": "str"}},
+    {"struct": "BlockdevSnapshotSync", "data": {
+        "*device": "str", "*node-name": "str", "snapshot-file": "str",
+        "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode"}},
+)
 
 
 def _lookup(machine: Machine, device: str | None, node_name: str | None) -> BlockNode:
@@ -35,10 +43,13 @@ def _lookup(machine: Machine, device: str | None, node_name: str | None) -> Bloc
     raise QemuError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
 
 
+@transaction_action("blockdev-snapshot-sync")
+@transaction_action("blockdev-snapshot")
 class ExternalSnapshotAction(BaseAction):
     """The blockdev-snapshot-sync / blockdev-snapshot transaction action."""
 
-    def __init__(self, machine: Machine, kind: str, data: dict[str, Any]) -> None:
+    def __init__(self, machine: Machine, kind: str, data: dict[str, Any],
+                 txn: JobTxn | None = None) -> None:
         self.machine = machine
         self.kind = kind
         self.data = data
@@ -129,13 +140,10 @@ def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @qmp_command("blockdev-snapshot-sync", "BlockdevSnapshotSync")
 def qmp_blockdev_snapshot_sync(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [ExternalSnapshotAction(machine, "blockdev-snapshot-sync", _qapi_names(kwargs))])
+    run_drained(machine.block,
+                [ExternalSnapshotAction(machine, "blockdev-snapshot-sync", _qapi_names(kwargs))])
 
 
 @qmp_command("blockdev-snapshot", "BlockdevSnapshot")
 def qmp_blockdev_snapshot(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [ExternalSnapshotAction(machine, "blockdev-snapshot", _qapi_names(kwargs))])
+    run_drained(machine.block, [ExternalSnapshotAction(machine, "blockdev-snapshot", _qapi_names(kwargs))])
