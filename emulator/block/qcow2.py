@@ -366,7 +366,7 @@ class Qcow2Image:
         offset = h.header_length
         self.feature_table: list[tuple[int, int, str]] = []
         self.bitmaps_ext = BitmapsExtension()
-        self._stale_bitmaps_ext = False
+        self._stale_bitmaps_ext: bool = False
         while offset < end:
             if end - offset < 8:
                 raise QemuError("qcow2_read_extension: ERROR: pread fail from offset "

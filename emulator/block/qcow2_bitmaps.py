@@ -13,8 +13,9 @@ On-disk format (docs/interop/qcow2.txt, "Bitmaps extension"), all big-endian:
 Qcow2BitmapStore follows QEMU's life cycle: load every bitmap on open (inconsistent if in_use,
 disabled unless auto) and, on a writable open, set in_use on disk at once; store them all on close
 (new tables and data clusters, a new directory, then the old clusters are freed); remove one from
-the image immediately.  It works on a Qcow2Image through its allocator and header writer and on a
-node's DirtyBitmapSet; it knows nothing of QMP.
+the image immediately.  It works on a qcow2 image through its allocator and header writer (the
+BitmapImage protocol below, which Qcow2Image implements; this module does not import qcow2.py)
+and on a node's DirtyBitmapSet; it knows nothing of QMP.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from emulator.error import QemuError
 
@@ -40,9 +41,7 @@ from .dirty_bitmap import (
     DirtyBitmap,
     DirtyBitmapSet,
 )
-
-if TYPE_CHECKING:
-    from .qcow2 import Qcow2Image
+from .storage import Storage
 
 #: Autoclear feature bit 0: the bitmaps extension is consistent with the image.
 AUTOCLEAR_BITMAPS = 1 << 0
@@ -188,10 +187,46 @@ def check_constraints(name: str, granularity: int, length: int, cluster_size: in
 
 
 # ---- the store ------------------------------------------------------------------------------------
-class Qcow2BitmapStore:
-    """The persistent bitmaps of one open Qcow2Image."""
+class BitmapHeader(Protocol):
+    """The part of the qcow2 header the bitmaps extension rules (autoclear bit 0)."""
 
-    def __init__(self, image: Qcow2Image) -> None:
+    autoclear_features: int
+
+
+class BitmapImage(Protocol):
+    """What the bitmap store needs from the qcow2 image it lives in (Qcow2Image)."""
+
+    bitmaps_ext: BitmapsExtension
+
+    @property
+    def file(self) -> Storage: ...
+
+    @property
+    def header(self) -> BitmapHeader: ...
+
+    @property
+    def cluster_size(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def update_header(self) -> None:
+        """Write the header (with its extensions) back to the image file."""
+        ...
+
+    def alloc_clusters(self, nbytes: int) -> int:
+        """Allocate contiguous host clusters for `nbytes`; returns their offset."""
+        ...
+
+    def free_clusters(self, offset: int, nbytes: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class Qcow2BitmapStore:
+    """The persistent bitmaps of one open qcow2 image."""
+
+    def __init__(self, image: BitmapImage) -> None:
         self.image = image
 
     @property

@@ -21,7 +21,7 @@ from emulator.block.dirty_bitmap import DirtyBitmap
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
 
 from .blockjob import BlockJob
-from .manager import JobManager
+from .job import JobList
 
 BACKUP_CLUSTER_SIZE_DEFAULT = 64 * 1024
 #: Largest block-copy task (BLOCK_COPY_MAX_BUFFER: buffered read+write copies up to 1 MiB).
@@ -42,7 +42,7 @@ class BackupJob(BlockJob):
 
     def __init__(
         self,
-        manager: JobManager,
+        manager: JobList,
         job_id: str | None,
         *,
         source: BlockNode,

@@ -16,14 +16,12 @@ from emulator.block.node import BLOCK_OP_TYPES
 from emulator.block.permissions import PERM_ALL
 from emulator.error import QemuError
 
-from .job import CompletionCallback, Job, JobVerb
+from .job import CompletionCallback, Job, JobList, JobVerb
 from .ratelimit import BLOCK_JOB_SLICE_TIME_NS, RateLimit
 from .txn import JobTxn
 
 if TYPE_CHECKING:
     from emulator.block.node import BlockNode
-
-    from .manager import JobManager
 
 
 #: BlockdevOnError values.
@@ -35,7 +33,7 @@ class BlockJob(Job):
 
     def __init__(
         self,
-        manager: JobManager,
+        manager: JobList,
         job_id: str | None,
         node: BlockNode | None = None,
         *,
