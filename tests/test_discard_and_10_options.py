@@ -15,7 +15,7 @@ from emulator.block.image import create_image
 from emulator.commands import COMMANDS, TYPES, new_machine
 from emulator.error import QemuError
 from emulator.machine import Machine
-from emulator.qmp.dispatch import python_name
+from emulator.commands.registry import python_name
 from emulator.qmp.visitor import QapiSchema, visit_arguments
 
 MiB = 1 << 20

@@ -10,7 +10,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .registry import COMMANDS, TYPES, CommandDef, qapi_types, qmp_command
+from .registry import COMMANDS, TYPES, CommandDef, check_handlers, qapi_types, qmp_command
 
 if TYPE_CHECKING:
     from emulator.machine import Machine
@@ -20,6 +20,7 @@ _MODULES = ("control", "block", "bitmaps", "hmp", "jobs", "backup", "snapshot", 
 
 for _name in _MODULES:
     import_module(f"{__name__}.{_name}")
+check_handlers()
 
 __all__ = ["COMMANDS", "TYPES", "CommandDef", "attach", "new_machine", "qapi_types", "qmp_command"]
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from emulator.commands import COMMANDS, TYPES, CommandDef
 from emulator.commands.control import Monitor, current_monitor
+from emulator.commands.registry import python_name
 from emulator.error import QemuError
 
 from . import errors
@@ -33,11 +34,6 @@ class DispatchMonitor(Monitor, Protocol):
 
     @property
     def oob_enabled(self) -> bool: ...
-
-
-def python_name(member: str) -> str:
-    """QAPI's c_name() for a top-level argument: "job-id" -> "job_id"."""
-    return member.replace("-", "_").replace(".", "_")
 
 
 def check_request(request: dict[str, Any], allow_oob: bool) -> tuple[str, bool]:
