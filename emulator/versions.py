@@ -30,7 +30,10 @@ class UnsupportedVersion(ValueError):
 
 @dataclass(frozen=True)
 class ErrorTexts:
-    """Error messages whose text differs between versions, by name (printf-style placeholders)."""
+    """Error messages whose text differs between versions, by name (printf-style placeholders).
+
+    With emulator/qerror.py (the texts every supported version shares) this is the version's
+    error catalogue; a text that a new version rewords moves from qerror.py to here."""
 
     #: qmp_transaction's refusal of a non-backup action in a grouped transaction:
     #: "Transaction property" (7.2, blockdev.c action_check_completion_mode) became

@@ -20,7 +20,7 @@ LAYERS = {
     "tools": 5, "cmdline": 6, "launcher": 6, "__main__": 7,
 }
 #: Leaf modules every layer may use; they import no other emulator module but each other.
-SHARED = {"error", "cutils", "versions", "__init__"}
+SHARED = {"error", "qerror", "cutils", "versions", "__init__"}
 #: Circles that remain, with why.  emulator/block/drain.py (the drain model) is taken as it is:
 #: it names BlockNode in annotations only, and node.py calls it.
 KNOWN_CIRCLES = [{"emulator.block.drain", "emulator.block.node", "emulator.block.permissions"}]

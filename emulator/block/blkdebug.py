@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator import qerror
 from emulator.cutils import qemu_strtou64
 from emulator.error import QemuError
 
@@ -120,7 +121,7 @@ def _parse_event(name: Any) -> str:
     if name is None:
         raise QemuError("Missing event name for rule")
     if name not in _EVENT_SET:
-        raise QemuError(f"invalid parameter value: {name}")
+        raise QemuError(qerror.BLKDEBUG_INVALID_VALUE % name)
     return str(name)
 
 
@@ -137,7 +138,7 @@ def _make_rule(options: dict[str, Any], action: str) -> BlkdebugRule:
         iotype = options.get("iotype")
         if iotype is not None:
             if iotype not in BLKDEBUG_IOTYPES:
-                raise QemuError(f"invalid parameter value: {iotype}")
+                raise QemuError(qerror.BLKDEBUG_INVALID_VALUE % iotype)
             rule.iotypes = frozenset((iotype,))
     else:
         rule.new_state = _c_int(int(options.get("new_state", 0)))
@@ -338,7 +339,7 @@ def _parse_number(name: str, text: str) -> int:
     except OSError as exc:
         if exc.errno == errno_mod.ERANGE:
             raise QemuError(f"Value '{text}' is too large for parameter '{name}'") from None
-        raise QemuError(f"Parameter '{name}' expects a number") from None
+        raise QemuError(qerror.INVALID_PARAMETER_VALUE % (name, "a number")) from None
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
@@ -347,7 +348,7 @@ def _parse_bool(name: str, text: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise QemuError(f"Parameter '{name}' expects 'on' or 'off'")
+    raise QemuError(qerror.INVALID_PARAMETER_VALUE % (name, "'on' or 'off'"))
 
 
 def _typed_group(group: str, entries: dict[str, str]) -> dict[str, Any]:
@@ -359,7 +360,7 @@ def _typed_group(group: str, entries: dict[str, str]) -> dict[str, Any]:
     for key, text in entries.items():
         kind = desc.get(key)
         if kind is None:
-            raise QemuError(f"Invalid parameter '{key}'")
+            raise QemuError(qerror.INVALID_PARAMETER % key)
         if kind == "number":
             out[key] = _parse_number(key, text)
         elif kind == "bool":

@@ -13,6 +13,7 @@ import fcntl
 import os
 import struct
 
+from emulator import qerror
 from emulator.error import QemuError
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -53,7 +54,7 @@ F_OFD_SETLK = 37
 
 def open_error(filename: str, err: OSError) -> QemuError:
     """file-posix's open failure text: "Could not open 'F': <strerror>"."""
-    return QemuError(f"Could not open '{filename}': {os.strerror(err.errno or errno.EIO)}")
+    return QemuError(qerror.COULD_NOT_OPEN % (filename, os.strerror(err.errno or errno.EIO)))
 
 
 class FileStorage:
@@ -77,7 +78,7 @@ class FileStorage:
         if os.path.isdir(filename):
             os.close(self._fd)
             self._fd = None
-            raise QemuError(f"Could not open '{filename}': {os.strerror(errno.EISDIR)}")
+            raise QemuError(qerror.COULD_NOT_OPEN % (filename, os.strerror(errno.EISDIR)))
         self._locked_perm = 0
         self._locked_shared = 0
 

@@ -13,6 +13,7 @@ import os
 import random
 from typing import Any
 
+from emulator import qerror
 from emulator.cutils import id_wellformed
 from emulator.error import QemuError
 
@@ -120,7 +121,7 @@ class BlockGraph:
             return backend.root_or_error()
         node = self.find_node(name)
         if node is None:
-            raise QemuError(f"Cannot find device='{name}' nor node-name='{name}'")
+            raise QemuError(qerror.DEVICE_OR_NODE_NOT_FOUND % (name, name))
         return node
 
     def device_name(self, node: BlockNode) -> str:
@@ -273,7 +274,7 @@ class BlockGraph:
                     raise
                 return qnode
         else:
-            raise QemuError(f"Unknown driver '{driver}'")
+            raise QemuError(qerror.UNKNOWN_DRIVER % driver)
         return self._name_and_register(node, options)
 
     def _cbw_bitmap(self, ref: dict[str, Any] | None) -> Any:
@@ -283,10 +284,10 @@ class BlockGraph:
         try:
             node = self.lookup_bs(ref["node"])
         except QemuError:
-            raise QemuError(f"Node '{ref['node']}' not found") from None
+            raise QemuError(qerror.NODE_NOT_FOUND % ref['node']) from None
         bitmap = node.dirty_bitmaps.find(ref["name"])
         if bitmap is None:
-            raise QemuError(f"Dirty bitmap '{ref['name']}' not found")
+            raise QemuError(qerror.DIRTY_BITMAP_NOT_FOUND % ref['name'])
         return bitmap
 
     def _name_and_register(self, node: BlockNode, options: dict[str, Any]) -> BlockNode:
@@ -310,7 +311,7 @@ class BlockGraph:
         try:
             backing_node = self.open_file_and_format(path, fmt, read_only=True)
         except QemuError as exc:
-            raise QemuError(f"Could not open backing file: {exc.desc}") from exc
+            raise QemuError(qerror.COULD_NOT_OPEN_BACKING % exc.desc) from exc
         node.set_backing(backing_node)
 
     def open_file_and_format(self, filename: str, fmt: str | None, *, read_only: bool,
@@ -335,7 +336,7 @@ class BlockGraph:
         if node_name:
             opts["node-name"] = node_name
         if fmt != file_opts["driver"] and fmt not in ("raw", "qcow2", "vmdk"):
-            raise QemuError(f"Unknown driver '{fmt}'")
+            raise QemuError(qerror.UNKNOWN_DRIVER % fmt)
         before = len(self.nodes)
         node = self._open(opts, read_only=read_only)
         self._apply_discard(node, False, set(map(id, self.nodes[before:])))
@@ -369,7 +370,7 @@ class BlockGraph:
         if not drive_id:
             drive_id = self._default_drive_id(opts)
         if drive_id in self.backends:
-            raise QemuError(f"Duplicate ID '{drive_id}' for drive")
+            raise QemuError(qerror.DUPLICATE_DRIVE_ID % drive_id)
         filename = opts.get("file")
         if not filename:
             raise QemuError("A block device must be specified for \"file\"")
@@ -415,7 +416,7 @@ class BlockGraph:
         """-drive without file= (a CD-ROM drive with no medium): a backend with no root."""
         drive_id = opts.get("id") or self._default_drive_id(opts)
         if drive_id in self.backends:
-            raise QemuError(f"Duplicate ID '{drive_id}' for drive")
+            raise QemuError(qerror.DUPLICATE_DRIVE_ID % drive_id)
         backend = BlockBackend(drive_id, None)
         self.backends[drive_id] = backend
         return backend
@@ -440,7 +441,7 @@ class BlockGraph:
                 raise QemuError("node-name not specified")
             node = self.find_node(name)
             if node is None:
-                raise QemuError(f"Failed to find node with node-name='{name}'")
+                raise QemuError(qerror.NODE_NAME_NOT_FOUND % name)
             self._plan_reopen(node, options, bool(options.get("read-only", False)), plan)
         going_ro = [node for node, ro in plan if ro and not node.read_only]
         saved = [(node, node.read_only) for node, _ in plan]
@@ -515,7 +516,7 @@ class BlockGraph:
             check_perms([node])
         except QemuError as exc:
             self._drop_new_filter(node)
-            raise QemuError(f"Could not create node: {exc.desc}") from None
+            raise QemuError(qerror.COULD_NOT_CREATE_NODE % exc.desc) from None
         if on_open is not None:
             on_open()  # what cbw_open does once its children are attached (block-copy state)
         self.replace_node(source, node)
@@ -591,7 +592,7 @@ class BlockGraph:
         """qmp_blockdev_del, with QEMU 7.2's checks in its order."""
         node = self.find_node(node_name)
         if node is None:
-            raise QemuError(f"Failed to find node with node-name='{node_name}'")
+            raise QemuError(qerror.NODE_NAME_NOT_FOUND % node_name)
         if any(getattr(parent, "is_backend", False) for parent in node.parents):
             raise QemuError(f"Node {node_name} is in use")
         node.op_check("drive-del")

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from emulator import qerror
 from emulator.error import QemuError
 
 from .dirty_bitmap import (
@@ -80,7 +81,7 @@ class BitmapsExtension:
     def parse(cls, data: bytes, cluster_size: int) -> BitmapsExtension:
         """qcow2_read_extensions' checks of a bitmaps extension, with QEMU's messages."""
         if len(data) != EXT_LENGTH:
-            raise QemuError("bitmaps_ext: Invalid extension length")
+            raise QemuError(qerror.BITMAPS_EXT_INVALID_LENGTH)
         nb, reserved, size, offset = _EXT.unpack(data)
         if reserved:
             raise QemuError("bitmaps_ext: Reserved field is not zero")
@@ -254,13 +255,13 @@ class Qcow2BitmapStore:
         length = self.image.size
         while pos < end:
             if pos + DIR_ENTRY_HEADER > end:
-                raise QemuError("Broken bitmap directory")
+                raise QemuError(qerror.BITMAP_DIRECTORY_BROKEN)
             if len(out) + 1 > ext.nb_bitmaps:
                 raise QemuError("More bitmaps found than specified in header extension")
             t_off, t_size, flags, bm_type, gbits, name_size, extra = _DIR_ENTRY.unpack_from(raw, pos)
             nxt = pos + dir_entry_size(name_size, extra)
             if nxt > end:
-                raise QemuError("Broken bitmap directory")
+                raise QemuError(qerror.BITMAP_DIRECTORY_BROKEN)
             if extra:
                 raise QemuError("Bitmap extra data is not supported")
             name_raw = raw[pos + DIR_ENTRY_HEADER:pos + DIR_ENTRY_HEADER + name_size]
@@ -401,8 +402,7 @@ class Qcow2BitmapStore:
                 try:
                     img.file.pwrite(off, data.ljust(cs, b"\0"))
                 except OSError as e:
-                    raise QemuError(f"Failed to write bitmap '{bitmap.name}' to file: "
-                                    f"{_errno_text(e)}") from None
+                    raise QemuError(qerror.BITMAP_WRITE_FAILED % (bitmap.name, _errno_text(e))) from None
                 offset = bitmap.next_dirty((chunk + 1) * limit)
             tb_offset = img.alloc_clusters(tb_size * 8)
         except BaseException:
@@ -413,7 +413,7 @@ class Qcow2BitmapStore:
         except OSError as e:
             self._clear_table(table)
             img.free_clusters(tb_offset, tb_size * 8)
-            raise QemuError(f"Failed to write bitmap '{bitmap.name}' to file: {_errno_text(e)}") from None
+            raise QemuError(qerror.BITMAP_WRITE_FAILED % (bitmap.name, _errno_text(e))) from None
         bm.table_offset, bm.table_size = tb_offset, tb_size
 
     def _clear_table(self, table: list[int]) -> None:
@@ -468,7 +468,7 @@ class Qcow2BitmapStore:
                 try:
                     self._update_in_place(stored)
                 except OSError as e:
-                    raise QemuError(f"Can't update bitmap directory: {_errno_text(e)}") from None
+                    raise QemuError(qerror.BITMAP_DIRECTORY_UPDATE_FAILED % _errno_text(e)) from None
         except BaseException:
             for bitmap in created:
                 bitmaps.remove(bitmap)
@@ -534,7 +534,7 @@ class Qcow2BitmapStore:
                 try:
                     self._update_header_and_dir(stored)
                 except OSError as e:
-                    raise QemuError(f"Failed to update bitmap extension: {_errno_text(e)}") from None
+                    raise QemuError(qerror.BITMAP_EXT_UPDATE_FAILED % _errno_text(e)) from None
         except BaseException:
             for bm in stored:
                 if bm.bitmap is not None and bm.table_offset and not bm.bitmap.readonly:
@@ -566,7 +566,7 @@ class Qcow2BitmapStore:
             try:
                 self._update_in_place(stored)
             except OSError as e:
-                raise QemuError(f"Can't update bitmap directory: {_errno_text(e)}") from None
+                raise QemuError(qerror.BITMAP_DIRECTORY_UPDATE_FAILED % _errno_text(e)) from None
             for bitmap in reopened:
                 bitmap.readonly = False
 
@@ -582,7 +582,7 @@ class Qcow2BitmapStore:
         try:
             self._update_header_and_dir(stored)
         except OSError as e:
-            raise QemuError(f"Failed to update bitmap extension: {_errno_text(e)}") from None
+            raise QemuError(qerror.BITMAP_EXT_UPDATE_FAILED % _errno_text(e)) from None
         self._free_bitmap_clusters(bm)
         self.image.flush()
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from emulator import qerror
 from emulator.error import QemuError
 
 from .node import BlockNode
@@ -232,6 +233,6 @@ def throttle_limits_check(limits: dict[str, Any]) -> None:
         if key != "iops-size" and isinstance(value, (int, float)) and value < 0:
             raise QemuError("bps/iops/max values must be within [0, 1000000000000000]")
     if limits.get("bps-total") and (limits.get("bps-read") or limits.get("bps-write")):
-        raise QemuError("bps(iops) and bps(iops)_rd/_wr cannot be used at the same time")
+        raise QemuError(qerror.THROTTLE_BPS_CONFLICT)
     if limits.get("iops-total") and (limits.get("iops-read") or limits.get("iops-write")):
-        raise QemuError("bps(iops) and bps(iops)_rd/_wr cannot be used at the same time")
+        raise QemuError(qerror.THROTTLE_BPS_CONFLICT)

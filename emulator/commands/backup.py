@@ -11,6 +11,7 @@ import os
 import sys
 from typing import Any
 
+from emulator import qerror
 from emulator.block.copy_before_write import check_min_cluster_size
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
 from emulator.block.drain import attach_parent, detach_parent, drained_begin, drained_end
@@ -220,7 +221,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     except QemuError as exc:
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
-        raise QemuError(f"Could not create node: {exc.desc}") from None
+        raise QemuError(qerror.COULD_NOT_CREATE_NODE % exc.desc) from None
     # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
     # once the filter has a user it takes its real perms, which may conflict with other users
     # of the source subtree (iotest 283).  That fails before any job exists.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emulator import qerror
 from emulator.block.dirty_bitmap import (
     BITMAP_ALLOW_RO,
     BITMAP_BUSY,
@@ -57,10 +58,10 @@ def lookup_bitmap(machine: Machine, node: str, name: str) -> tuple[DirtyBitmap, 
     try:
         bs = machine.block.lookup_bs(node)
     except QemuError:
-        raise QemuError(f"Node '{node}' not found") from None
+        raise QemuError(qerror.NODE_NOT_FOUND % node) from None
     bitmap = bs.dirty_bitmaps.find(name)
     if bitmap is None:
-        raise QemuError(f"Dirty bitmap '{name}' not found")
+        raise QemuError(qerror.DIRTY_BITMAP_NOT_FOUND % name)
     return bitmap, bs
 
 
@@ -103,7 +104,7 @@ def bitmap_add(machine: Machine, node: str, name: str, granularity: int | None =
     bs = machine.block.lookup_bs(node)
     if granularity is not None:
         if not granularity_valid(granularity):
-            raise QemuError("Granularity must be power of 2 and at least 512")
+            raise QemuError(qerror.GRANULARITY_INVALID)
     else:
         granularity = default_granularity(node_cluster_size(bs))
     if persistent:
@@ -145,7 +146,7 @@ def bitmap_merge(machine: Machine, node: str, target: str, bitmaps: list[Any]
         if isinstance(source, str):
             src = bs.dirty_bitmaps.find(source)
             if src is None:
-                raise QemuError(f"Dirty bitmap '{source}' not found")
+                raise QemuError(qerror.DIRTY_BITMAP_NOT_FOUND % source)
         else:
             src, _ = lookup_bitmap(machine, source["node"], source["name"])
         dst.check(BITMAP_DEFAULT)  # QEMU 7.2.x merges into the target: its check comes first

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emulator import qerror
 from emulator.block.drain import attach_parent, detach_parent
 from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
 from emulator.block.filename import node_filename
@@ -200,10 +201,10 @@ def qmp_block_resize(machine: Machine, size: int, device: str | None = None,
                      node_name: str | None = None) -> None:
     node = _lookup_resize_target(machine, device, node_name)
     if size < 0:
-        raise QemuError("Parameter 'size' expects a >0 size")
+        raise QemuError(qerror.INVALID_PARAMETER_VALUE % ("size", "a >0 size"))
     if node.op_blockers.get("resize"):
         if machine.profile.resize_busy_as_device_in_use:
-            raise QemuError(f"Device '{device if device is not None else '(null)'}' is in use")
+            raise QemuError(qerror.DEVICE_IN_USE % (device if device is not None else '(null)'))
         node.op_check("resize")
     # blk_new_with_bs(bs, BLK_PERM_RESIZE, BLK_PERM_ALL): every other user must allow resizing.
     user = TemporaryUser(PERM_RESIZE, PERM_ALL)
@@ -228,7 +229,7 @@ def _lookup_resize_target(machine: Machine, device: str | None, node_name: str |
             return node
     dev = device or ""
     name = node_name or ""
-    raise QemuError(f"Cannot find device='{dev}' nor node-name='{name}'")
+    raise QemuError(qerror.DEVICE_OR_NODE_NOT_FOUND % (dev, name))
 
 
 __all__ = ["NullCoNode", "RawNode", "device_info", "image_info"]

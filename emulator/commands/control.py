@@ -11,7 +11,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from emulator.error import QemuError
+from emulator.error import ErrorClass, QemuError
 
 from .registry import COMMANDS, qapi_types, qmp_command
 
@@ -55,7 +55,7 @@ def qmp_qmp_capabilities(machine: Machine, enable: list[str] | None = None) -> N
     monitor = current_monitor.get()
     if monitor is None or monitor.negotiated:
         raise QemuError("Capabilities negotiation is already complete, command ignored",
-                        "CommandNotFound")
+                        ErrorClass.COMMAND_NOT_FOUND)
     missing = [cap for cap in enable or [] if cap not in monitor.offered_capabilities]
     if missing:
         raise QemuError(f"Capability {', '.join(missing)} not available")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from emulator import qerror
 from emulator.block.drain import attach_parent, detach_parent
 from emulator.block.filename import node_filename
 from emulator.block.node import BlockNode
@@ -54,7 +55,7 @@ _CREATE_DRIVERS = frozenset({"file", "qcow2", "qcow", "qed", "vdi", "vhdx", "vmd
 def _create_file(options: dict[str, Any]) -> None:
     """raw_co_create (file-posix): create or truncate the file, then size it."""
     if options.get("preallocation", "off") != "off":
-        raise QemuError("Preallocation modes other than 'off' are not supported by the emulator")
+        raise QemuError(qerror.EMULATOR_NO_PREALLOCATION)
     filename = options["filename"]
     try:
         fd = os.open(filename, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -75,26 +76,26 @@ def _create_qcow2(machine: Machine, options: dict[str, Any]) -> None:
     cluster_size = int(options.get("cluster-size", 65536))
     Qcow2Image.validate_cluster_size(cluster_size)
     if size % 512:
-        raise QemuError("Image size must be a multiple of 512 bytes")
+        raise QemuError(qerror.IMAGE_SIZE_NOT_SECTOR_MULTIPLE)
     if options.get("version", "v3") != "v3":
         raise QemuError("qcow2 version 2 images are not supported by the emulator")
     for key, supported in (("extended-l2", False), ("lazy-refcounts", False),
                            ("data-file-raw", False)):
         if options.get(key, supported) != supported:
-            raise QemuError(f"Option '{key}' is not supported by the emulator")
+            raise QemuError(qerror.EMULATOR_NO_OPTION % key)
     for key in ("data-file", "encrypt"):
         if key in options:
-            raise QemuError(f"Option '{key}' is not supported by the emulator")
+            raise QemuError(qerror.EMULATOR_NO_OPTION % key)
     if int(options.get("refcount-bits", 16)) != 16:
         raise QemuError("Refcount widths other than 16 bits are not supported by the emulator")
     if options.get("compression-type", "zlib") != "zlib":
         raise QemuError("Compression type 'zstd' is not supported by the emulator")
     if options.get("preallocation", "off") != "off":
-        raise QemuError("Preallocation modes other than 'off' are not supported by the emulator")
+        raise QemuError(qerror.EMULATOR_NO_PREALLOCATION)
     backing_file = options.get("backing-file")
     backing_fmt = options.get("backing-fmt")
     if backing_fmt and not backing_file:
-        raise QemuError("Backing format cannot be used without backing file")
+        raise QemuError(qerror.BACKING_FMT_WITHOUT_FILE)
     file = _file_node(machine, options["file"])
     # blk_new_with_bs(bs, BLK_PERM_WRITE | BLK_PERM_RESIZE, BLK_PERM_ALL)
     user = TemporaryUser(PERM_WRITE | PERM_RESIZE, PERM_ALL)
@@ -111,7 +112,7 @@ def _create_vmdk(machine: Machine, options: dict[str, Any]) -> None:
     """vmdk_co_create for one hosted sparse extent in the `file` node."""
     for key in ("extents", "backing-file", "zeroed-grain"):
         if options.get(key):
-            raise QemuError(f"Option '{key}' is not supported by the emulator")
+            raise QemuError(qerror.EMULATOR_NO_OPTION % key)
     if options.get("adapter-type", "ide") != "ide" or options.get("hwversion", "4") != "4":
         raise QemuError("VMDK adapter types and hardware versions other than the defaults are "
                         "not supported by the emulator")

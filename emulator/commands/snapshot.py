@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from emulator import qerror
 from emulator.block.drain import drained_begin, drained_end
 from emulator.block.drivers import Qcow2Node
 from emulator.block.filename import node_filename
@@ -40,7 +41,7 @@ def _lookup(machine: Machine, device: str | None, node_name: str | None) -> Bloc
         node = graph.find_node(node_name)
         if node is not None:
             return node
-    raise QemuError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+    raise QemuError(qerror.DEVICE_OR_NODE_NOT_FOUND % (device or '', node_name or ''))
 
 
 @transaction_action("blockdev-snapshot-sync")

@@ -11,6 +11,7 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
+from emulator import qerror
 from emulator.block.drain import attach_parent, detach_parent
 from emulator.block.node import BLOCK_OP_TYPES
 from emulator.block.permissions import PERM_ALL
@@ -127,7 +128,7 @@ class BlockJob(Job):
         old_speed = self.speed
         self.apply_verb(JobVerb.SET_SPEED)
         if speed < 0:
-            raise QemuError("Parameter 'speed' expects a non-negative value")
+            raise QemuError(qerror.INVALID_PARAMETER_VALUE % ("speed", "a non-negative value"))
         self.limit.set_speed(speed, BLOCK_JOB_SLICE_TIME_NS)
         self.speed = speed
         self.driver_set_speed(speed)

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator import qerror
 from emulator.cutils import INT64_MAX, INT64_MIN, UINT64_MAX, qemu_strtoi64, qemu_strtosz, qemu_strtou64
 from emulator.error import QemuError
 
@@ -137,14 +138,14 @@ class InputVisitor:
     def _get(self, name: str | None, consume: bool = True) -> Any:
         found, value = self._try_get(name, consume)
         if not found:
-            raise QemuError(f"Parameter '{self.full_name(name)}' is missing")
+            raise QemuError(qerror.MISSING_PARAMETER % self.full_name(name))
         return value
 
     def _type_error(self, name: str | None, expected: str) -> QemuError:
-        return QemuError(f"Invalid parameter type for '{self.full_name(name)}', expected: {expected}")
+        return QemuError(qerror.INVALID_PARAMETER_TYPE % (self.full_name(name), expected))
 
     def _value_error(self, name: str | None, expected: str) -> QemuError:
-        return QemuError(f"Parameter '{self.full_name(name)}' expects {expected}")
+        return QemuError(qerror.INVALID_PARAMETER_VALUE % (self.full_name(name), expected))
 
     def _get_keyval(self, name: str | None) -> str:
         value = self._get(name)
@@ -339,19 +340,19 @@ class QapiSchema:
             low, high, c_type = _INT_RANGES[typ]
             value = v.type_int64(name)
             if not low <= value <= high:
-                raise QemuError(f"Parameter '{_bare(name)}' expects {c_type}")
+                raise QemuError(qerror.INVALID_PARAMETER_VALUE % (_bare(name), c_type))
             return value
         high, c_type = _UINT_RANGES[typ]
         value = v.type_uint64(name)
         if value > high:
-            raise QemuError(f"Parameter '{_bare(name)}' expects {c_type}")
+            raise QemuError(qerror.INVALID_PARAMETER_VALUE % (_bare(name), c_type))
         return value
 
     @staticmethod
     def visit_enum(v: InputVisitor, expr: Mapping[str, Any], name: str | None) -> str:
         text = v.type_str(name)
         if text not in _enum_values(expr):
-            raise QemuError(f"Parameter '{_bare(name)}' does not accept value '{text}'")
+            raise QemuError(qerror.PARAMETER_VALUE_REFUSED % (_bare(name), text))
         return text
 
     def visit_list(self, v: InputVisitor, element: Any, name: str | None) -> list[Any]:
@@ -408,7 +409,7 @@ class QapiSchema:
             typ = _member_type(spec)
             if self.alternate_qtype(typ) == qtype:
                 return self.visit(v, typ, name)
-        raise QemuError(f"Invalid parameter type for '{_bare(name)}', expected: {expr['alternate']}")
+        raise QemuError(qerror.INVALID_PARAMETER_TYPE % (_bare(name), expr['alternate']))
 
     def alternate_qtype(self, typ: Any) -> str:
         """The QType a branch of an alternate is chosen by."""
