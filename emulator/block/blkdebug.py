@@ -32,7 +32,9 @@ from emulator import qerror
 from emulator.cutils import qemu_strtou64
 from emulator.error import QemuError
 
-from .node import BlockNode
+from .filename import exact_filename
+from .node import BlockNode, NodeOpener, block_driver
+from .permissions import qapi_perms
 
 #: BlkdebugEvent of QEMU 7.2's qapi/block-core.json, in enum order (checked with query-qmp-schema).
 BLKDEBUG_EVENTS: tuple[str, ...] = (
@@ -145,11 +147,32 @@ def _make_rule(options: dict[str, Any], action: str) -> BlkdebugRule:
     return rule
 
 
+@block_driver
 class BlkdebugNode(BlockNode):
     """Driver "blkdebug": a filter over its "image" child that injects I/O errors by rule."""
 
     driver = "blkdebug"
     is_filter = True
+    is_protocol = True  # blkdebug:CONFIG:IMAGE (.bdrv_file_open)
+    strong_runtime_opts = ("config", "inject-error.", "set-state.", "align", "max-transfer",
+                           "opt-write-zero", "max-write-zero", "opt-discard", "max-discard")
+
+    @classmethod
+    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
+             read_only: bool) -> BlockNode:
+        # A protocol-style driver: QEMU names it before it opens its image child.
+        slot = len(graph.nodes)
+        if auto_named:
+            name = graph.generate_node_name()
+        image = graph.open_child(options["image"], read_only=read_only)
+        align = options.get("align")
+        node = cls(name, image, inject_errors=list(options.get("inject-error", [])),
+                   set_states=list(options.get("set-state", [])),
+                   align=None if align is None else int(align),  # -drive gives a string
+                   config=options.get("config"), auto_named=auto_named,
+                   take_child_perms=qapi_perms(options.get("take-child-perms", [])),
+                   unshare_child_perms=qapi_perms(options.get("unshare-child-perms", [])))
+        return graph.register_opened(node, options, slot)
 
     def __init__(self, node_name: str, image: BlockNode, *, inject_errors: list[dict[str, Any]],
                  set_states: list[dict[str, Any]], align: int | None = None,
@@ -189,6 +212,14 @@ class BlkdebugNode(BlockNode):
     @property
     def image(self) -> BlockNode:
         return self.children["image"]
+
+    def exact_filename_hook(self) -> str:
+        """blkdebug_refresh_filename: "blkdebug:CONFIG:IMAGE" while only those options are set."""
+        image = exact_filename(self.children["image"]) if "image" in self.children else ""
+        allowed = {"config", "image", "x-image", "driver", "node-name"}
+        if not image or any(key not in allowed for key in self.options):
+            return ""
+        return f"blkdebug:{self.options.get('config', '')}:{image}"
 
     def _add_rule(self, rule: BlkdebugRule) -> None:
         self.rules.setdefault(rule.event, []).insert(0, rule)

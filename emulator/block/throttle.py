@@ -26,7 +26,7 @@ from typing import Any
 from emulator import qerror
 from emulator.error import QemuError
 
-from .node import BlockNode
+from .node import BlockNode, NodeOpener, block_driver
 from .permissions import ROLE_FILTERED
 
 NS = 1_000_000_000
@@ -169,11 +169,23 @@ class ThrottleGroup:
             time.sleep(wait / NS)
 
 
+@block_driver
 class ThrottleNode(BlockNode):
     """Filter driver "throttle": requests pass to `file` once the group admits them."""
 
     driver = "throttle"
     is_filter = True
+    strong_runtime_opts = ("throttle-group",)
+
+    @classmethod
+    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
+             read_only: bool) -> BlockNode:
+        group_name = options.get("throttle-group")
+        group = graph.throttle_groups.get(group_name or "")
+        if group is None:
+            raise QemuError(f"Throttle group '{group_name}' does not exist")
+        file = graph.open_child(options["file"], read_only=read_only)
+        return graph.register_opened(cls(name, file, group, auto_named=auto_named), options)
 
     def __init__(self, node_name: str, file: BlockNode, group: ThrottleGroup, *,
                  auto_named: bool = False) -> None:

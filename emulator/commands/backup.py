@@ -12,7 +12,11 @@ import sys
 from typing import Any
 
 from emulator import qerror
-from emulator.block.copy_before_write import check_min_cluster_size
+from emulator.block.copy_before_write import (
+    check_min_cluster_size,
+    cluster_size_unknown,
+    copy_cluster_size,
+)
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
 from emulator.block.drain import attach_parent, detach_parent, drained_begin, drained_end
 from emulator.block.filename import node_filename
@@ -20,7 +24,7 @@ from emulator.block.image import create_image
 from emulator.block.node import BlockNode
 from emulator.block.permissions import PERM_ALL, TemporaryUser, check_perms
 from emulator.error import QemuError
-from emulator.jobs.backup import BackupJob, backup_cluster_size
+from emulator.jobs.backup import BackupJob
 from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
 from emulator.transaction import BaseAction, run_drained
@@ -227,7 +231,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     # of the source subtree (iotest 283).  That fails before any job exists.
     try:
         cbw = graph.insert_cbw_filter(source, target, _no_copy_hook, args.get("filter-node-name"),
-                                      cluster_size=backup_cluster_size(target, min_cluster),
+                                      cluster_size=copy_cluster_size(target, min_cluster),
                                       on_open=lambda: _warn_unknown_cluster_size(
                                           machine, target, min_cluster))
     except BaseException:
@@ -275,10 +279,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
 def _warn_unknown_cluster_size(machine: Machine, target: BlockNode, min_cluster: int = 0) -> None:
     """block_copy_calculate_cluster_size's warning: a target without bdrv_get_info (null-co,
     filters over it) and without a backing file gets the 64 KiB default, with a warning."""
-    node: BlockNode | None = target
-    while node is not None and node.is_filter:
-        node = node.filtered_child()
-    if node is None or node.driver != "null-co" or target.backing is not None:
+    if not cluster_size_unknown(target):
         return
     stderr = getattr(machine, "stderr", None) or sys.stderr
     try:

@@ -25,7 +25,6 @@ from emulator.block.dirty_bitmap import (
     default_granularity,
     granularity_valid,
     merge_dirty_bitmap,
-    qcow2_can_store_new_dirty_bitmap,
 )
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
@@ -65,32 +64,12 @@ def lookup_bitmap(machine: Machine, node: str, name: str) -> tuple[DirtyBitmap, 
     return bitmap, bs
 
 
-def node_cluster_size(node: BlockNode) -> int | None:
-    """The cluster size bdrv_get_info reports: qcow2's own; raw and filters ask their child."""
-    current: BlockNode | None = node
-    while current is not None:
-        size = getattr(current, "cluster_size", None)
-        if isinstance(size, int) and size > 0:
-            return size
-        if current.is_filter:
-            current = current.filtered_child()
-        elif current.driver == "raw":
-            current = current.file
-        else:
-            return None
-    return None
-
-
 def _check_can_store(machine: Machine, bs: BlockNode, name: str, granularity: int) -> None:
-    """bdrv_can_store_new_dirty_bitmap (only qcow2 nodes can hold persistent bitmaps)."""
+    """bdrv_can_store_new_dirty_bitmap: the driver's check (qcow2 has one), else ENOTSUP."""
     who = device_or_node_name(machine, bs)
-    image = getattr(bs, "image", None)
-    if bs.driver != "qcow2" or image is None:
-        raise QemuError(f"Can't store persistent bitmaps to {who}: Operation not supported")
     try:
-        qcow2_can_store_new_dirty_bitmap(
-            bs.dirty_bitmaps, name, granularity, length=bs.length(),
-            cluster_size=int(image.cluster_size), qcow_version=int(image.version))
+        if not bs.can_store_new_dirty_bitmap(name, granularity):
+            raise QemuError(f"Can't store persistent bitmaps to {who}: Operation not supported")
     except PersistenceRefused as exc:
         raise QemuError(f"Can't make bitmap '{name}' persistent in '{who}': {exc.desc}") from None
 
@@ -106,7 +85,7 @@ def bitmap_add(machine: Machine, node: str, name: str, granularity: int | None =
         if not granularity_valid(granularity):
             raise QemuError(qerror.GRANULARITY_INVALID)
     else:
-        granularity = default_granularity(node_cluster_size(bs))
+        granularity = default_granularity(bs.cluster_size_info())
     if persistent:
         _check_can_store(machine, bs, name, granularity)
     bitmap = bs.dirty_bitmaps.create(name, granularity, bs.length())
@@ -319,4 +298,4 @@ def transaction_action(machine: Machine, kind: str, data: dict[str, Any]) -> Bit
 
 
 __all__ = ["BITMAP_RO", "BitmapAction", "bitmap_add", "bitmap_merge", "bitmap_remove",
-           "device_or_node_name", "lookup_bitmap", "node_cluster_size", "transaction_action"]
+           "device_or_node_name", "lookup_bitmap", "transaction_action"]

@@ -11,7 +11,6 @@ from typing import Any
 
 from emulator import qerror
 from emulator.block.drain import drained_begin, drained_end
-from emulator.block.drivers import Qcow2Node
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
@@ -105,7 +104,7 @@ class ExternalSnapshotAction(BaseAction):
         self.new = new
         if new.backing is not None:
             raise QemuError("The overlay already has a backing image")
-        if not isinstance(new, Qcow2Node):
+        if not new.supports_backing:
             raise QemuError("The overlay does not support backing images")
         new.set_backing(old)
         for backend in list(graph.backends.values()):
@@ -123,7 +122,6 @@ class ExternalSnapshotAction(BaseAction):
             for backend in list(graph.backends.values()):
                 if backend.root is self.new:
                     graph.set_backend_root(backend, self.old)
-            assert isinstance(self.new, Qcow2Node)
             self.new.set_backing(None)
         if self.new_nodes:
             graph.close_nodes(self.new_nodes)

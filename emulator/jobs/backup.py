@@ -30,11 +30,6 @@ COPY_SIZE = 1024 * 1024
 MAX_WORKERS = 64
 
 
-def backup_cluster_size(target: BlockNode, min_cluster_size: int = 0) -> int:
-    """QEMU's block_copy_calculate_cluster_size (filters report their child's size)."""
-    return copy_cluster_size(target, min_cluster_size)
-
-
 class BackupJob(BlockJob):
     """One backup job from `source` to `target`."""
 
@@ -74,7 +69,7 @@ class BackupJob(BlockJob):
         #: one job cluster per copy task as block-copy does; zeroes stay plain zero writes.
         self.compress = compress
         self.len = source.length()
-        self.cluster_size = backup_cluster_size(target, min_cluster_size)
+        self.cluster_size = copy_cluster_size(target, min_cluster_size)
         #: QEMU 10.0's discard-source: copied clusters are discarded on the source.
         self.discard_source = discard_source
         #: block_copy_chunk_size: COPY_READ_WRITE_CLUSTER (one cluster a task) when compressing.
