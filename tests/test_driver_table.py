@@ -10,7 +10,14 @@ import pytest
 
 from emulator.block.filename import node_filename
 from emulator.block.graph import BlockGraph
-from emulator.block.node import DRIVERS, BlockNode, DriverInfo, NodeOpener, block_driver
+from emulator.block.node import (
+    DRIVERS,
+    BlockNode,
+    DriverInfo,
+    NodeOpener,
+    block_driver,
+    implements,
+)
 from emulator.commands.bitmaps import bitmap_add
 from emulator.commands.block import image_info
 from emulator.machine import Machine
@@ -81,3 +88,5 @@ def test_every_driver_has_a_unique_name_and_an_open() -> None:
         assert driver.open.__func__ is not BlockNode.open.__func__, name  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="registered twice"):
         block_driver(DRIVERS["raw"])
+    creators = {name for name, driver in DRIVERS.items() if implements(driver, "co_create")}
+    assert creators == {"file", "qcow2", "vmdk"}  # what blockdev-create can make

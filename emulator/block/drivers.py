@@ -12,9 +12,11 @@ import logging
 import os
 from typing import Any
 
+from emulator import qerror
 from emulator.error import QemuError
 
 from .dirty_bitmap import qcow2_can_store_new_dirty_bitmap
+from .drain import attach_parent, detach_parent
 from .file import PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
 from .filename import node_filename, strong_options
 from .node import (
@@ -27,10 +29,29 @@ from .node import (
     NodeOpener,
     block_driver,
 )
-from .permissions import PERM_RESIZE, ROLE_FILTERED
+from .permissions import PERM_RESIZE, ROLE_FILTERED, TemporaryUser, check_perms
 from .qcow2 import Qcow2Image
 
 log = logging.getLogger("emulator.block")
+
+
+def _creation_file(graph: NodeOpener, ref: Any) -> BlockNode:
+    """A BlockdevRef for creation: a node name, or inline options opened for the job only."""
+    if isinstance(ref, str):
+        return graph.lookup_bs(ref)
+    raise QemuError("Inline 'file' options for blockdev-create are not supported by the emulator")
+
+
+def _write_new_image(file: BlockNode, write: Any) -> None:
+    """Call `write()` with 'write' and 'resize' taken on `file`, as the drivers' create
+    functions do (blk_new_with_bs(bs, BLK_PERM_WRITE | BLK_PERM_RESIZE, BLK_PERM_ALL))."""
+    user = TemporaryUser(PERM_WRITE | PERM_RESIZE, PERM_ALL)
+    attach_parent(file, user)
+    try:
+        check_perms([file])
+        write()
+    finally:
+        detach_parent(file, user)
 
 
 @block_driver
@@ -108,6 +129,24 @@ class FileNode(BlockNode):
             return os.stat(self.filename).st_blocks * 512
         except OSError:
             return 0
+
+    @classmethod
+    def co_create(cls, graph: NodeOpener, options: dict[str, Any]) -> None:
+        """raw_co_create (file-posix): create or truncate the file, then size it."""
+        if options.get("preallocation", "off") != "off":
+            raise QemuError(qerror.EMULATOR_NO_PREALLOCATION)
+        filename = options["filename"]
+        try:
+            fd = os.open(filename, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        except OSError as exc:
+            raise QemuError(f"Could not create '{filename}': {exc.strerror}") from None
+        try:
+            os.ftruncate(fd, 0)
+            os.ftruncate(fd, int(options["size"]))
+        except OSError as exc:
+            raise QemuError(f"Could not resize file: {exc.strerror}") from None
+        finally:
+            os.close(fd)
 
     def get_info(self) -> DriverInfo:
         """raw_co_get_info (file-posix): succeeds, with no cluster size."""
@@ -258,6 +297,22 @@ class VmdkNode(_ImageNode):
     def _pwrite_compressed(self, offset: int, data: bytes) -> None:
         self.image.pwrite(offset, data)
 
+    @classmethod
+    def co_create(cls, graph: NodeOpener, options: dict[str, Any]) -> None:
+        """vmdk_co_create for one hosted sparse extent in the `file` node."""
+        from .vmdk import create
+
+        for key in ("extents", "backing-file", "zeroed-grain"):
+            if options.get(key):
+                raise QemuError(qerror.EMULATOR_NO_OPTION % key)
+        if options.get("adapter-type", "ide") != "ide" or options.get("hwversion", "4") != "4":
+            raise QemuError("VMDK adapter types and hardware versions other than the defaults "
+                            "are not supported by the emulator")
+        file = _creation_file(graph, options["file"])
+        _write_new_image(file, lambda: create(file, int(options["size"]),
+                                              os.path.basename(node_filename(file)),
+                                              options.get("subformat", "monolithicSparse")))
+
     def specific_info(self) -> dict[str, Any]:
         return {"type": "vmdk",
                 "data": self.image.format_specific(node_filename(self.children["file"]))}
@@ -296,6 +351,38 @@ class Qcow2Node(_ImageNode):
             node.close()
             raise
         return node
+
+    @classmethod
+    def co_create(cls, graph: NodeOpener, options: dict[str, Any]) -> None:
+        """qcow2_co_create: check the options, then write an empty image through the file node."""
+        size = int(options["size"])
+        cluster_size = int(options.get("cluster-size", 65536))
+        Qcow2Image.validate_cluster_size(cluster_size)
+        if size % 512:
+            raise QemuError(qerror.IMAGE_SIZE_NOT_SECTOR_MULTIPLE)
+        if options.get("version", "v3") != "v3":
+            raise QemuError("qcow2 version 2 images are not supported by the emulator")
+        for key, supported in (("extended-l2", False), ("lazy-refcounts", False),
+                               ("data-file-raw", False)):
+            if options.get(key, supported) != supported:
+                raise QemuError(qerror.EMULATOR_NO_OPTION % key)
+        for key in ("data-file", "encrypt"):
+            if key in options:
+                raise QemuError(qerror.EMULATOR_NO_OPTION % key)
+        if int(options.get("refcount-bits", 16)) != 16:
+            raise QemuError("Refcount widths other than 16 bits are not supported by the emulator")
+        if options.get("compression-type", "zlib") != "zlib":
+            raise QemuError("Compression type 'zstd' is not supported by the emulator")
+        if options.get("preallocation", "off") != "off":
+            raise QemuError(qerror.EMULATOR_NO_PREALLOCATION)
+        backing_file = options.get("backing-file")
+        backing_fmt = options.get("backing-fmt")
+        if backing_fmt and not backing_file:
+            raise QemuError(qerror.BACKING_FMT_WITHOUT_FILE)
+        file = _creation_file(graph, options["file"])
+        _write_new_image(file, lambda: Qcow2Image.create(
+            file, size, cluster_size=cluster_size, backing_file=backing_file,
+            backing_fmt=backing_fmt))
 
     @property
     def backing_file(self) -> str:

@@ -13,7 +13,8 @@ BlockDriver fields and callbacks), never a test of the driver's name in the call
 - get_info (.bdrv_co_get_info: the cluster size), allocated_file_size
   (.bdrv_co_get_allocated_file_size), specific_info (.bdrv_get_specific_info);
 - strong_runtime_opts, exact_filename_hook and open_options (.bdrv_refresh_filename's parts);
-- backing_file / backing_format / supports_backing, check_reopen, reopen, child_replaced.
+- backing_file / backing_format / supports_backing, check_reopen, reopen, child_replaced;
+- co_create (.bdrv_co_create: blockdev-create), for the drivers that implement it.
 
 BlockNode implements the Storage protocol, so a format driver can sit on any node.
 """
@@ -102,6 +103,13 @@ def block_driver(cls: _Driver) -> _Driver:
     return cls
 
 
+def implements(driver: type[BlockNode], hook: str) -> bool:
+    """Whether `driver` has its own `hook` (QEMU: the BlockDriver callback is not NULL)."""
+    own: Any = getattr(driver, hook)
+    base: Any = getattr(BlockNode, hook)
+    return getattr(own, "__func__", own) is not getattr(base, "__func__", base)
+
+
 class BlockNode:
     """Base class of every block driver node."""
 
@@ -173,6 +181,12 @@ class BlockNode:
         """.bdrv_open: the node for `options` (its BlockdevOptions), children opened through
         `graph`; `name` is "" when `auto_named`."""
         raise NotImplementedError(f"block driver {cls.driver} cannot be opened")
+
+    @classmethod
+    def co_create(cls, graph: NodeOpener, options: dict[str, Any]) -> None:
+        """.bdrv_co_create: write a new image as `options` (its BlockdevCreateOptions, QAPI
+        member names) say; runs in blockdev-create's job."""
+        raise NotImplementedError(f"block driver {cls.driver} cannot create images")
 
     @property
     def backing_file(self) -> str:
