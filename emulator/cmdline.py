@@ -266,7 +266,6 @@ class _Parser:
         self._schema: QapiSchema | None = None
         #: -machine property names, checked once the machine type is known.
         self.machine_props: list[str] = []
-        self.compat_monitors = 0
 
     def parse(self, argv: list[str]) -> Config:
         pairs = self._split(argv)
@@ -494,7 +493,6 @@ class _Parser:
             lines.append(f"parse error: {arg}")
             raise CmdlineError(lines[0], location,
                                text="".join(f"{PROG}: {location}: {line}\n" for line in lines)) from exc
-        self.compat_monitors += 1
         self.config.monitors.append(dataclasses.replace(endpoint, origin=location, mode=mode,
                                                         pretty=pretty))
 

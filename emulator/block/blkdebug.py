@@ -289,9 +289,6 @@ class BlkdebugNode(BlockNode):
         """blkdebug_debug_resume: resume the newest request suspended with `tag`."""
         return 0 if self._resume(tag, False) else -errno_mod.ENOENT
 
-    def is_suspended(self, tag: str) -> bool:
-        return any(request.tag == tag for request in self.suspended)
-
     def _rule_check(self, offset: int, length: int, iotype: str) -> None:
         """rule_check: fail the request if the first matching active rule says so."""
         for rule in self.active_rules:

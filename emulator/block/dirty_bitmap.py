@@ -369,10 +369,6 @@ class DirtyBitmapSet:
                 return
         raise ValueError(f"{bm!r} is not on this node")
 
-    def release_named(self) -> None:
-        """bdrv_release_named_dirty_bitmaps (node close): drop every named bitmap."""
-        self._list = [bm for bm in self._list if bm.name is None]
-
     # ---- I/O hooks ----------------------------------------------------------------------------
     def mark_dirty(self, offset: int, length: int) -> None:
         """bdrv_set_dirty: a write hit [offset, offset+length); every enabled bitmap records it."""

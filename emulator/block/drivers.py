@@ -17,7 +17,7 @@ from emulator.error import QemuError
 
 from .dirty_bitmap import qcow2_can_store_new_dirty_bitmap
 from .drain import attach_parent, detach_parent
-from .file import PERM_ALL, PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
+from .file import FileStorage
 from .filename import node_filename, strong_options
 from .node import (
     BACKING_ALLOWED_OPS,
@@ -29,7 +29,16 @@ from .node import (
     NodeOpener,
     block_driver,
 )
-from .permissions import PERM_RESIZE, ROLE_FILTERED, TemporaryUser, check_perms
+from .permissions import (
+    PERM_ALL,
+    PERM_CONSISTENT_READ,
+    PERM_RESIZE,
+    PERM_WRITE,
+    PERM_WRITE_UNCHANGED,
+    ROLE_FILTERED,
+    TemporaryUser,
+    check_perms,
+)
 from .qcow2 import Qcow2Image
 
 log = logging.getLogger("emulator.block")

@@ -19,6 +19,7 @@ from .file import FileStorage
 from .node import BLOCK_ALLOCATED, BLOCK_ZERO
 from .qcow2 import QCOW_MAGIC, Qcow2Image
 from .storage import Storage
+from .vmdk import is_vmdk
 
 FORMATS = ("qcow2", "raw")
 MAX_BACKING_DEPTH = 64
@@ -29,7 +30,7 @@ def probe_format(storage: Storage) -> str:
     head = storage.pread(0, 8)
     if head[:4] == QCOW_MAGIC and int.from_bytes(head[4:8], "big") >= 2:
         return "qcow2"
-    if head[:4] == b"KDMV":
+    if is_vmdk(head):
         return "vmdk"
     return "raw"
 
@@ -118,10 +119,6 @@ class OpenedImage:
             qcow2.set_backing(backing)
 
     # ---- metadata -----------------------------------------------------------------------------
-    @property
-    def backing_filename(self) -> str | None:
-        return self.qcow2.backing_file if self.qcow2 else None
-
     @property
     def backing_format(self) -> str | None:
         return self.qcow2.backing_format if self.qcow2 else None

@@ -316,7 +316,6 @@ class Qcow2Image:
             raise QemuError(f"Internal snapshots are not supported by the emulator "
                             f"(the image has {h.nb_snapshots})")
         self.l2_entries = cs // 8
-        self.l2_bits = self.cluster_bits - 3
         self.size = h.size
         if h.l1_size > QCOW_MAX_L1_SIZE // 8:
             raise QemuError(qerror.L1_TABLE_TOO_LARGE)
@@ -500,14 +499,6 @@ class Qcow2Image:
         block = self._refblock(cluster_index // self._rb_entries)
         return 0 if block is None else block[cluster_index % self._rb_entries]
 
-    def _is_free(self, idx: int) -> bool:
-        ri, bi = divmod(idx, self._rb_entries)
-        block = self._refblock(ri)
-        if block is None:
-            # A range without a refcount block reserves its first cluster for that block.
-            return bi != 0
-        return block[bi] == 0
-
     def _find_free(self, n: int) -> int:
         """First index of `n` consecutive free clusters (first fit from the free hint)."""
         E = self._rb_entries
@@ -565,7 +556,7 @@ class Qcow2Image:
             block = self._refblock(ri)
             if block is not None:
                 return block
-        # Self-describing block in the first cluster of the range it covers (reserved by _is_free).
+        # Self-describing block in the first cluster of the range it covers.
         self.file.debug_event("refblock_alloc")
         idx = ri * self._rb_entries
         off = idx << self.cluster_bits
@@ -820,7 +811,7 @@ class Qcow2Image:
             elif t == UNALLOCATED:
                 parts.append(self._read_backing(g, n))
             elif t == COMPRESSED:
-                parts.append(self._read_compressed_run(g, n, host))
+                parts.append(self._read_compressed_run(g, n))
             else:
                 parts.append(bytes(n))
         got = sum(map(len, parts))
@@ -856,7 +847,7 @@ class Qcow2Image:
             raise OSError(errno.EIO, "Input/output error")
         return out
 
-    def _read_compressed_run(self, guest: int, length: int, first_entry: int) -> bytes:
+    def _read_compressed_run(self, guest: int, length: int) -> bytes:
         """Guest bytes of a run of compressed clusters (each cluster has its own entry)."""
         cs, bits = self.cluster_size, self.cluster_bits
         span = cs * self.l2_entries

@@ -226,7 +226,7 @@ def _errstr(e: BaseException) -> str:
 class QemuIo:
     """One qemu-io session on a target: runs command lines, remembers `quit`."""
 
-    def __init__(self, target: Any, out: TextIO, err: TextIO | None = None,
+    def __init__(self, target: IoTarget, out: TextIO, err: TextIO | None = None,
                  report: Callable[[str], None] | None = None, progname: str = "qemu-io") -> None:
         self.target = target
         self.out = out
@@ -569,7 +569,7 @@ class QemuIo:
 
     # ---- blkdebug breakpoints (bdrv_debug_*: the first blkdebug node down the primary chain) --
     def _blkdebug(self) -> Any:
-        node = self.target
+        node: Any = self.target
         seen = 0
         while node is not None and seen < 64:
             if hasattr(node, "add_breakpoint"):
@@ -633,7 +633,7 @@ class _Failed(Exception):
     """The command already printed why it failed."""
 
 
-def run_command(target: Any, cmdline: str, out: TextIO, err: TextIO | None = None,
+def run_command(target: IoTarget, cmdline: str, out: TextIO, err: TextIO | None = None,
                 report: Callable[[str], None] | None = None) -> bool:
     """Run one qemu-io command line on `target`; False if the command failed."""
     return QemuIo(target, out, err, report).run(cmdline)

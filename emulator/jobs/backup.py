@@ -23,7 +23,6 @@ from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNo
 from .blockjob import BlockJob
 from .job import JobList
 
-BACKUP_CLUSTER_SIZE_DEFAULT = 64 * 1024
 #: Largest block-copy task (BLOCK_COPY_MAX_BUFFER: buffered read+write copies up to 1 MiB).
 COPY_SIZE = 1024 * 1024
 #: Tasks one block-copy call runs in parallel (BLOCK_COPY_MAX_WORKERS).

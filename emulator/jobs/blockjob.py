@@ -25,10 +25,6 @@ if TYPE_CHECKING:
     from emulator.block.node import BlockNode
 
 
-#: BlockdevOnError values.
-ON_ERROR_POLICIES = ("report", "ignore", "enospc", "stop", "auto")
-
-
 class BlockJob(Job):
     """A block job: a Job plus nodes, speed, iostatus and error policy."""
 
@@ -96,8 +92,6 @@ class BlockJob(Job):
                 node.op_block(op, self.blocker)
         attach_parent(node, self)  # a drained node pauses the job at once (drain saldo)
 
-    hold_node = add_node
-
     def remove_all_nodes(self) -> None:
         """block_job_remove_all_bdrv: release every node and its op blockers."""
         while self._nodes:
@@ -139,25 +133,6 @@ class BlockJob(Job):
 
     def driver_set_speed(self, speed: int) -> None:
         """Hook for drivers with their own throttle (backup's block-copy)."""
-
-    def ratelimit_get_delay(self, n: int) -> int:
-        """block_job_ratelimit_get_delay: account `n` bytes; ns to sleep before going on."""
-        if not self.speed:
-            return 0
-        return self.limit.calculate_delay(n)
-
-    async def rate_limit(self, n: int) -> None:
-        """Account `n` bytes just processed and sleep as long as the speed requires (always a
-        pause/cancel point, even unthrottled: QEMU jobs yield between chunks so drains finish)."""
-        await self.sleep_ns(self.ratelimit_get_delay(n))
-
-    async def ratelimit_sleep(self) -> None:
-        """Sleep until the throttle allows more work (at least one pause/cancel point)."""
-        while True:
-            delay = self.limit.calculate_delay(0)
-            await self.sleep_ns(delay)
-            if not delay or self.is_cancelled():
-                return
 
     # ---- errors ---------------------------------------------------------------------------------
     def error_action(self, on_error: str, is_read: bool, error: int) -> str:

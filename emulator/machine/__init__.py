@@ -65,11 +65,6 @@ class Machine:
         assert mtype is not None
         self.devices = DeviceTree(mtype, version, self.block, self.emit_event)
 
-    @property
-    def qtest_enabled(self) -> bool:
-        """qtest_enabled(): the qtest accelerator is in use (virtual time stands still)."""
-        return self.clock.qtest
-
     # ---- events -------------------------------------------------------------------------------
     def subscribe(self, listener: EventListener) -> Callable[[], None]:
         """Call `listener(name, data, (seconds, microseconds))` for every event; returns unsubscribe."""

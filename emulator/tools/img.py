@@ -442,7 +442,7 @@ class Tool:
             img1.close()
             return 2
         try:
-            return self._compare(img1, img2, args[0], args[1], strict, say)
+            return self._compare(img1, img2, strict, say)
         except OSError as e:
             self.error(f"Error while reading: {e.strerror}")
             return 4
@@ -450,8 +450,7 @@ class Tool:
             img1.close()
             img2.close()
 
-    def _compare(self, img1: OpenedImage, img2: OpenedImage, name1: str, name2: str, strict: bool,
-                 say: Any) -> int:
+    def _compare(self, img1: OpenedImage, img2: OpenedImage, strict: bool, say: Any) -> int:
         size1, size2 = img1.length(), img2.length()
         if strict and size1 != size2:
             say("Strict mode: Image size mismatch!")
