@@ -78,6 +78,12 @@ class QemuProfile:
     #: The backup job's block-copy bitmap lives on the copy-before-write filter node (10.0,
     #: listed after the filter's own two bitmaps); 7.2 creates it on the source node.
     block_copy_bitmap_on_filter: bool
+    #: `transaction` commits, aborts and cleans its actions newest first (10.0: qmp_transaction
+    #: registers them with tran_add, which inserts at the head of the list), so the jobs of a
+    #: transaction start in reverse order; 7.2 commits and cleans in list order (and aborts in
+    #: reverse).  Seen in the order blkdebug breakpoints stop the first reads of two backups
+    #: started by one transaction (test_blockjob_txn.py::test_pair_fail_cancel_race).
+    transaction_newest_first: bool
     #: `qemu-img info` prints the protocol child of a format node ("Child node '/file':" in
     #: human output, "children" in JSON) (10.0).
     img_info_children: bool
@@ -140,6 +146,7 @@ QEMU_7_2 = QemuProfile(
     status_singlestep=True,
     grouped_checked_before_prepare=False,
     block_copy_bitmap_on_filter=False,
+    transaction_newest_first=False,
     img_info_children=False,
     img_map_compressed=False,
     commands_absent=frozenset({"block-job-change", "blockdev-set-active"}),
@@ -174,6 +181,7 @@ QEMU_10_0 = QemuProfile(
     status_singlestep=False,
     grouped_checked_before_prepare=True,
     block_copy_bitmap_on_filter=True,
+    transaction_newest_first=True,
     img_info_children=True,
     img_map_compressed=True,
     resize_busy_as_device_in_use=False,

@@ -112,3 +112,31 @@ def test_pause_requested_at_a_breakpoint_stops_the_copy(tmp_path: Path) -> None:
         machine.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_suspend_and_resume_lines_unless_qtest(tmp_path: Path) -> None:
+    """blkdebug prints "Suspended request" when a request stops and "Resuming request" when
+    resume (or remove_break) lets it go, on stdout, only `if (!qtest_enabled())`."""
+    async def scenario(qtest: bool) -> tuple[str, str]:
+        machine = make(tmp_path / ("q" if qtest else "n"))
+        machine.clock.qtest = qtest
+        machine.jobs.loop = asyncio.get_running_loop()
+        hmp(machine, 'qemu-io drive0 "break read_aio bp0"')
+        cmd(machine, "blockdev-backup", device="drive0", target="drive1", sync="full")
+        await machine.jobs.wait_until(  # the job's first data read (at 1M) stops
+            lambda: cmd(machine, "query-block-jobs")[0]["busy"], timeout=5)
+        started = machine.stdout.getvalue()  # type: ignore[attr-defined]
+        machine.stdout = io.StringIO()
+        resumed = hmp(machine, 'qemu-io drive0 "resume bp0"')
+        await machine.jobs.wait_until(lambda: len(machine.jobs) == 0, timeout=5)
+        machine.close()
+        return started, resumed
+
+    async def both() -> None:
+        assert await scenario(False) == ("blkdebug: Suspended request 'bp0'\n",
+                                         "blkdebug: Resuming request 'bp0'\n")
+        assert await scenario(True) == ("", "")
+
+    (tmp_path / "q").mkdir()
+    (tmp_path / "n").mkdir()
+    asyncio.run(asyncio.wait_for(both(), 10))

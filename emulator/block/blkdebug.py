@@ -24,7 +24,7 @@ import contextvars
 import errno as errno_mod
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,14 +171,19 @@ class BlkdebugNode(BlockNode):
                    align=None if align is None else int(align),  # -drive gives a string
                    config=options.get("config"), auto_named=auto_named,
                    take_child_perms=qapi_perms(options.get("take-child-perms", [])),
-                   unshare_child_perms=qapi_perms(options.get("unshare-child-perms", [])))
+                   unshare_child_perms=qapi_perms(options.get("unshare-child-perms", [])),
+                   printer=graph.debug_print)
         return graph.register_opened(node, options, slot)
 
     def __init__(self, node_name: str, image: BlockNode, *, inject_errors: list[dict[str, Any]],
                  set_states: list[dict[str, Any]], align: int | None = None,
                  config: str | None = None, auto_named: bool = False,
-                 take_child_perms: int = 0, unshare_child_perms: int = 0) -> None:
+                 take_child_perms: int = 0, unshare_child_perms: int = 0,
+                 printer: Callable[[str], None] | None = None) -> None:
         super().__init__(node_name, read_only=image.read_only, auto_named=auto_named)
+        #: QEMU's printf to stdout for breakpoint suspends and resumes (None: print nothing, as
+        #: QEMU under the qtest accelerator).
+        self.printer = printer
         #: take-child-perms / unshare-child-perms: extra perms on the image child (tests use them
         #: to build permission conflicts).
         self.take_child_perms = take_child_perms
@@ -244,6 +249,7 @@ class BlkdebugNode(BlockNode):
                     self._remove_rule(rule)
                     suspended = SuspendedRequest(rule.tag)
                     self.suspended.insert(0, suspended)
+                    self._print(f"blkdebug: Suspended request '{rule.tag}'\n")
                 continue
             if rule.action == "inject-error":
                 injected += 1
@@ -264,10 +270,15 @@ class BlkdebugNode(BlockNode):
         self._add_rule(BlkdebugRule(event, "suspend", tag=tag))
         return 0
 
+    def _print(self, text: str) -> None:
+        if self.printer is not None:
+            self.printer(text)
+
     def _resume(self, tag: str, everything: bool) -> bool:
         found = False
         for request in list(self.suspended):
             if request.tag == tag:
+                self._print(f"blkdebug: Resuming request '{tag}'\n")
                 request.released = True
                 self.suspended.remove(request)
                 found = True

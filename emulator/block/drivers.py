@@ -433,15 +433,19 @@ class Qcow2Node(_ImageNode):
 
     def set_backing(self, backing: BlockNode | None) -> None:
         """bdrv_set_backing_hd: the backing node is blocked for most operations while it is one."""
-        old = self.children.get("backing")
-        if old is not None:
-            old.unblock_all_ops(self._backing_blocker)
-            self.detach_child("backing")
+        self._detach_backing()
         if backing is not None:
             self._backing_blocker = f"node is used as backing hd of '{self.device_or_node_name()}'"
             backing.block_all_ops(self._backing_blocker, allow=BACKING_ALLOWED_OPS)
             self.attach_child("backing", backing)
         self.image.set_backing(backing)
+
+    def _detach_backing(self) -> None:
+        """bdrv_backing_detach: the old backing node is no longer blocked on our account."""
+        old = self.children.get("backing")
+        if old is not None:
+            old.unblock_all_ops(self._backing_blocker)
+            self.detach_child("backing")
 
     def _pwrite_zeroes(self, offset: int, length: int, may_unmap: bool) -> None:
         self.image.pwrite_zeroes(offset, length, may_unmap)
@@ -501,6 +505,9 @@ class Qcow2Node(_ImageNode):
                           self.device_or_node_name(), text)
             self.image.close()
         finally:
+            # bdrv_close unrefs the backing child: a node that outlives us (the source of a
+            # drive-backup sync=none whose target goes away with the job) is free again.
+            self._detach_backing()
             super().close()
 
 

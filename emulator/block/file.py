@@ -151,10 +151,16 @@ class FileStorage:
         return os.fstat(self.fd).st_blocks * 512
 
     def block_status(self, offset: int, length: int) -> tuple[int, int]:
-        """Data/hole extent at `offset` via SEEK_DATA/SEEK_HOLE, as file-posix reports it."""
+        """Data/hole extent at `offset` via SEEK_DATA/SEEK_HOLE, as file-posix reports it.
+
+        At or past the end of the file (the tail of a last, partial sector, which the node's
+        length includes) the whole request is a trailing hole: raw_co_block_status's ENXIO
+        case, BDRV_BLOCK_ZERO."""
         size = self.length()
-        if offset >= size or length <= 0:
+        if length <= 0:
             return 0, 0
+        if offset >= size:
+            return length, BLOCK_ZERO | BLOCK_ALLOCATED
         length = min(length, size - offset)
         try:
             data = os.lseek(self.fd, offset, os.SEEK_DATA)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+from collections.abc import Callable
 from typing import Any
 
 from emulator import qerror
@@ -19,7 +20,14 @@ from emulator.error import QemuError
 
 from . import blkdebug, copy_before_write, drivers, throttle  # noqa: F401  (they register drivers)
 from .backend import BlockBackend
-from .drain import attach_parent, drain_all_begin, drain_all_end, drained_begin, move_parent
+from .drain import (
+    attach_parent,
+    drain_all_begin,
+    drain_all_end,
+    drained_begin,
+    drained_end,
+    move_parent,
+)
 from .image import probe_format
 from .node import DRIVERS, BlockNode
 from .permissions import check_perms
@@ -50,6 +58,15 @@ class BlockGraph:
         self.throttle_groups: dict[str, Any] = {}
         #: Active drain-all sections (bdrv_drain_all_count).
         self.drain_all_count = 0
+        #: Where the block layer's own stdout messages go (blkdebug's breakpoint lines); the
+        #: machine sets it, and leaves it None under the qtest accelerator, as QEMU prints
+        #: them only `if (!qtest_enabled())`.
+        self.debug_output: Callable[[str], None] | None = None
+
+    def debug_print(self, text: str) -> None:
+        """The block layer's own stdout messages (NodeOpener): to debug_output, if any."""
+        if self.debug_output is not None:
+            self.debug_output(text)
 
     # ---- names --------------------------------------------------------------------------------
     def generate_node_name(self) -> str:
@@ -441,7 +458,17 @@ class BlockGraph:
         stay where they are) and nodes reachable from `new` (should_update_child: moving their
         edge would make a loop, e.g. a sync=none backup target whose backing is the source,
         below the backup's copy-before-write filter).  QEMU walks old's parents newest first and
-        head-inserts each into new's list, so they end up in reverse order there."""
+        head-inserts each into new's list, so they end up in reverse order there.
+
+        bdrv_replace_node_common drains `old` meanwhile: jobs above it pause once (e.g. a backup
+        whose filter sits above another backup's filter, when that one is dropped)."""
+        drained_begin(old)
+        try:
+            self._replace_node(old, new)
+        finally:
+            drained_end(old)
+
+    def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         below_new: set[int] = set()
         pending = [new]
         while pending:

@@ -16,7 +16,7 @@ from emulator.error import QemuError
 
 from .dirty_bitmap import DirtyBitmapSet
 from .file import FileStorage
-from .node import BLOCK_ALLOCATED, BLOCK_ZERO
+from .node import BLOCK_ALLOCATED, BLOCK_ZERO, sectors_to_bytes
 from .qcow2 import QCOW_MAGIC, Qcow2Image
 from .storage import Storage
 from .vmdk import is_vmdk
@@ -138,7 +138,9 @@ class OpenedImage:
 
     # ---- guest I/O ----------------------------------------------------------------------------
     def length(self) -> int:
-        return self.qcow2.size if self.qcow2 else self.file.length()
+        """bdrv_getlength of the top image: whole sectors, so a raw file's partial last
+        sector counts in full (a 1000-byte raw image is 1024 bytes long, as in QEMU)."""
+        return sectors_to_bytes(self.qcow2.size if self.qcow2 else self.file.length())
 
     def _check(self, offset: int, length: int, write: bool) -> None:
         if write and self.read_only:

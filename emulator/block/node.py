@@ -36,6 +36,9 @@ BLOCK_DATA = 0x01
 BLOCK_ZERO = 0x02
 BLOCK_ALLOCATED = 0x10
 
+#: QEMU's BDRV_SECTOR_SIZE: a node's length is kept in whole sectors (bs->total_sectors).
+BDRV_SECTOR_SIZE = 512
+
 #: QAPI BlockOpType (qapi/block-core.json): the op names of BlockNode.op_block / op_check.
 BLOCK_OP_TYPES = (
     "backup-source", "backup-target", "change", "commit-source", "commit-target", "dataplane",
@@ -88,6 +91,10 @@ class NodeOpener(Protocol):
         with `...` the chain its image header names (bdrv_open_backing_file)."""
         ...
 
+    def debug_print(self, text: str) -> None:
+        """Print one of the block layer's own stdout messages (blkdebug's breakpoint lines)."""
+        ...
+
 
 #: The block drivers by name (QEMU's bdrv_find_format over the registered BlockDrivers).
 DRIVERS: dict[str, type[BlockNode]] = {}
@@ -108,6 +115,11 @@ def implements(driver: type[BlockNode], hook: str) -> bool:
     own: Any = getattr(driver, hook)
     base: Any = getattr(BlockNode, hook)
     return getattr(own, "__func__", own) is not getattr(base, "__func__", base)
+
+
+def sectors_to_bytes(length: int) -> int:
+    """`length` rounded up to a whole number of sectors (QEMU's DIV_ROUND_UP(len, 512) * 512)."""
+    return -(-length // BDRV_SECTOR_SIZE) * BDRV_SECTOR_SIZE
 
 
 class BlockNode:
@@ -336,7 +348,13 @@ class BlockNode:
 
     # ---- public I/O (QEMU's block/io.c around the driver) ---------------------------------------
     def length(self) -> int:
-        return self._length()
+        """bdrv_getlength: the driver's length rounded up to whole 512-byte sectors.
+
+        refresh_total_sectors stores DIV_ROUND_UP(drv->bdrv_getlength(), 512) in
+        bs->total_sectors and bdrv_getlength returns total_sectors * 512, so a 1000-byte raw
+        file is a 1024-byte node (query-block, backups, the I/O bounds); the bytes past the end
+        of the file read as zeros and a write there grows the file."""
+        return sectors_to_bytes(self._length())
 
     def _check_request(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0:

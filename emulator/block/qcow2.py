@@ -1163,10 +1163,40 @@ class Qcow2Image:
                     self.file.pwrite(self.header.l1_table_offset + l1_index * 8, bytes(8))
                     self._l2_cache.pop(off, None)
                     self._free_clusters(off, 1)
+            self._truncate_file_tail()
         else:
             self._grow_l1(self._size_to_l1(size))
         self.file.pwrite(_OFF_SIZE, struct.pack(">Q", size))
         self.size = self.header.size = size
+
+    def _truncate_file_tail(self) -> None:
+        """qcow2_co_truncate's shrink ends by cutting the file after the last cluster that still
+        has a reference (qcow2_get_last_cluster over bdrv_getlength of the file); a failure
+        there is only a warning in QEMU, and no last cluster (corruption) skips it."""
+        cs = self.cluster_size
+        file_len = self.file.length()
+        last = self._last_used_cluster(file_len)
+        if last is None or (last + 1) * cs >= file_len:
+            return
+        try:
+            self.file.truncate((last + 1) * cs)
+        except (OSError, QemuError):
+            return
+        self._end_cluster = last + 1
+        self._free_hint = min(self._free_hint, last + 1)
+
+    def _last_used_cluster(self, file_len: int) -> int | None:
+        """qcow2_get_last_cluster: the last host cluster inside `file_len` with a refcount."""
+        clusters = (file_len + self.cluster_size - 1) >> self.cluster_bits
+        entries = self._rb_entries
+        for ri in range(min((clusters - 1) // entries, len(self.reftable) - 1), -1, -1):
+            block = self._refblock(ri)
+            if block is None:
+                continue
+            used = block[:min(entries, clusters - ri * entries)].tobytes().rstrip(b"\0")
+            if used:
+                return ri * entries + (len(used) - 1) // block.itemsize
+        return None
 
     def _grow_l1(self, min_size: int) -> None:
         if min_size <= len(self.l1):

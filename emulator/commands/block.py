@@ -23,7 +23,7 @@ def image_info(node: BlockNode, *, with_backing_image: bool = True,
     """ImageInfo of `node` (bdrv_query_image_info); `file_format_specific` is the profile's
     flag for the ImageInfoSpecific of protocol nodes (10.0's {"type": "file", "data": {}})."""
     info: dict[str, Any] = {
-        "virtual-size": -(-node.length() // 512) * 512,  # bdrv_getlength counts whole sectors
+        "virtual-size": node.length(),  # bdrv_getlength: whole sectors (BlockNode.length)
         "filename": node_filename(node),
         "format": node.driver,
     }

@@ -58,6 +58,7 @@ class ExternalSnapshotAction(BaseAction):
         self.new_nodes: list[BlockNode] = []
         self.appended = False
         self.drained = False
+        self.committed = False
 
     def prepare(self) -> None:
         graph = self.machine.block
@@ -114,7 +115,8 @@ class ExternalSnapshotAction(BaseAction):
 
     def commit(self) -> None:
         assert self.old is not None
-        self.old.read_only = True
+        _set_read_only(self.old)
+        self.committed = True
 
     def abort(self) -> None:
         graph = self.machine.block
@@ -127,10 +129,26 @@ class ExternalSnapshotAction(BaseAction):
             graph.close_nodes(self.new_nodes)
 
     def clean(self) -> None:
-        """external_snapshot_clean: the prepare's drained section ends."""
+        """external_snapshot_clean: the prepare's drained section ends, and the reference the
+        prepare took on the overlay is dropped: an overlay nobody uses (the snapshotted node had
+        no parent) is closed there and then, leaving the old node as it was."""
         if self.drained and self.old is not None:
             drained_end(self.old)
             self.drained = False
+        new = self.new
+        if (self.kind == "blockdev-snapshot-sync" and self.committed and new is not None
+                and not new.parents and not new.monitor_owned):
+            new.set_backing(None)
+            self.machine.block.close_nodes(self.new_nodes)
+
+
+def _set_read_only(node: BlockNode) -> None:
+    """bdrv_reopen_set_read_only: the node and the children that inherit its options (those
+    opened with it, not ones the monitor added and referenced) become read-only."""
+    node.read_only = True
+    for role, child in node.children.items():
+        if role != "backing" and not child.monitor_owned:
+            _set_read_only(child)
 
 
 def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -133,4 +133,4 @@ def qmp_transaction(machine: Machine, actions: list[dict[str, Any]],
         check_grouped_actions(machine, actions, mode)
     txn = JobTxn() if mode == "grouped" else None
     built = [build_action(machine, action, mode, txn) for action in actions]
-    run_drained(machine.block, built)
+    run_drained(machine.block, built, newest_first=machine.profile.transaction_newest_first)

@@ -119,8 +119,11 @@ class BackupJob(BlockJob):
     def _task_extent(self, start: int, length: int) -> tuple[int, int]:
         """block_copy_block_status: shrink a task to one status extent (whole clusters).
 
-        Returns (bytes, flags); flags tell whether the extent reads as zeros."""
-        n, flags = self.source.block_status(start, length)
+        Returns (bytes, flags); flags tell whether the extent reads as zeros.  The task first
+        covers whole clusters (block_copy_task_create aligns its bytes up), also past the end of
+        an image whose size is not a multiple of the cluster size."""
+        length = _align_up(length, self.cluster_size)
+        n, flags = self.source.block_status(start, min(length, self.len - start))
         if not flags & BLOCK_ALLOCATED and self.source.backing is None:
             flags |= BLOCK_ZERO  # unallocated with nothing below reads as zeros
         if n < self.cluster_size:
@@ -174,7 +177,8 @@ class BackupJob(BlockJob):
                 self.source.discard(offset, min(offset + length, self.len) - offset)
             except OSError:
                 pass  # block_copy_task_entry ignores the discard's result
-        self.progress_update(min(offset + length, self.len) - offset)
+        # block_copy_task_entry: progress_work_done(t->req.bytes), the task's whole clusters
+        self.progress_update(length)
         return None
 
     def copy_before_write(self, offset: int, length: int) -> None:

@@ -45,6 +45,7 @@ class Machine:
         self.objects: dict[str, dict[str, Any]] = {}
         self.block = BlockGraph()
         self.block.copy_bitmap_on_filter = self.profile.block_copy_bitmap_on_filter
+        self.block.debug_output = self._print_unless_qtest
         self.jobs = JobManager()
         self._listeners: list[EventListener] = []
         #: QEMU's RunState as query-status reports it ("prelaunch" with -S, else "running").
@@ -64,6 +65,21 @@ class Machine:
         mtype = machine_type or lookup(version, "none")
         assert mtype is not None
         self.devices = DeviceTree(mtype, version, self.block, self.emit_event)
+
+    def _print_unless_qtest(self, text: str) -> None:
+        """The block layer's `if (!qtest_enabled()) printf(...)` (blkdebug breakpoints)."""
+        if self.qtest_enabled:
+            return
+        try:
+            self.stdout.write(text)
+            self.stdout.flush()
+        except (OSError, ValueError):
+            pass  # stdout closed (emulator shutting down): QEMU's printf has nowhere to go either
+
+    @property
+    def qtest_enabled(self) -> bool:
+        """qtest_enabled(): the qtest accelerator is in use (virtual time stands still)."""
+        return self.clock.qtest
 
     # ---- events -------------------------------------------------------------------------------
     def subscribe(self, listener: EventListener) -> Callable[[], None]:

@@ -26,7 +26,7 @@ from emulator.block.image import (
     open_image_chain,
     probe_format,
 )
-from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
+from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, sectors_to_bytes
 from emulator.block.qcow2 import Qcow2Image
 from emulator.cutils import qemu_strtosz
 from emulator.error import QemuError
@@ -289,7 +289,7 @@ class Tool:
             # QEMU 10.0's BlockGraphInfo: the protocol child, as a node of its own.
             file_info: dict[str, Any] = {
                 # bdrv_getlength counts whole sectors: the file length rounded up to 512
-                "children": [], "virtual-size": -(-img.file.length() // 512) * 512,
+                "children": [], "virtual-size": sectors_to_bytes(img.file.length()),
                 "filename": img.filename,
                 "format": "file", "actual-size": img.file.allocated_size(),
                 "format-specific": {"type": "file", "data": {}}, "dirty-flag": False}
