@@ -34,6 +34,24 @@ class TransactionAction(Protocol):
         ...
 
 
+class DrainAll(Protocol):
+    """What a transaction drains before it starts (the block graph)."""
+
+    def drain_all(self) -> None: ...
+
+
+def run_drained(graph: DrainAll, actions: list[TransactionAction], *,
+                newest_first: bool = False) -> None:
+    """qmp_transaction: "drain all i/o before any operations" (bdrv_drain_all: every running
+    block job pauses and resumes once), then the actions; each action drains its own node until
+    its clean phase, so the jobs the actions start resume in clean order: list order in 7.2,
+    newest first in 10.0 (`newest_first`).  The single-action commands (drive-backup,
+    blockdev-snapshot-sync, ...) run this way too, as QEMU's blockdev_do_action calls
+    qmp_transaction."""
+    graph.drain_all()
+    run_transaction(actions, newest_first)
+
+
 def run_transaction(actions: list[TransactionAction], newest_first: bool = False) -> None:
     """Prepare all, then commit all; on the first prepare error abort all and re-raise it."""
     registered: list[TransactionAction] = []

@@ -20,6 +20,8 @@ from typing import Any
 
 #: Environment variable naming the version when no -blocktxn-version option is given.
 VERSION_ENV = "BLOCKTXN_QEMU_VERSION"
+#: VersionInfo's "package" (QEMU's build puts its distribution's package version there).
+PACKAGE = "blocktxn-emulator"
 
 
 class UnsupportedVersion(ValueError):
@@ -28,7 +30,10 @@ class UnsupportedVersion(ValueError):
 
 @dataclass(frozen=True)
 class ErrorTexts:
-    """Error messages whose text differs between versions, by name (printf-style placeholders)."""
+    """Error messages whose text differs between versions, by name (printf-style placeholders).
+
+    With emulator/qerror.py (the texts every supported version shares) this is the version's
+    error catalogue; a text that a new version rewords moves from qerror.py to here."""
 
     #: qmp_transaction's refusal of a non-backup action in a grouped transaction:
     #: "Transaction property" (7.2, blockdev.c action_check_completion_mode) became
@@ -106,6 +111,11 @@ class QemuProfile:
     @property
     def version_string(self) -> str:
         return ".".join(str(part) for part in self.version)
+
+    def version_info(self) -> dict[str, Any]:
+        """VersionInfo (the greeting, query-version), members in QAPI order as QEMU builds it."""
+        major, minor, micro = self.version
+        return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
 
     def has_command(self, name: str) -> bool:
         return name not in self.commands_absent

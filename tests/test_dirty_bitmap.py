@@ -506,3 +506,27 @@ def test_transaction_actions_commit(machine: Any) -> None:
     transact(machine, ("block-dirty-bitmap-remove", {"node": "null0", "name": "b1"}),
              ("block-dirty-bitmap-enable", {"node": "null0", "name": "nb"}))
     assert null0.dirty_bitmaps.find("b1") is None and not nb.disabled
+
+
+def test_a_read_only_bitmap_refuses_writes_with_eperm() -> None:
+    """bdrv_aligned_pwritev and bdrv_co_pdiscard fail with EPERM while the node has a read-only
+    bitmap (it could not record the write), before the node's own read-only check.  Through QMP
+    and HMP the permission system refuses such writes first: read-only bitmaps only exist on
+    read-only nodes (measured on QEMU 7.2.22 and 10.0.2: "Block node is read-only")."""
+    import errno
+
+    from emulator.block.drivers import NullCoNode
+
+    node = NullCoNode("n", 1 << 20)
+    node.unmap = True
+    bitmap = node.dirty_bitmaps.create("b", 65536, 1 << 20)
+    node.pwrite(0, b"x")
+    bitmap.readonly = True
+    for write in (lambda: node.pwrite(0, b"x"), lambda: node.pwrite_zeroes(0, 512),
+                  lambda: node.discard(0, 65536)):
+        with pytest.raises(OSError) as refused:
+            write()
+        assert refused.value.errno == errno.EPERM
+    assert bitmap.count() == 65536  # only the first write was recorded
+    bitmap.readonly = False
+    node.discard(0, 65536)

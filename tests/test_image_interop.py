@@ -13,8 +13,9 @@ from helpers import real, real_check_clean
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.block.file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
+from emulator.block.file import FileStorage
 from emulator.block.image import create_image, open_image_chain
+from emulator.block.permissions import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED
 from emulator.block.qcow2 import Qcow2Image
 from emulator.error import QemuError
 

@@ -19,8 +19,6 @@ from typing import Any
 
 #: Names a step may use for a drive's root node, and the node each one means.
 NODE_OF = {"drive0": "node0", "node0": "node0", "drive1": "drive1"}
-#: Device names drive-backup accepts for the two drives.
-DEVICES = ("drive0", "drive1")
 
 ENDED = "null"
 

@@ -13,6 +13,7 @@ import fcntl
 import os
 import struct
 
+from emulator import qerror
 from emulator.error import QemuError
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -34,17 +35,13 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
         return False
 
 from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
+from .permissions import PERM_ALL
 
 # file-posix.c locks one byte per permission at these bases (RAW_LOCK_PERM_BASE / SHARED_BASE).
 LOCK_PERM_BASE = 100
 LOCK_SHARED_BASE = 200
-#: Permission bits in QEMU's order (BLK_PERM_CONSISTENT_READ .. BLK_PERM_RESIZE) and their names.
+#: Permission names in bit order (BLK_PERM_CONSISTENT_READ .. BLK_PERM_RESIZE).
 PERM_NAMES = ("consistent read", "write", "write unchanged", "resize")
-PERM_CONSISTENT_READ = 0x01
-PERM_WRITE = 0x02
-PERM_WRITE_UNCHANGED = 0x04
-PERM_RESIZE = 0x08
-PERM_ALL = 0x0F
 
 # fcntl commands for open-file-description locks (Linux); Python's fcntl module lacks them.
 F_OFD_GETLK = 36
@@ -53,7 +50,7 @@ F_OFD_SETLK = 37
 
 def open_error(filename: str, err: OSError) -> QemuError:
     """file-posix's open failure text: "Could not open 'F': <strerror>"."""
-    return QemuError(f"Could not open '{filename}': {os.strerror(err.errno or errno.EIO)}")
+    return QemuError(qerror.COULD_NOT_OPEN % (filename, os.strerror(err.errno or errno.EIO)))
 
 
 class ImageLockError(QemuError):
@@ -81,7 +78,7 @@ class FileStorage:
         if os.path.isdir(filename):
             os.close(self._fd)
             self._fd = None
-            raise QemuError(f"Could not open '{filename}': {os.strerror(errno.EISDIR)}")
+            raise QemuError(qerror.COULD_NOT_OPEN % (filename, os.strerror(errno.EISDIR)))
         self._locked_perm = 0
         self._locked_shared = 0
 

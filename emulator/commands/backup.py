@@ -11,7 +11,12 @@ import os
 import sys
 from typing import Any
 
-from emulator.block.copy_before_write import check_min_cluster_size
+from emulator import qerror
+from emulator.block.copy_before_write import (
+    check_min_cluster_size,
+    cluster_size_unknown,
+    copy_cluster_size,
+)
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
 from emulator.block.drain import attach_parent, detach_parent, drained_begin, drained_end
 from emulator.block.filename import node_filename
@@ -19,12 +24,12 @@ from emulator.block.image import create_image
 from emulator.block.node import BlockNode
 from emulator.block.permissions import PERM_ALL, TemporaryUser, check_perms
 from emulator.error import QemuError
-from emulator.jobs.backup import BackupJob, backup_cluster_size
+from emulator.jobs.backup import BackupJob
 from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
-from emulator.transaction import BaseAction
+from emulator.transaction import BaseAction, run_drained
 
-from .registry import qapi_types, qmp_command
+from .registry import qapi_types, qmp_command, transaction_action
 
 qapi_types(
     {"enum": "MirrorSyncMode", "data": ["top", "full", "none", "incremental", "bitmap"]},
@@ -51,10 +56,10 @@ def _no_copy_hook(offset: int, length: int) -> None:
     """The filter's hook until its job exists (nothing can write through it before)."""
 
 
+@transaction_action("drive-backup", grouped=True)
+@transaction_action("blockdev-backup", grouped=True)
 class BackupAction(BaseAction):
     """The drive-backup / blockdev-backup transaction action."""
-
-    supports_grouped = True
 
     def __init__(self, machine: Machine, kind: str, args: dict[str, Any], txn: JobTxn | None) -> None:
         self.machine = machine
@@ -227,13 +232,13 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     except QemuError as exc:
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
-        raise QemuError(f"Could not create node: {exc.desc}") from None
+        raise QemuError(qerror.COULD_NOT_CREATE_NODE % exc.desc) from None
     # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
     # once the filter has a user it takes its real perms, which may conflict with other users
     # of the source subtree (iotest 283).  That fails before any job exists.
     try:
         cbw = graph.insert_cbw_filter(source, target, _no_copy_hook, args.get("filter-node-name"),
-                                      cluster_size=backup_cluster_size(target, min_cluster),
+                                      cluster_size=copy_cluster_size(target, min_cluster),
                                       on_open=lambda: _warn_unknown_cluster_size(
                                           machine, target, min_cluster))
     except BaseException:
@@ -283,10 +288,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
 def _warn_unknown_cluster_size(machine: Machine, target: BlockNode, min_cluster: int = 0) -> None:
     """block_copy_calculate_cluster_size's warning: a target without bdrv_get_info (null-co,
     filters over it) and without a backing file gets the 64 KiB default, with a warning."""
-    node: BlockNode | None = target
-    while node is not None and node.is_filter:
-        node = node.filtered_child()
-    if node is None or node.driver != "null-co" or target.backing is not None:
+    if not cluster_size_unknown(target):
         return
     stderr = getattr(machine, "stderr", None) or sys.stderr
     try:
@@ -302,16 +304,12 @@ def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @qmp_command("drive-backup", "DriveBackup")
 def qmp_drive_backup(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [BackupAction(machine, "drive-backup", _qapi_names(kwargs), None)])
+    run_drained(machine.block, [BackupAction(machine, "drive-backup", _qapi_names(kwargs), None)])
 
 
 @qmp_command("blockdev-backup", "BlockdevBackup")
 def qmp_blockdev_backup(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [BackupAction(machine, "blockdev-backup", _qapi_names(kwargs), None)])
+    run_drained(machine.block, [BackupAction(machine, "blockdev-backup", _qapi_names(kwargs), None)])
 
 
 __all__ = ["BackupAction", "do_backup_common", "os"]

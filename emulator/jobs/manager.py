@@ -8,20 +8,13 @@ nothing here is global, so several emulators can share a process.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Iterator
 
+from emulator.cutils import id_wellformed
 from emulator.error import QemuError
 
 from .blockjob import BlockJob
 from .job import Job, JobEventSink, JobStatus, NullJobEventSink
-
-_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
-
-
-def id_wellformed(name: str) -> bool:
-    """QEMU's id_wellformed(): an ASCII letter, then letters, digits, '-', '.', '_'."""
-    return _ID_RE.fullmatch(name) is not None
 
 
 class JobManager:
