@@ -82,6 +82,9 @@ class QemuProfile:
     #: section), so every running block job pauses once per write-lock section, whatever node
     #: the change is on; 7.2 changes the graph without draining (emulator/block/drain.py).
     graph_lock_drains: bool
+    #: Index of the first board-created IDE drive under /machine/unattached (the pc machine's
+    #: own objects before it: 18 in 7.2, 4 in 10.0).
+    unattached_ide_base: int
     #: At quit, a running job pauses and resumes once more before qemu_cleanup's drain-all and
     #: cancel (10.0: `paused running paused running aborting`; 7.2: `paused running aborting`),
     #: in every run of scripts/drain_probe.py's probes sync_none and backup_errors.
@@ -155,6 +158,7 @@ QEMU_7_2 = QemuProfile(
     grouped_checked_before_prepare=False,
     block_copy_bitmap_on_filter=False,
     graph_lock_drains=False,
+    unattached_ide_base=18,
     extra_drain_at_quit=False,
     transaction_newest_first=False,
     img_info_children=False,
@@ -192,6 +196,7 @@ QEMU_10_0 = QemuProfile(
     grouped_checked_before_prepare=True,
     block_copy_bitmap_on_filter=True,
     graph_lock_drains=True,
+    unattached_ide_base=4,
     extra_drain_at_quit=True,
     transaction_newest_first=True,
     img_info_children=True,

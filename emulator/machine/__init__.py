@@ -65,7 +65,8 @@ class Machine:
         self.clock.qtest = qtest
         mtype = machine_type or lookup(version, "none")
         assert mtype is not None
-        self.devices = DeviceTree(mtype, version, self.block, self.emit_event)
+        self.devices = DeviceTree(mtype, version, self.block, self.emit_event,
+                                  self.profile.unattached_ide_base)
 
     def _print_unless_qtest(self, text: str) -> None:
         """The block layer's `if (!qtest_enabled()) printf(...)` (blkdebug breakpoints)."""

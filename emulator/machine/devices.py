@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from emulator import qerror
 from emulator.cutils import id_wellformed
@@ -134,18 +134,16 @@ EventSink = Callable[[str, dict[str, Any]], None]
 class DeviceTree:
     """The machine's devices, keyed by id, in creation order."""
 
-    #: Index of the first board-created IDE drive under /machine/unattached, per version.
-    UNATTACHED_IDE_BASE: ClassVar[dict[str, int]] = {"7.2": 18, "10.0": 4}
-
     def __init__(self, machine_type: MachineType, version: str, block: BlockGraph,
-                 emit: EventSink) -> None:
+                 emit: EventSink, unattached_ide_base: int) -> None:
         self.machine_type = machine_type
         self.version = version
         self.block = block
         self.emit = emit
         self.devices: list[Device] = []
         self._anon = 0
-        self._unattached = self.UNATTACHED_IDE_BASE.get(version, 4)
+        #: Index of the first board-created IDE drive under /machine/unattached (the profile's).
+        self._unattached = unattached_ide_base
         self._ide_units = 0
         self._known: set[str] | None = None
 
