@@ -1,13 +1,22 @@
-"""False positives of `vulture` on emulator/ (see [tool.vulture] in pyproject.toml).
+"""False positives of `vulture` on the repository (see [tool.vulture] in pyproject.toml).
 
-vulture only reads this file: each line uses a name the emulator defines but never reads, and the
-comment says why that is right.  A name that is dead for real is removed, not listed here.
+vulture only reads this file (nothing imports it): each line uses a name the repository defines but
+never reads in Python, and the comment says why that is right.  A name that is dead for real is
+removed, not listed here; whole families (pytest fixtures and hooks, decorator-registered tables)
+are ignored in pyproject.toml instead.
 """
 
+import pexpect
+from conformance.iotests import forkclient
+from conformance.qmpfuzz.inputs import InputGenerator
+from conformance.report import html
 from emulator.block import blkdebug, drain, qcow2, qemu_io
 from emulator.commands import hmp, jobs
 from emulator.error import ErrorClass
 from emulator.versions import UNMODELLED_10_0
+from tests import helpers, test_report
+
+# ---- emulator/ ---------------------------------------------------------------------------------
 
 # blkdebug's `immediately` option is accepted and kept with its rule: in QEMU it only decides
 # whether the injected error comes back before or after a coroutine yield, which has no
@@ -52,3 +61,53 @@ UNMODELLED_10_0
 
 # PEP 562 module __getattr__ (emulator.qmp imports its server lazily); Python calls it.
 __getattr__
+
+# ---- conformance/, tests/ ------------------------------------------------------------------------
+
+# pexpect reads it before each send (None: no 50 ms pause); conformance/imagetools.py and
+# tests/test_tools.py set it.
+pexpect.spawn.delaybeforesend
+
+# The launcher script that conformance/iotests/runner.py writes as QEMU_PROG (LAUNCHER, a string)
+# imports and calls it.
+forkclient.run_via
+
+# The fuzz families are looked up by name: family "huge-string" runs InputGenerator._huge_string
+# (InputGenerator.generate; FAMILIES lists them).
+InputGenerator._valid
+InputGenerator._malformed
+InputGenerator._truncated
+InputGenerator._nesting
+InputGenerator._huge_string
+InputGenerator._huge_number
+InputGenerator._bytes
+InputGenerator._bad_utf8
+InputGenerator._wrong_type
+InputGenerator._unknown_member
+InputGenerator._random_name
+InputGenerator._pipelined
+InputGenerator._disconnect
+
+# The HTML report's template (conformance/report/templates/report.html.j2) reads these.
+html.Lane.y
+html.Picture.height
+html.Picture.plot_left
+html.Picture.plot_right
+html.CaseRecord.golden_text
+html.Case.anchor
+html.CaseChange.changed_lines
+html.VersionChange.only_old
+html.VersionChange.only_new
+
+# Called as a function: qmp_cmd runs `client_of(machine)(command, **arguments)`.
+helpers.DispatchClient.__call__
+
+# HTMLParser calls them while it parses (tests/test_report.py's _Dom).
+test_report._Dom.handle_starttag
+test_report._Dom.handle_endtag
+test_report._Dom.handle_data
+
+# tests/test_registry.py: handler parameters misspelt on purpose; the registry must refuse them
+# by these names, and nothing calls the handlers.
+jobid
+nodename

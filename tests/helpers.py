@@ -87,11 +87,8 @@ class DispatchClient:
         except StopIteration as done:
             return self._result(done.value)
         coro.close()
-        raise AssertionError(f"{command} waits for the event loop: use `await client.aexecute(...)`")
-
-    async def aexecute(self, command: str, arguments: dict[str, Any] | None = None) -> Any:
-        """Run any command, waiting for it on the running event loop."""
-        return self._result(await self._dispatch(command, arguments))
+        raise AssertionError(f"{command} waits for the event loop: run it over a QMP socket "
+                             "(qmp_session)")
 
     def _dispatch(self, command: str, arguments: dict[str, Any] | None
                   ) -> Coroutine[Any, Any, dict[str, Any]]:

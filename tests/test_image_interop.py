@@ -99,12 +99,12 @@ OPS = st.lists(
 )
 
 
+@pytest.mark.usefixtures("qemu_img_present")
 @pytest.mark.parametrize("cs", [512, 4096, 65536, 2 * MiB])
 @settings(max_examples=15, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS, with_backing=st.booleans())
-def test_random_write_sequences_against_model_and_qemu(tmp_path_factory: pytest.TempPathFactory,
-                                                       qemu_img_present: None, cs: int,
+def test_random_write_sequences_against_model_and_qemu(tmp_path_factory: pytest.TempPathFactory, cs: int,
                                                        ops: list[tuple[str, int, int, object]],
                                                        with_backing: bool) -> None:
     d = tmp_path_factory.mktemp("ops")

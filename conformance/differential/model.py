@@ -45,7 +45,6 @@ class JobState:
     bitmap: str | None = None
     auto_finalize: bool = True
     auto_dismiss: bool = True
-    stop_on_error: bool = False
     #: job-pause (or block-job-pause) succeeded and no resume since.
     user_paused: bool = False
     #: a cancel, finalize or dismiss was accepted: it now only rests once ended.
@@ -156,7 +155,6 @@ class Model:
             bitmap=arguments.get("bitmap"),
             auto_finalize=bool(arguments.get("auto-finalize", True)),
             auto_dismiss=bool(arguments.get("auto-dismiss", True)),
-            stop_on_error=arguments.get("on-source-error") == "stop",
         )
         self.jobs[job.id] = job
         self.statuses[job.id] = "created"
