@@ -25,10 +25,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .node import BlockNode
+
+class BlockNode(Protocol):
+    """What a drained section needs of a node (emulator.block.node.BlockNode has it; this module
+    does not import node.py, which calls it)."""
+
+    quiesce_counter: int
+    parent_quiesce: dict[int, int]
+    parents: list[Any]
 
 
 class DrainedParent(Protocol):
