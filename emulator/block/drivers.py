@@ -193,6 +193,14 @@ class _FormatNode(BlockNode):
         super().__init__(node_name, read_only=read_only, auto_named=auto_named)
         self.attach_child("file", file)
 
+    @classmethod
+    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
+             read_only: bool) -> BlockNode:
+        """Open the `file` child, then the format on it."""
+        file = graph.open_child(options["file"], read_only=read_only)
+        return graph.register_opened(cls(name, file, read_only=read_only, auto_named=auto_named),
+                                     options)
+
     @property
     def filename(self) -> str:
         return protocol_filename(self.children["file"])
@@ -204,13 +212,6 @@ class RawNode(_FormatNode):
 
     driver = "raw"
     strong_runtime_opts = ("offset", "size")
-
-    @classmethod
-    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
-             read_only: bool) -> BlockNode:
-        file = graph.open_child(options["file"], read_only=read_only)
-        return graph.register_opened(cls(name, file, read_only=read_only, auto_named=auto_named),
-                                     options)
 
     def get_info(self) -> DriverInfo | None:
         """raw_co_get_info: the file child's."""
@@ -254,13 +255,6 @@ class _ImageNode(_FormatNode):
     its file: size, cluster size and plain reads and writes go straight to it."""
 
     image: Any
-
-    @classmethod
-    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
-             read_only: bool) -> BlockNode:
-        file = graph.open_child(options["file"], read_only=read_only)
-        return graph.register_opened(cls(name, file, read_only=read_only, auto_named=auto_named),
-                                     options)
 
     @property
     def cluster_size(self) -> int:
