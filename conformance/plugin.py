@@ -74,6 +74,11 @@ from conformance.targets import (
 )
 from conformance.vm import DEFAULT_TIMEOUT, VM
 
+# The helpers cases assert through keep pytest's assertion messages.  blocktxn's own runs load
+# plugins by name (no autoloading, see conformance.cli.SUITE_PLUGINS), so pytest marks only this
+# module for rewriting, not the whole distribution (whose emulator/ is no test code).
+pytest.register_assert_rewrite("conformance.steps")
+
 CASE_TIMEOUT = 90.0
 
 

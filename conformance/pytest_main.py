@@ -9,6 +9,7 @@ rewrites its assertions) rather than before it.
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +18,10 @@ import pytest
 
 def main() -> int:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository, not this folder
+    # The plugins to load are named with -p (conformance.cli.SUITE_PLUGINS says why): pytest's
+    # automatic loading of every installed plugin is off, here and in pytest-xdist's workers
+    # (they inherit the environment), unless the caller chose otherwise.
+    os.environ.setdefault("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     prog, args = sys.argv[1], sys.argv[2:]
     sys.argv = [prog, *args]
     # pytest.main() calls itself "pytest.main()" in usage errors; the function behind it takes the
