@@ -47,6 +47,11 @@ class ToolResult:
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    def moved(self, old: str, new: str) -> ToolResult:
+        """This run as it reads for a copy of its image at `new` (see conformance.recipes)."""
+        return ToolResult(self.program, tuple(arg.replace(old, new) for arg in self.args), self.returncode,
+                          self.stdout.replace(old, new), self.stderr.replace(old, new))
+
     def command_line(self) -> str:
         return " ".join([self.program, *(_quote(arg) for arg in self.args)])
 
@@ -225,6 +230,12 @@ class InProcessIoSession:
 class ImageTools(ABC):
     """Common qemu-img / qemu-io operations; subclasses say how a tool is run."""
 
+    #: Same inputs, same image bytes and output (the emulator's tools): a recipe can be built
+    #: once and copied (conformance.recipes).  Real QEMU's tools run every time.
+    deterministic = False
+    #: MAJOR.MINOR of the tools' QEMU profile, when they have one.
+    version: str | None = None
+
     def __init__(self, cwd: Path | None = None) -> None:
         self.cwd = cwd
         #: Called with every result, e.g. to record tool runs in a case's log.
@@ -348,6 +359,8 @@ class EmulatorImageTools(ImageTools):
     In-process runs share the working directory with everything else, so give absolute paths.
     `version` is the QEMU profile (MAJOR.MINOR) whose tools they behave as.
     """
+
+    deterministic = True
 
     def __init__(self, cwd: Path | None = None, version: str | None = None) -> None:
         super().__init__(cwd)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -38,6 +39,21 @@ class _RecordingListener(EventListener):
 
     async def put(self, event: Message) -> None:
         self._vm._on_event(dict(event))
+
+
+class _Client(QMPClient):
+    """QMPClient whose message hooks format a message for its debug log only when that log is on
+    (qemu.qmp pretty-prints every message into the log call, even with debug off)."""
+
+    def _cb_outbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("--> %s", str(msg))
+        return msg
+
+    def _cb_inbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("<-- %s", str(msg))
+        return msg
 
 
 class VM:
@@ -100,7 +116,7 @@ class VM:
             monitor.close()
             raise
         assert monitor.client is not None
-        client = QMPClient(self.log.case)
+        client = _Client(self.log.case)
         client.register_listener(_RecordingListener(self))
         # The target inherited its end of the pair: the greeting comes once it is ready, with
         # nothing to poll for.  The wait is bounded, and gives up early if the target dies.
