@@ -11,6 +11,7 @@ BlockNode implements the Storage protocol, so a format driver can sit on any nod
 from __future__ import annotations
 
 import errno
+import functools
 from typing import Any
 
 from emulator.error import QemuError
@@ -22,6 +23,17 @@ from .permissions import ROLE_COW, ROLE_DATA, ROLE_FILTERED, ROLE_METADATA, defa
 BLOCK_DATA = 0x01
 BLOCK_ZERO = 0x02
 BLOCK_ALLOCATED = 0x10
+
+@functools.lru_cache(maxsize=8)
+def _zeroes(length: int) -> bytes:
+    return bytes(length)
+
+
+def buffer_is_zero(data: bytes) -> bool:
+    """util/bufferiszero.c's buffer_is_zero: one memcmp with a zero buffer of the same length
+    (bytes.count(0) looks at every byte in a loop, about twenty times slower)."""
+    return data == _zeroes(len(data))
+
 
 #: QAPI BlockOpType (qapi/block-core.json): the op names of BlockNode.op_block / op_check.
 BLOCK_OP_TYPES = (

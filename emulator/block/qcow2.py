@@ -982,9 +982,11 @@ class Qcow2Image:
         table, l2_off = self._l2_for_write(l1_index)
         first = (guest - base) >> bits
         last = (guest + len(buf) - 1 - base) >> bits
-        writes: list[tuple[int, bytes | memoryview]] = []  # (host offset, data)
+        # (host offset, data, offset of data in `buf`, or -1 when it is merged cluster content)
+        writes: list[tuple[int, bytes | memoryview, int]] = []
         new_entries: dict[int, int] = {}
-        to_alloc: list[tuple[int, bytes | memoryview]] = []  # (l2 index, full cluster content)
+        # (l2 index, full cluster content, its offset in `buf` or -1)
+        to_alloc: list[tuple[int, bytes | memoryview, int]] = []
         to_free: list[tuple[int, int]] = []  # (host offset, bytes) losing one reference
         for i in range(first, last + 1):
             c_guest = base + (i << bits)
@@ -996,7 +998,7 @@ class Qcow2Image:
                 host = entry & L2E_OFFSET_MASK
                 if host & (cs - 1) or self._meta_overlap(host):
                     raise _corruption(f"data cluster at {host:#x} overlaps metadata or is unaligned")
-                writes.append((host + lo - c_guest, piece))
+                writes.append((host + lo - c_guest, piece, lo - guest))
                 continue
             if hi - lo == cs:
                 content: bytes | memoryview = piece
@@ -1005,20 +1007,20 @@ class Qcow2Image:
                 content = b"".join((old[:lo - c_guest], piece, old[hi - c_guest:]))
             if t == ZERO_ALLOC and entry & QCOW_OFLAG_COPIED and not self._meta_overlap(entry & L2E_OFFSET_MASK):
                 host = entry & L2E_OFFSET_MASK
-                writes.append((host, content))
+                writes.append((host, content, lo - guest if content is piece else -1))
                 new_entries[i] = host | QCOW_OFLAG_COPIED
                 continue
-            to_alloc.append((i, content))
+            to_alloc.append((i, content, lo - guest if content is piece else -1))
             if t in (NORMAL, ZERO_ALLOC):
                 to_free.append((entry & L2E_OFFSET_MASK, cs))
             elif t == COMPRESSED:
                 to_free.append(self._compressed_range(entry))
         if to_alloc:
             host = self._alloc_clusters(len(to_alloc))
-            for j, (i, content) in enumerate(to_alloc):
-                writes.append((host + (j << bits), content))
+            for j, (i, content, at) in enumerate(to_alloc):
+                writes.append((host + (j << bits), content, at))
                 new_entries[i] = (host + (j << bits)) | QCOW_OFLAG_COPIED
-        self._write_data(writes)
+        self._write_data(writes, buf)
         if new_entries:
             for i, e in new_entries.items():
                 table[i] = e
@@ -1026,21 +1028,29 @@ class Qcow2Image:
         for host, nbytes in to_free:
             self.free_clusters(host, nbytes)
 
-    def _write_data(self, writes: list[tuple[int, bytes | memoryview]]) -> None:
-        """Write data pieces, coalescing host-contiguous ones into single pwrites."""
+    def _write_data(self, writes: list[tuple[int, bytes | memoryview, int]], buf: memoryview) -> None:
+        """Write data pieces, coalescing host-contiguous ones into single pwrites.  A group that is
+        the caller's whole buffer, in order (a write to contiguous clusters), is written as the
+        caller's own bytes object: no copy in user space."""
         writes.sort(key=lambda w: w[0])
+        whole = buf.obj if isinstance(buf.obj, bytes) and buf.nbytes == len(buf.obj) else None
         i = 0
         while i < len(writes):
-            start, data = writes[i]
+            start, data, at = writes[i]
             group = [data]
+            in_order = at == 0
             end = start + len(data)
             i += 1
             while i < len(writes) and writes[i][0] == end:
+                in_order = in_order and writes[i][2] == end - start
                 group.append(writes[i][1])
                 end += len(writes[i][1])
                 i += 1
             self.file.debug_event("write_aio")
-            self.file.pwrite(start, bytes(group[0]) if len(group) == 1 else b"".join(group))
+            if whole is not None and in_order and end - start == len(whole):
+                self.file.pwrite(start, whole)
+            else:
+                self.file.pwrite(start, bytes(group[0]) if len(group) == 1 else b"".join(group))
 
     def is_zero_fast(self, offset: int, length: int) -> bool:
         """True if [offset, offset+length) is known to read as zeros from metadata alone

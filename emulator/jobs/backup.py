@@ -18,7 +18,7 @@ from typing import Any
 from emulator.block.blkdebug import RequestSuspended, SuspendedRequest, suspendable
 from emulator.block.copy_before_write import copy_cluster_size
 from emulator.block.dirty_bitmap import DirtyBitmap
-from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
+from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode, buffer_is_zero
 
 from .blockjob import BlockJob
 from .manager import JobManager
@@ -142,7 +142,7 @@ class BackupJob(BlockJob):
         n = min(offset + length, self.len) - offset
         if not zeroes:
             data = self.source.pread(offset, n)
-            zeroes = data.count(0) == n  # the target is opened with detect-zeroes=unmap
+            zeroes = buffer_is_zero(data)  # the target is opened with detect-zeroes=unmap
         try:
             if zeroes:
                 self.target.pwrite_zeroes(offset, n, may_unmap=True)
