@@ -6,6 +6,7 @@ Subcommands (``blocktxn COMMAND --help`` for each):
   record-golden  record goldens from real QEMU (--qemu BIN, -k EXPR to select)
   emulate        run the emulator in the foreground with QEMU's arguments
   fuzz, img, io  differential fuzzing, and the qemu-img / qemu-io work-alikes
+  bench          the benchmarks of bench/, emulator and real QEMU side by side
 
 blocktxn's own options are parsed here with argparse; everything else (``-k EXPR``, ``-x``,
 ``-n auto``, case files) goes to pytest, which runs in a child process (a fresh interpreter per
@@ -240,6 +241,19 @@ def _iotests(extra: list[str]) -> int:
     return int(iotests_main(extra) or 0)
 
 
+def _bench(extra: list[str]) -> int:
+    """bench/bench.py (the benchmarks live beside the package, in the repository)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("blocktxn_bench", ROOT / "bench" / "bench.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"blocktxn bench: {ROOT / 'bench' / 'bench.py'} not found")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return int(module.main(extra) or 0)
+
+
 def _io(extra: list[str]) -> int:
     from emulator.tools.io import main as io_main
 
@@ -261,6 +275,8 @@ PASSTHROUGH_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "img": (_img, "qemu-img work-alike over the emulator's image code"),
     "io": (_io, "qemu-io work-alike over the emulator's image code"),
     "iotests": (_iotests, "QEMU's own iotests against the emulator: --qemu-src DIR [--qemu BIN] [tests]"),
+    "bench": (_bench, "benchmarks, emulator and real QEMU side by side: one table, JSON and SVG "
+                      "[--quick] [--out DIR]"),
 }
 
 
