@@ -326,6 +326,10 @@ def vm(request: pytest.FixtureRequest, target: Target, tmp_path: Path) -> Iterat
     finally:
         machine.kill()
         shutil.rmtree(sockdir, ignore_errors=True)
+        # The item outlives the case (pytest keeps every item to the end of the session): without
+        # this, every case's VM, its log and its emulator's block graph stay in memory, and each
+        # garbage collection walks all of them (the one at the end took a second).
+        del request.node.stash[_VM_KEY]
 
 
 _VM_KEY = pytest.StashKey[VM]()
