@@ -9,9 +9,11 @@ rewrites its assertions) rather than before it.  It also chooses how pytest load
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,20 @@ def keep_bytecode_outside_the_tree() -> None:
     sys.dont_write_bytecode = False
 
 
+def own_temp_root() -> None:
+    """pytest keeps the case folders of the last three runs of everybody who runs pytest as this
+    user (TMPDIR/pytest-of-USER/pytest-N) and deletes older ones at the end of each session:
+    on a shared machine a run paid for deleting other projects' runs (seconds).  blocktxn's runs
+    keep theirs under TMPDIR/blocktxn-<checkout>/ (pytest's PYTEST_DEBUG_TEMPROOT), so a run
+    only ever deletes this checkout's fourth-oldest run."""
+    if "PYTEST_DEBUG_TEMPROOT" in os.environ:
+        return
+    checkout = hashlib.sha256(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()[:10]
+    root = Path(tempfile.gettempdir()) / f"blocktxn-{checkout}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
+
+
 def main() -> int:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository, not this folder
     # The plugins to load are named with -p (conformance.cli.SUITE_PLUGINS says why): pytest's
@@ -42,6 +58,7 @@ def main() -> int:
     # (they inherit the environment), unless the caller chose otherwise.
     os.environ.setdefault("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     keep_bytecode_outside_the_tree()
+    own_temp_root()
     prog, args = sys.argv[1], sys.argv[2:]
     sys.argv = [prog, *args]
     # pytest.main() calls itself "pytest.main()" in usage errors; the function behind it takes the
