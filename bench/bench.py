@@ -25,6 +25,7 @@ import argparse
 import datetime
 import html
 import json
+import math
 import os
 import platform
 import shutil
@@ -43,13 +44,13 @@ for folder in (ROOT, BENCH_DIR):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 
-import bench_backup  # noqa: E402
-import bench_bitmaps  # noqa: E402
-import bench_differential  # noqa: E402
-import bench_suite  # noqa: E402
+import bench_backup
+import bench_bitmaps
+import bench_differential
+import bench_suite
 
-from conformance.cli import CASES_DIR, discover_qemus  # noqa: E402
-from conformance.targets import QemuBinaries  # noqa: E402
+from conformance.cli import CASES_DIR, discover_qemus
+from conformance.targets import QemuBinaries
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -270,7 +271,7 @@ def measure_scale(sizes: Sizes, qemus: list[str], qemu: QemuBinaries | None) -> 
 # ---- output -----------------------------------------------------------------------------------
 
 def _fmt(value: float | None, unit: str) -> str:
-    if value is None or value != value:  # None or NaN
+    if value is None or math.isnan(value):
         return "-"
     if unit in ("s",):
         return f"{value:.2f} s"
@@ -299,8 +300,8 @@ def table(rows: Sequence[Row]) -> str:
 
 def machine_text(machine: dict[str, Any]) -> str:
     return "\n".join([
-        f"machine: {machine['cpu']}, {machine['cpus']} CPUs ({machine['cpus_usable']} usable), "
-        f"{machine['kernel']}, Python {machine['python']}",
+        (f"machine: {machine['cpu']}, {machine['cpus']} CPUs ({machine['cpus_usable']} usable), "
+         f"{machine['kernel']}, Python {machine['python']}"),
         "QEMU: " + ("; ".join(machine["qemu"]) or "not found"),
         "load average at start {:.2f} {:.2f} {:.2f}, at end {:.2f} {:.2f} {:.2f} (a shared machine "
         "makes every figure noisy: medians are given)".format(
@@ -318,8 +319,6 @@ def _line_chart(x0: float, y0: float, width: float, height: float, title: str,
                 series: dict[str, list[tuple[float, float]]], xlabel: str, ylabel: str,
                 log_x: bool = False) -> list[str]:
     """A small line chart: one polyline per series, axes from 0 (x log when asked)."""
-    import math
-
     parts = [_svg_text(x0, y0 - 6, title, 12, weight="bold"),
              f'<rect x="{x0}" y="{y0}" width="{width}" height="{height}" fill="none" stroke="#999"/>']
     points = [p for values in series.values() for p in values]
@@ -352,14 +351,12 @@ def _line_chart(x0: float, y0: float, width: float, height: float, title: str,
 
 def svg(rows: Sequence[Row], scale: dict[str, Any], title: str) -> str:
     """Speed-ups against their goals (log scale), then the scale curves."""
-    import math
-
     ratio_rows = [row for row in rows if row.ratio is not None]
     bar_height, left, plot = 22, 330, 420
     top = 50
     height = top + bar_height * len(ratio_rows) + 40 + 230
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + plot + 60}" height="{height}" '
-             'font-family="sans-serif">', '<rect width="100%" height="100%" fill="white"/>',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + plot + 60}" height="{height}" '
+              'font-family="sans-serif">'), '<rect width="100%" height="100%" fill="white"/>',
              _svg_text(10, 20, title, 14, weight="bold"),
              _svg_text(10, 38, "emulator speed-up over real QEMU (log scale; | = goal, 1x = as fast)", 11)]
     lo, hi = math.log10(0.1), math.log10(100.0)
@@ -469,8 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[Row] = document.pop("_rows")
     title = "blocktxn bench" + (" (quick: a check of the bench, not a measurement)" if args.quick else "")
     text = "\n".join([title, machine_text(document["machine"]),
-                      f"medians of {document['runs']} run(s); backups against "
-                      f"{document['backup_qemu'] or 'no QEMU'}", "", table(rows), ""])
+                      (f"medians of {document['runs']} run(s); backups against "
+                       f"{document['backup_qemu'] or 'no QEMU'}"), "", table(rows), ""])
     scale = document["raw"].get("scale", {})
     for point in scale.get("suite_vs_cases", []):
         text += (f"scale: suite, {point['files']} case files, {point['side']}: {point['count']} cases, "

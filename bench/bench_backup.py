@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import statistics
@@ -36,9 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance.targets import QemuBinaries  # noqa: E402
-from emulator.block.image import create_image, open_image_chain  # noqa: E402
-from emulator.launcher import EmbeddedEmulator  # noqa: E402
+from conformance.targets import QemuBinaries
+from emulator.block.image import create_image, open_image_chain
+from emulator.launcher import EmbeddedEmulator
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -97,11 +98,9 @@ async def _connect(sock: Path) -> QMPClient:
     while True:
         client = QMPClient("bench")
         if sock.exists():
-            try:
+            with contextlib.suppress(Exception):  # qemu.qmp's ConnectError while the server starts
                 await client.connect(str(sock))
                 return client
-            except Exception:  # noqa: BLE001 - qemu.qmp's ConnectError while the server starts
-                pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"cannot connect to {sock}")
         await asyncio.sleep(0.01)
@@ -124,15 +123,14 @@ async def _backup_over_qmp(sock: Path, target: Path, mode: str, size: int, dirty
             await client.execute("drive-backup", arguments)
             async for event in listener:
                 if event["event"] == "BLOCK_JOB_COMPLETED":
-                    if "error" in event["data"]:
-                        raise RuntimeError(f"the backup failed: {event['data']}")
+                    data: dict[str, Any] = dict(event["data"])  # type: ignore[call-overload]
+                    if "error" in data:
+                        raise RuntimeError(f"the backup failed: {data}")
                     return time.perf_counter() - start
         raise RuntimeError("no BLOCK_JOB_COMPLETED")
     finally:
-        try:
+        with contextlib.suppress(Exception):  # the server may close first
             await client.execute("quit")
-        except Exception:  # noqa: BLE001 - the server may close first
-            pass
         try:
             await client.disconnect()
         except EOFError:  # the server closed after quit, as QEMU does

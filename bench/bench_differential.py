@@ -27,9 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance.differential import configure, run_scenarios, side_rates  # noqa: E402
-from conformance.differential_runner import Divergence, ReferenceFailure  # noqa: E402
-from conformance.differential_targets import FuzzProfile  # noqa: E402
+from conformance.differential import configure, run_scenarios, side_rates
+from conformance.differential_runner import Divergence, ReferenceFailure
+from conformance.differential_targets import FuzzProfile
 
 
 def measure(seconds: float, *, qemu: str | None = None, seed: int = 1, steps: int = 25,

@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance.cli import CASES_DIR, discover_qemus, pytest_argv  # noqa: E402
+from conformance.cli import CASES_DIR, discover_qemus, pytest_argv
 
 #: Bound of one suite run (a hung run fails the bench, it does not hang it).
 RUN_TIMEOUT = 1800.0

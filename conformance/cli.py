@@ -275,8 +275,8 @@ PASSTHROUGH_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "img": (_img, "qemu-img work-alike over the emulator's image code"),
     "io": (_io, "qemu-io work-alike over the emulator's image code"),
     "iotests": (_iotests, "QEMU's own iotests against the emulator: --qemu-src DIR [--qemu BIN] [tests]"),
-    "bench": (_bench, "benchmarks, emulator and real QEMU side by side: one table, JSON and SVG "
-                      "[--quick] [--out DIR]"),
+    "bench": (_bench, ("benchmarks, emulator and real QEMU side by side: one table, JSON and SVG "
+                       "[--quick] [--out DIR]")),
 }
 
 

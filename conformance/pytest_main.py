@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-
 #: Where bytecode goes when the environment says not to write it beside the sources.
 BYTECODE_CACHE = Path(sys.prefix) / "blocktxn-pycache"
 
