@@ -372,12 +372,12 @@ class EmulatorImageTools(ImageTools):
         entry = importlib.import_module(module_name).main
         out, err = io.StringIO(), io.StringIO()
         # No chdir here: an embedded emulator may be running in another thread, so cases pass
-        # absolute paths.
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = entry(list(args))
-            except SystemExit as exit_:  # argparse-style exits
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        # absolute paths.  The tools write to the streams they are given (not sys.stdout, which
+        # is the whole process's: two tools running in two threads would mix their output).
+        try:
+            code = entry(list(args), out=out, err=err)
+        except SystemExit as exit_:  # argparse-style exits
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         return int(code or 0), out.getvalue(), err.getvalue()
 
     def _run_img(self, args: list[str]) -> tuple[int, str, str]:

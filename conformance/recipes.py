@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -80,6 +81,7 @@ class RecipeCache:
     """Recipes built once per process and tools version; each build is copied per case."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # the two sides of a differential pair build at once
         self._directory: Path | None = None
         self._built: dict[tuple[str, str | None, ImageRecipe], tuple[Path, list[ToolResult]]] = {}
 
@@ -92,16 +94,17 @@ class RecipeCache:
     def copy(self, recipe: ImageRecipe, tools: ImageTools, path: Path) -> Path:
         """`recipe` at `path`, and its tool runs told to `tools.observer` with `path` in them."""
         key = (type(tools).__name__, tools.version, recipe)
-        if key not in self._built:
-            built = self._scratch() / f"{len(self._built)}-{recipe.name}.{recipe.format}"
-            results: list[ToolResult] = []
-            observer, tools.observer = tools.observer, results.append
-            try:
-                recipe.run_tools(tools, built)
-            finally:
-                tools.observer = observer
-            self._built[key] = (built, results)
-        built, results = self._built[key]
+        with self._lock:
+            if key not in self._built:
+                built = self._scratch() / f"{len(self._built)}-{recipe.name}.{recipe.format}"
+                results: list[ToolResult] = []
+                observer, tools.observer = tools.observer, results.append
+                try:
+                    recipe.run_tools(tools, built)
+                finally:
+                    tools.observer = observer
+                self._built[key] = (built, results)
+            built, results = self._built[key]
         copy_sparse(built, path)
         if tools.observer is not None:
             for result in results:
