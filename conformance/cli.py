@@ -36,8 +36,8 @@ PYTEST_HINT = ("Any other option goes to pytest (e.g. -k EXPR, -x, -v, -n auto, 
                "`.venv/bin/python -m pytest --help` lists pytest's own.")
 
 
-#: The pytest plugins a blocktxn run loads, by module: conformance.pytest_main turns pytest's
-#: automatic loading of installed plugins off.  Autoloading costs the suite twice: pytest marks
+#: The pytest plugins a blocktxn run loads, by module (with --disable-plugin-autoload: pytest's
+#: automatic loading of installed plugins is off, in pytest-xdist's workers too).  Autoloading costs the suite twice: pytest marks
 #: every package of a plugin's distribution for assertion rewriting, and blocktxn's includes
 #: the emulator (rewritten again in every run, as PYTHONDONTWRITEBYTECODE keeps no cache); and
 #: hypothesis's plugin imports hypothesis (about a second) at the terminal summary of every run.
@@ -52,9 +52,9 @@ def pytest_argv(paths: Sequence[Path], extra: Sequence[str], prog: str = "blockt
     if (ROOT / "pyproject.toml").is_file():
         argv += ["-c", str(ROOT / "pyproject.toml")]
     # Our own plugin is loaded explicitly so that it works without an installed entry point;
-    # "-p no:blocktxn" keeps the entry point from loading it a second time (when autoloading is
-    # on after all, e.g. PYTEST_DISABLE_PLUGIN_AUTOLOAD=0 in the environment).
-    argv += ["-p", "no:blocktxn"]
+    # "-p no:blocktxn" keeps the entry point from loading it a second time (should autoloading
+    # be on after all).
+    argv += ["--disable-plugin-autoload", "-p", "no:blocktxn"]
     plugins = list(SUITE_PLUGINS)
     named = [Path(arg.split("::")[0]).resolve() for arg in extra if not arg.startswith("-")]
     if any(path == UNIT_DIR or UNIT_DIR in path.parents for path in [*paths, *named]):

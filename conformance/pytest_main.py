@@ -3,8 +3,8 @@
 blocktxn runs pytest in a child process; without this, pytest's usage errors would be branded
 with the interpreter's ``__main__.py`` instead of the blocktxn command the user typed.  It is run
 as a file, not with ``-m``, so that the conformance package is first imported by pytest (which
-rewrites its assertions) rather than before it.  It also chooses how pytest loads its plugins
-(by name: conformance.cli.SUITE_PLUGINS) and where bytecode is kept (keep_bytecode_outside_the_tree).
+rewrites its assertions) rather than before it.  It also chooses where bytecode is kept
+(keep_bytecode_outside_the_tree) and where case folders go (own_temp_root).
 """
 
 from __future__ import annotations
@@ -52,10 +52,6 @@ def own_temp_root() -> None:
 
 def main() -> int:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository, not this folder
-    # The plugins to load are named with -p (conformance.cli.SUITE_PLUGINS says why): pytest's
-    # automatic loading of every installed plugin is off, here and in pytest-xdist's workers
-    # (they inherit the environment), unless the caller chose otherwise.
-    os.environ.setdefault("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
     keep_bytecode_outside_the_tree()
     own_temp_root()
     prog, args = sys.argv[1], sys.argv[2:]
