@@ -115,6 +115,32 @@ def _used_length(data: bytes) -> int:
     return len(data[max(end - chunk, 0):end].rstrip(b"\0")) + max(end - chunk, 0)
 
 
+def _same_entries_end(raw: bytes, i: int, limit: int, size: int) -> int:
+    """First index in (i, limit] whose entry differs from entry i (`limit` when none does), for
+    a table's bytes `raw` of `size`-byte entries: exponential, then binary, search with memcmp."""
+    entry = raw[i * size:(i + 1) * size]
+
+    def same(count: int) -> bool:
+        return raw[i * size:(i + count) * size] == entry * count
+
+    good, step = 1, 1
+    while True:
+        probe = min(good + step, limit - i)
+        if probe <= good:
+            return i + good
+        if not same(probe):
+            break
+        good, step = probe, step << 1
+    bad = probe
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if same(middle):
+            good = middle
+        else:
+            bad = middle
+    return i + good
+
+
 def _be_array(code: str, data: bytes) -> array:
     """Big-endian table bytes -> array of host integers."""
     a = array(code)
@@ -772,9 +798,21 @@ class Qcow2Image:
     def _table_items(self, table: array, base: int, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
         cs, bits = self.cluster_size, self.cluster_bits
         i = (pos - base) >> bits
+        last = ((end - 1 - base) >> bits) + 1  # one past the last entry in [pos, end)
+        raw: bytes | None = None
         while pos < end:
             entry = table[i]
             t = _l2_type(entry)
+            if t in (UNALLOCATED, ZERO_PLAIN) and i + 1 < last and table[i + 1] == entry:
+                # A run of one repeated entry (an unallocated or zeroed stretch) is one item:
+                # its end is found with memcmp instead of one entry at a time.
+                if raw is None:
+                    raw = table.tobytes()
+                j = _same_entries_end(raw, i, last, table.itemsize)
+                c_end = min(end, base + (j << bits))
+                yield pos, c_end - pos, t, 0
+                pos, i = c_end, j
+                continue
             c_end = min(end, base + ((i + 1) << bits))
             host = 0
             if t in (NORMAL, ZERO_ALLOC):
