@@ -8,6 +8,7 @@ The helpers read like iotests (``vm.cmd``, ``vm.qmp``, ``vm.event_wait``, ``vm.h
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import time
@@ -24,6 +25,11 @@ from conformance.qmplog import QmpLog
 from conformance.targets import Instance, MonitorSocket, Target
 
 DEFAULT_TIMEOUT = 30.0
+
+
+#: Threads that wait for targets to exit, shared by every case of the process (each case's
+#: asyncio.run() made, and at its end joined, a default executor thread of its own for this).
+_WAITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="vm-exit-wait")
 
 
 class VMError(AssertionError):
@@ -296,7 +302,8 @@ class VM:
             # The client keeps reading while the target exits: QEMU cancels its jobs on the way
             # out (qemu_cleanup) and their events come before the monitor closes.
             if self.instance is not None:
-                exited = await asyncio.to_thread(self.instance.wait, wait_for)
+                exited = await asyncio.get_running_loop().run_in_executor(
+                    _WAITERS, self.instance.wait, wait_for)
                 if not exited:
                     raise VMError(f"{self.target.name} did not exit within {wait_for}s after quit")
             if client is not None:
