@@ -117,7 +117,8 @@ def _used_length(data: bytes) -> int:
 
 def _same_entries_end(raw: bytes, i: int, limit: int, size: int) -> int:
     """First index in (i, limit] whose entry differs from entry i (`limit` when none does), for
-    a table's bytes `raw` of `size`-byte entries: exponential, then binary, search with memcmp."""
+    a table's bytes `raw` of `size`-byte entries: exponential, then binary, search with memcmp
+    (bytes compare faster than array slices)."""
     entry = raw[i * size:(i + 1) * size]
 
     def same(count: int) -> bool:
@@ -1169,7 +1170,18 @@ class Qcow2Image:
             first, last = (pos - base) >> bits, ((t_end - 1 - base) >> bits)
             changed: list[int] = []
             to_free: list[tuple[int, int]] = []
-            for i in range(first, last + 1):
+            count = last - first + 1
+            old = table[first]
+            same = count > 1 and table[first:last + 1] == table[first:first + 1] * count
+            new, free = entry(old, _l2_type(old)) if same else (old, True)
+            if same and not free:
+                # Every entry is the same and none frees a cluster (zeroing an unallocated or
+                # zeroed stretch): one slice assignment instead of a call per entry.
+                if new != old:
+                    table[first:last + 1] = array(table.typecode, [new]) * count
+                    changed = [first, last]
+                count = 0
+            for i in range(first, last + 1 if count else first):
                 old = table[i]
                 t = _l2_type(old)
                 new, free = entry(old, t)
