@@ -280,6 +280,11 @@ class BackupJob(BlockJob):
             error = await self._block_copy_call()
             if self.is_cancelled():
                 return 0
+            if self.should_pause():
+                # backup_pause cancelled the call while it ran: block_copy_call_cancelled() is
+                # checked before success or failure, so the job pauses (job_sleep_ns) and a new
+                # call does what is left, even when this one had already copied everything.
+                continue
             if error is None:
                 if self.copy_bitmap.count() == 0:
                     return 0
