@@ -49,7 +49,7 @@ import bench_bitmaps
 import bench_differential
 import bench_suite
 
-from conformance.cli import CASES_DIR, discover_qemus
+from blocktxn_cli.main import CASES_DIR, discover_qemus
 from conformance.targets import QemuBinaries
 
 MiB = 1 << 20

@@ -88,10 +88,6 @@ class Backup:
     seconds: float
     size: int
 
-    @property
-    def mib_per_s(self) -> float:
-        return self.size / MiB / self.seconds
-
 
 async def _connect(sock: Path) -> QMPClient:
     deadline = time.monotonic() + 30

@@ -1,12 +1,12 @@
 """Differential fuzzing throughput: scenarios per minute, the pair and each side apart.
 
-Runs `blocktxn fuzz`'s own machinery (conformance.differential: hypothesis draws scenarios from
+Runs `blocktxn fuzz`'s own machinery (conformance.differential.fuzz: hypothesis draws scenarios from
 the seed, real QEMU and the emulator run them in lockstep, and are compared) for a fixed time,
 without shrinking, and reports:
 
 - the pair: scenarios per minute of wall time (set-up, both sides, images compared with real
   qemu-img, hypothesis);
-- each side: scenarios per minute of that side's own time (conformance.differential_runner's
+- each side: scenarios per minute of that side's own time (conformance.differential.runner.s
   Side.seconds: its set-up, steps, settling and quit), so QEMU's start-up is QEMU's cost.  The
   two sides share the harness's event loop, so each side's time includes some of the other's
   client work: an upper bound of its cost;
@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance.differential import configure, run_scenarios, side_rates
-from conformance.differential_runner import Divergence, ReferenceFailure
-from conformance.differential_targets import FuzzProfile
+from conformance.differential.fuzz import configure, run_scenarios, side_rates
+from conformance.differential.runner import Divergence, ReferenceFailure
+from conformance.differential.targets import FuzzProfile
 from conformance.targets import EmulatorTarget, Target
 
 

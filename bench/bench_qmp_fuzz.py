@@ -21,15 +21,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from conformance.qmpfuzz import (
+from conformance.qmpfuzz.campaign import (
     COMPARE_LIMIT,
     Campaign,
     Finding,
-    InputGenerator,
     LiveTarget,
     fuzz_targets,
     qemu_available,
 )
+from conformance.qmpfuzz.inputs import InputGenerator
 
 
 def main() -> int:

@@ -33,7 +33,7 @@ TIMEOUT = 30.0
 def emulator_launcher(folder: Path) -> list[str]:
     """The same launcher `blocktxn iotests` writes as QEMU_PROG."""
     sys.path.insert(0, str(ROOT))
-    from conformance.iotests import emulator_launcher as make
+    from conformance.iotests.runner import emulator_launcher as make
 
     return [str(make(folder))]
 
@@ -92,7 +92,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--machine", default="pc", help="machine type (iotests use the default, pc)")
     args = parser.parse_args()
-    from conformance.iotests import ForkServer
+    from conformance.iotests.runner import ForkServer
 
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         medians: dict[str, float] = {}

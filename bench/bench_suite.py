@@ -1,6 +1,6 @@
 """The conformance suite's speed on the emulator vs real QEMU, measured side by side in one run.
 
-Runs the suite the way ``blocktxn conform`` does (conformance.cli.pytest_argv: the same pytest
+Runs the suite the way ``blocktxn conform`` does (blocktxn_cli.main.pytest_argv: the same pytest
 child, plugins and options) once per side and mode, and reports two things, kept apart:
 
 - *wall*: the whole pytest process, start-up, collection and summary included;
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance.cli import CASES_DIR, discover_qemus, pytest_argv
+from blocktxn_cli.main import CASES_DIR, discover_qemus, pytest_argv
 
 #: Bound of one suite run (a hung run fails the bench, it does not hang it).
 RUN_TIMEOUT = 1800.0

@@ -1,6 +1,16 @@
-"""blocktxn conformance suite: the same QMP cases run against the emulator and a real QEMU 7.2.
+"""blocktxn conformance suite: the same QMP cases run against the emulator's version profiles and
+real QEMUs, compared with goldens recorded from real QEMU.
 
-The pytest plugin (conformance.plugin) launches a target per case, records the QMP conversation
-and events, normalizes them (conformance.normalize) and compares them with golden logs recorded
-from real QEMU (conformance.golden).
+Laid out by concern (docs/architecture.md has the whole map):
+
+- the pytest plugin and its targets: plugin (the ``blocktxn`` pytest plugin), targets (emulator
+  profiles, real QEMU binaries), vm and qmplog (the ``vm`` a case drives and its session log),
+  imagetools, recipes, steps (the cases' vocabulary), imagecheck (real qemu-img check of what an
+  emulator case wrote);
+- compare/: normalization of a session and the golden files it is compared with;
+- report/: the terminal summary and the HTML report;
+- differential/: ``blocktxn fuzz``, differential testing against real QEMU;
+- qmpfuzz/: hostile QMP input against the emulator and real QEMU;
+- iotests/: ``blocktxn iotests``, QEMU's own iotests against the emulator;
+- cases/: the conformance cases.
 """

@@ -80,7 +80,6 @@ class QemuIoSession:
         self._spawn.delaybeforesend = None
         self.timeout = timeout
         self._spawn.expect_exact(PROMPT)
-        self.banner = self._spawn.before or ""
 
     def run(self, command: str) -> str:
         """Send one qemu-io command; return its output (everything before the next prompt)."""

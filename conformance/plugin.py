@@ -18,10 +18,10 @@ Markers:
   with a golden (none is needed): the case's own assertions are the check.
   ``@pytest.mark.upstream("iotest 124: test_incremental_simple")``: the upstream test the case
   ports, shown in the HTML report (without it, a docstring starting ``Ports 124 ``test_x````
-  is read; see conformance.report).
+  is read; see conformance.report.html).
 
 Outputs:
-  ``--blocktxn-report DIR`` writes DIR/report.html (conformance.report) and DIR/junit.xml (via
+  ``--blocktxn-report DIR`` writes DIR/report.html (conformance.report.html) and DIR/junit.xml (via
   pytest's own junitxml unless --junitxml is given); works with pytest-xdist.
   ``--blocktxn-dump-logs DIR`` writes each case's normalized log to
   DIR/<target>/<module>/<case>.log, and what rules J1 and J2 took out of it to <case>.hidden.json
@@ -42,10 +42,10 @@ from typing import Any
 
 import pytest
 
-from conformance.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing, golden_set
+from conformance.compare.golden import DEFAULT_GOLDEN_DIR, Golden, GoldenMismatch, GoldenMissing, golden_set
+from conformance.compare.normalize import normalize
 from conformance.imagecheck import check_images
-from conformance.normalize import normalize
-from conformance.report import (
+from conformance.report.html import (
     JUNIT_NAME,
     CaseRecord,
     ReportCollector,
@@ -54,7 +54,7 @@ from conformance.report import (
     timeline_from_log,
     upstream_of,
 )
-from conformance.summary import (
+from conformance.report.summary import (
     CASE_PROPERTY,
     EMULATOR_ONLY_PROPERTY,
     RECORD_PROPERTY,
@@ -75,7 +75,7 @@ from conformance.targets import (
 from conformance.vm import DEFAULT_TIMEOUT, VM
 
 # The helpers cases assert through keep pytest's assertion messages.  blocktxn's own runs load
-# plugins by name (no autoloading, see conformance.cli.SUITE_PLUGINS), so pytest marks only this
+# plugins by name (no autoloading, see blocktxn_cli.main.SUITE_PLUGINS), so pytest marks only this
 # module for rewriting, not the whole distribution (whose emulator/ is no test code).
 pytest.register_assert_rewrite("conformance.steps")
 
@@ -404,7 +404,7 @@ def _image_checker(settings: Settings, version: str) -> QemuBinaries | None:
 
 @dataclass
 class _Verdict:
-    """What the golden comparison concluded (see conformance.report.CaseRecord.golden)."""
+    """What the golden comparison concluded (see conformance.report.html.CaseRecord.golden)."""
 
     golden: str
     text: str = ""
@@ -447,7 +447,7 @@ def _keep_outputs(item: pytest.Function, machine: VM, verdict: _Verdict) -> None
         module = item.module.__name__.rsplit(".", 1)[-1]
         path = settings.dump_logs_dir / machine.target.name / module / f"{_case_name(item)}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        normalized = normalize(machine.log, machine.paths)
+        normalized = normalize(machine.log, machine.paths, machine.target.version)
         path.write_text(normalized.render(), encoding="utf-8")
         if normalized.hidden:  # what rules J1 and J2 took out, for scripts/repeat_runs.py's evidence
             path.with_suffix(".hidden.json").write_text(json.dumps(normalized.hidden, sort_keys=True),

@@ -1,7 +1,7 @@
 """The raw record of one case's session: every QMP message, stdout text and tool run, in order.
 
 Kept verbatim (ids and timestamps included) so that a failure can show exactly what happened;
-conformance.normalize turns it into the comparable form.
+conformance.compare.normalize turns it into the comparable form.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ from typing import Any
 from qemu.qmp import EventListener, ExecuteError, QMPClient
 from qemu.qmp.message import Message
 
+from conformance.compare.normalize import PathMap, normalize
 from conformance.imagetools import ImageTools, ToolResult
-from conformance.normalize import PathMap, normalize
 from conformance.qmplog import QmpLog
 from conformance.targets import Instance, MonitorSocket, Target
 
@@ -322,7 +322,7 @@ class VM:
 
     # ---- reporting ----------------------------------------------------------------------------
     def normalized(self) -> str:
-        return normalize(self.log, self.paths).render()
+        return normalize(self.log, self.paths, self.target.version).render()
 
     def diagnostics(self) -> str:
         """What a failing case shows: the normalized log so far and the target's stderr."""

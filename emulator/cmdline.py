@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from emulator import PACKAGE
+from emulator import qerror
+from emulator.cutils import id_wellformed
 from emulator.error import QemuError
 from emulator.versions import (
     DEFAULT_PROFILE,
+    PACKAGE,
     VERSION_ENV,
     QemuProfile,
     UnsupportedVersion,
@@ -169,9 +170,9 @@ def parse_qemu_opts(text: str, implied: str | None = None, *, allowed: dict[str,
         if allowed is not None:
             kind = allowed.get(key)
             if kind is None:
-                raise QemuError(f"Invalid parameter '{key}'")
+                raise QemuError(qerror.INVALID_PARAMETER % key)
             if kind == "bool" and qapi_bool_parse(value) is None:
-                raise QemuError(f"Parameter '{key}' expects 'on' or 'off'")
+                raise QemuError(qerror.INVALID_PARAMETER_VALUE % (key, "'on' or 'off'"))
         opts[key] = value
     return opts
 
@@ -223,7 +224,7 @@ def _socket_endpoint(opts: dict[str, str]) -> Endpoint:
     if "fd" in opts:
         text = opts["fd"]
         if not text.isdigit():
-            raise QemuError(f"Unable to parse FD number {text}")
+            raise QemuError(qerror.FD_NUMBER_UNPARSABLE % text)
         fd = int(text)
         try:
             is_socket = stat.S_ISSOCK(os.fstat(fd).st_mode)
@@ -232,7 +233,7 @@ def _socket_endpoint(opts: dict[str, str]) -> Endpoint:
         if not is_socket:
             raise QemuError(f"File descriptor '{fd}' is not a socket")
         return Endpoint("fd", fd=fd, listen=fd_is_listening(fd))
-    raise QemuError(f"Unable to parse FD number {opts.get('fd', '')}")
+    raise QemuError(qerror.FD_NUMBER_UNPARSABLE % (opts.get('fd', '')))
 
 
 def parse_qmp_compat(text: str) -> Endpoint:
@@ -252,7 +253,7 @@ def parse_qmp_compat(text: str) -> Endpoint:
     if text == "stdio":
         return Endpoint("stdio", listen=False)
     if text in ("null", "pty", "vc") or text.startswith(("file:", "pipe:", "udp:", "vc:")):
-        raise QemuError(f"char driver '{text.split(':')[0]}' is not supported by the blocktxn emulator")
+        raise QemuError(qerror.EMULATOR_NO_CHARDEV % text.split(':')[0])
     raise QemuError(f"'{text}' is not a valid char driver")
 
 
@@ -265,7 +266,6 @@ class _Parser:
         self._schema: QapiSchema | None = None
         #: -machine property names, checked once the machine type is known.
         self.machine_props: list[str] = []
-        self.compat_monitors = 0
 
     def parse(self, argv: list[str]) -> Config:
         pairs = self._split(argv)
@@ -368,7 +368,7 @@ class _Parser:
             if kind in ("vnc", "curses", "egl-headless", "spice-app", "dbus", "cocoa"):
                 raise CmdlineError(f"Display '{kind}' is not available.")
             if kind != "none":
-                raise QemuError(f"Parameter 'type' does not accept value '{kind}'")
+                raise QemuError(qerror.PARAMETER_VALUE_REFUSED % ("type", kind))
         elif name == "S":
             self.config.start_paused = True
         elif name == "qmp":
@@ -443,7 +443,7 @@ class _Parser:
             self.config.action = "device-help"
             return
         if "=" in driver:
-            raise QemuError("Parameter 'driver' is missing")
+            raise QemuError(qerror.MISSING_PARAMETER % "driver")
         opts = {"driver": driver, **parse_qemu_opts(rest)}
         if opts.get("help") == "on" or "?" in opts:
             self.config.action = "device-help"
@@ -455,10 +455,10 @@ class _Parser:
         opts = parse_qemu_opts(arg, "qom-type")
         qom_type = opts.get("qom-type", "")
         if qom_type not in OBJECT_TYPES:
-            raise QemuError(f"Parameter 'qom-type' does not accept value '{qom_type}'")
+            raise QemuError(qerror.PARAMETER_VALUE_REFUSED % ("qom-type", qom_type))
         object_id = opts.get("id")
         if not object_id:
-            raise QemuError("Parameter 'id' is missing")
+            raise QemuError(qerror.MISSING_PARAMETER % "id")
         if any(o.get("id") == object_id for _, o in self.config.objects):
             raise QemuError(f"Duplicate ID '{object_id}' for object")
         self.config.objects.append((f"-object {arg}", opts))
@@ -493,7 +493,6 @@ class _Parser:
             lines.append(f"parse error: {arg}")
             raise CmdlineError(lines[0], location,
                                text="".join(f"{PROG}: {location}: {line}\n" for line in lines)) from exc
-        self.compat_monitors += 1
         self.config.monitors.append(dataclasses.replace(endpoint, origin=location, mode=mode,
                                                         pretty=pretty))
 
@@ -502,7 +501,7 @@ class _Parser:
         if backend not in CHARDEV_BACKENDS:
             raise QemuError(f"'{backend}' is not a valid char driver name")
         if backend not in ("socket", "stdio", "null"):
-            raise QemuError(f"char driver '{backend}' is not supported by the blocktxn emulator")
+            raise QemuError(qerror.EMULATOR_NO_CHARDEV % backend)
         opts = parse_qemu_opts(arg, "backend", allowed=SOCKET_CHARDEV_KEYS)
         chardev_id = opts.get("id")
         if not chardev_id:
@@ -521,12 +520,12 @@ class _Parser:
         opts = parse_qemu_opts(arg, "chardev", allowed=MON_KEYS)
         mode = opts.get("mode", "readline")
         if mode not in ("readline", "control"):
-            raise QemuError(f"Parameter 'mode' does not accept value '{mode}'")
+            raise QemuError(qerror.PARAMETER_VALUE_REFUSED % ("mode", mode))
         chardev = self.chardevs.get(opts.get("chardev", ""))
         if chardev is None:
             raise QemuError(f"chardev \"{opts.get('chardev', '')}\" not found")
         if chardev.used:
-            raise QemuError(f"Device '{opts['chardev']}' is in use")
+            raise QemuError(qerror.DEVICE_IN_USE % opts['chardev'])
         chardev.used = True
         if chardev.endpoint.kind == "null":
             return
@@ -568,9 +567,8 @@ def check_drive(opts: dict[str, str], *, board: bool = True) -> None:
     """The checks of QEMU's drive_new() that come before opening the image (`board`: the
     machine has buses for board-created drives, unlike `-M none`)."""
     drive_id = opts.get("id")
-    if drive_id is not None and not re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]*", drive_id):
-        raise QemuError("Parameter 'id' expects an identifier\n"
-                        "Identifiers consist of letters, digits, '-', '.', '_', starting with a letter.")
+    if drive_id is not None and not id_wellformed(drive_id):
+        raise QemuError(qerror.ID_NOT_WELLFORMED)
     if "cache" in opts and opts["cache"] not in DRIVE_CACHE_MODES:
         raise QemuError("invalid cache option")
     if "aio" in opts and opts["aio"] not in DRIVE_AIO_MODES:
@@ -579,7 +577,7 @@ def check_drive(opts: dict[str, str], *, board: bool = True) -> None:
     if interface not in DRIVE_INTERFACES:
         raise QemuError(f"unsupported bus type '{interface}'")
     if interface not in ("none", "ide", "virtio", "scsi") and not board:
-        raise QemuError(f"machine type does not support if={interface},bus=0,unit=0")
+        raise QemuError(qerror.MACHINE_NO_DRIVE_BUS % (interface, 0, 0))
     if interface not in ("none", "ide", "virtio", "scsi"):
         raise QemuError(f"if={interface} is not supported by the blocktxn emulator")
     media = opts.get("media", "disk")
@@ -631,7 +629,7 @@ def _object(machine: Machine, opts: dict[str, str]) -> None:
         handler.handler(machine, qom_type=qom_type, id=object_id, **props)
         return
     if qom_type not in ("iothread", "secret"):
-        raise QemuError(f"object type '{qom_type}' is not supported by the blocktxn emulator")
+        raise QemuError(qerror.EMULATOR_NO_OBJECT % qom_type)
     machine.objects[object_id] = dict(opts)
 
 

@@ -115,7 +115,6 @@ class EmbeddedEmulator:
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._start_error: BaseException | None = None
-        self._run_error: BaseException | None = None
 
     def start(self) -> None:
         """Parse argv, build the machine, and return once every QMP socket listens."""
@@ -161,12 +160,9 @@ class EmbeddedEmulator:
         except (CmdlineError, QemuError, OSError) as exc:
             if not self._ready.is_set():
                 self._start_error = exc
-            else:
-                self._run_error = exc
         except BaseException as exc:
             if not self._ready.is_set():
                 self._start_error = exc
-            self._run_error = exc
             raise
 
     @property

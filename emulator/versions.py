@@ -20,6 +20,8 @@ from typing import Any
 
 #: Environment variable naming the version when no -blocktxn-version option is given.
 VERSION_ENV = "BLOCKTXN_QEMU_VERSION"
+#: VersionInfo's "package" (QEMU's build puts its distribution's package version there).
+PACKAGE = "blocktxn-emulator"
 
 
 class UnsupportedVersion(ValueError):
@@ -28,7 +30,10 @@ class UnsupportedVersion(ValueError):
 
 @dataclass(frozen=True)
 class ErrorTexts:
-    """Error messages whose text differs between versions, by name (printf-style placeholders)."""
+    """Error messages whose text differs between versions, by name (printf-style placeholders).
+
+    With emulator/qerror.py (the texts every supported version shares) this is the version's
+    error catalogue; a text that a new version rewords moves from qerror.py to here."""
 
     #: qmp_transaction's refusal of a non-backup action in a grouped transaction:
     #: "Transaction property" (7.2, blockdev.c action_check_completion_mode) became
@@ -73,6 +78,23 @@ class QemuProfile:
     #: The backup job's block-copy bitmap lives on the copy-before-write filter node (10.0,
     #: listed after the filter's own two bitmaps); 7.2 creates it on the source node.
     block_copy_bitmap_on_filter: bool
+    #: Each graph change drains every node (10.0: bdrv_graph_wrlock begins and ends a drain-all
+    #: section), so every running block job pauses once per write-lock section, whatever node
+    #: the change is on; 7.2 changes the graph without draining (emulator/block/drain.py).
+    graph_lock_drains: bool
+    #: Index of the first board-created IDE drive under /machine/unattached (the pc machine's
+    #: own objects before it: 18 in 7.2, 4 in 10.0).
+    unattached_ide_base: int
+    #: At quit, a running job pauses and resumes once more before qemu_cleanup's drain-all and
+    #: cancel (10.0: `paused running paused running aborting`; 7.2: `paused running aborting`),
+    #: in every run of scripts/drain_probe.py's probes sync_none and backup_errors.
+    extra_drain_at_quit: bool
+    #: `transaction` commits, aborts and cleans its actions newest first (10.0: qmp_transaction
+    #: registers them with tran_add, which inserts at the head of the list), so the jobs of a
+    #: transaction start in reverse order; 7.2 commits and cleans in list order (and aborts in
+    #: reverse).  Seen in the order blkdebug breakpoints stop the first reads of two backups
+    #: started by one transaction (test_blockjob_txn.py::test_pair_fail_cancel_race).
+    transaction_newest_first: bool
     #: `qemu-img info` prints the protocol child of a format node ("Child node '/file':" in
     #: human output, "children" in JSON) (10.0).
     img_info_children: bool
@@ -92,6 +114,11 @@ class QemuProfile:
     @property
     def version_string(self) -> str:
         return ".".join(str(part) for part in self.version)
+
+    def version_info(self) -> dict[str, Any]:
+        """VersionInfo (the greeting, query-version), members in QAPI order as QEMU builds it."""
+        major, minor, micro = self.version
+        return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
 
     def has_command(self, name: str) -> bool:
         return name not in self.commands_absent
@@ -130,6 +157,10 @@ QEMU_7_2 = QemuProfile(
     status_singlestep=True,
     grouped_checked_before_prepare=False,
     block_copy_bitmap_on_filter=False,
+    graph_lock_drains=False,
+    unattached_ide_base=18,
+    extra_drain_at_quit=False,
+    transaction_newest_first=False,
     img_info_children=False,
     img_map_compressed=False,
     commands_absent=frozenset({"block-job-change", "blockdev-set-active"}),
@@ -164,6 +195,10 @@ QEMU_10_0 = QemuProfile(
     status_singlestep=False,
     grouped_checked_before_prepare=True,
     block_copy_bitmap_on_filter=True,
+    graph_lock_drains=True,
+    unattached_ide_base=4,
+    extra_drain_at_quit=True,
+    transaction_newest_first=True,
     img_info_children=True,
     img_map_compressed=True,
     resize_busy_as_device_in_use=False,

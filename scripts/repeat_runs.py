@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from conformance.cli import CASES_DIR, pytest_argv
+from blocktxn_cli.main import CASES_DIR, pytest_argv
 
 #: A run's wall-clock bound; a hung run is a failure, not a hang of this script.
 RUN_TIMEOUT = 1800.0

@@ -1,14 +1,20 @@
-"""Shared setup of the emulator's unit tests.
+"""Shared setup and fixtures of the emulator's unit tests (each defined here once).
 
 Most of these tests compare the emulator with transcripts recorded from real QEMU 7.2 (and with
 the QEMU 7.2 tools on PATH), so they run the emulator's 7.2 profile; tests of other versions and
 of profile selection (tests/test_versions.py) set or clear BLOCKTXN_QEMU_VERSION themselves.
 Session-scoped, so that module-scoped emulator fixtures started before any test see it too.
+
+Plain helper functions and classes (QMP through the dispatcher, real QEMU tools) are in
+helpers.py.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -20,3 +26,12 @@ def qemu_7_2_profile() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(VERSION_ENV, "7.2")
         yield
+
+
+@pytest.fixture
+def sockdir() -> Iterator[Path]:
+    """A fresh folder for UNIX sockets, under the system's temporary folder: pytest's tmp_path is
+    too long for sun_path (108 bytes) once a socket name is added."""
+    path = Path(tempfile.mkdtemp(prefix="btx"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

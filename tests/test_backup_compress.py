@@ -3,24 +3,16 @@ and compares equal; refused (with QEMU 7.2's and 10.0's text) where the target c
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import qemu_img
 from test_backup_job import Harness, MiB, run
 
 from emulator.block.file import FileStorage
 from emulator.block.image import create_image
 from emulator.block.qcow2 import Qcow2Image
 from emulator.error import QemuError
-
-
-def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("qemu-img") is None:
-        pytest.skip("qemu-img not found: apt-get install qemu-utils")
-    return subprocess.run(["qemu-img", *args], check=False, capture_output=True, text=True,
-                          timeout=60)
 
 
 def compressed_clusters(path: Path) -> int:

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import qmp_cmd
 
 from emulator.block.image import create_image, open_image_chain
-from emulator.commands import COMMANDS, new_machine
+from emulator.commands import new_machine
 from emulator.error import QemuError
 from emulator.machine import Machine
 
@@ -35,7 +36,8 @@ class Harness:
         self.machine.subscribe(lambda name, data, _stamp: self.events.append((name, data or {})))
 
     def cmd(self, command: str, /, **args: Any) -> Any:
-        return COMMANDS[command].handler(self.machine, **args)
+        """Run a command through the QMP dispatcher (argument names in Python spelling)."""
+        return qmp_cmd(self.machine, command, **args)
 
     def drive(self, name: str, size: int = 64 * MiB, blkdebug: dict[str, Any] | None = None) -> Path:
         path = self.tmp / f"{name}.qcow2"

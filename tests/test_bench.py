@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 @pytest.mark.timeout(900)
 def test_bench_quick_prints_the_table_and_writes_json_and_svg(tmp_path: Path) -> None:
     out = tmp_path / "bench-out"
-    done = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "--quick", "--out", str(out)],
+    done = subprocess.run([sys.executable, "-m", "blocktxn_cli.main", "bench", "--quick", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=850, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     text = done.stdout

@@ -6,17 +6,14 @@ from __future__ import annotations
 import asyncio
 import io
 from pathlib import Path
-from typing import Any
+
+from helpers import qmp_cmd as cmd
 
 from emulator.block.image import create_image
-from emulator.commands import COMMANDS, new_machine
+from emulator.commands import new_machine
 from emulator.machine import Machine
 
 MiB = 1 << 20
-
-
-def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
-    return COMMANDS[command].handler(machine, **args)
 
 
 def hmp(machine: Machine, line: str) -> str:
@@ -139,3 +136,31 @@ def test_pause_during_the_call_pauses_even_when_everything_is_copied(tmp_path: P
         machine.close()
 
     asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
+def test_suspend_and_resume_lines_unless_qtest(tmp_path: Path) -> None:
+    """blkdebug prints "Suspended request" when a request stops and "Resuming request" when
+    resume (or remove_break) lets it go, on stdout, only `if (!qtest_enabled())`."""
+    async def scenario(qtest: bool) -> tuple[str, str]:
+        machine = make(tmp_path / ("q" if qtest else "n"))
+        machine.clock.qtest = qtest
+        machine.jobs.loop = asyncio.get_running_loop()
+        hmp(machine, 'qemu-io drive0 "break read_aio bp0"')
+        cmd(machine, "blockdev-backup", device="drive0", target="drive1", sync="full")
+        await machine.jobs.wait_until(  # the job's first data read (at 1M) stops
+            lambda: cmd(machine, "query-block-jobs")[0]["busy"], timeout=5)
+        started = machine.stdout.getvalue()  # type: ignore[attr-defined]
+        machine.stdout = io.StringIO()
+        resumed = hmp(machine, 'qemu-io drive0 "resume bp0"')
+        await machine.jobs.wait_until(lambda: len(machine.jobs) == 0, timeout=5)
+        machine.close()
+        return started, resumed
+
+    async def both() -> None:
+        assert await scenario(False) == ("blkdebug: Suspended request 'bp0'\n",
+                                         "blkdebug: Resuming request 'bp0'\n")
+        assert await scenario(True) == ("", "")
+
+    (tmp_path / "q").mkdir()
+    (tmp_path / "n").mkdir()
+    asyncio.run(asyncio.wait_for(both(), 10))

@@ -9,16 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import qmp_cmd as cmd
 
 from emulator.block.file import FileStorage
 from emulator.block.qcow2 import Qcow2Image
-from emulator.commands import COMMANDS, new_machine
+from emulator.commands import new_machine
 from emulator.error import QemuError
 from emulator.machine import Machine
-
-
-def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
-    return COMMANDS[command].handler(machine, **args)
 
 
 async def finish(machine: Machine, job_id: str) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from helpers import JobEventRecorder as Recorder
 
 from emulator.block.drivers import NullCoNode
 from emulator.jobs import BlockJob, Job, JobManager, JobStatus, JobTxn
@@ -23,38 +24,6 @@ from emulator.jobs import BlockJob, Job, JobManager, JobStatus, JobTxn
 EINPROGRESS = -errno.EINPROGRESS
 EIO = -errno.EIO
 ECANCELED = -errno.ECANCELED
-
-
-class Recorder:
-    """A JobEventSink keeping every event, per job and globally."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str, str]] = []
-
-    def _add(self, job: Job, what: str) -> None:
-        assert job.id is not None
-        self.log.append((job.id, what))
-
-    def status_changed(self, job: Job) -> None:
-        self._add(job, job.status.value)
-
-    def pending(self, job: Job) -> None:
-        self._add(job, "PENDING")
-
-    def ready(self, job: Job) -> None:
-        self._add(job, "READY")
-
-    def completed(self, job: Job) -> None:
-        self._add(job, f"COMPLETED({job.error})" if job.ret < 0 else "COMPLETED")
-
-    def cancelled(self, job: Job) -> None:
-        self._add(job, "CANCELLED")
-
-    def io_error(self, job: Job, operation: str, action: str) -> None:
-        self._add(job, f"ERROR({operation},{action})")
-
-    def of(self, job_id: str) -> list[str]:
-        return [what for jid, what in self.log if jid == job_id]
 
 
 class TestBlockJob(BlockJob):
@@ -246,27 +215,44 @@ def test_pair_cancel_second() -> None:
 
 
 def test_pair_fail_cancel_race() -> None:
-    """job1 is cancelled while job2 is stepped to success by hand before the loop runs job1."""
+    """/pair/fail-cancel-race: job1 (id job0) is cancelled, then job2 (id job1) is stepped by
+    hand until its coroutine has returned -- its job_exit bottom half scheduled, not run -- and
+    only then does the main loop run.  Both must end -ECANCELED.
+
+    Each step asserts where the jobs are, so the test fails if the interleaving is not the
+    racy one: job2 finishes its own work (rc 0, not cancelled) after job1's cancel, and is
+    completed from inside job1's txn abort (job_finish_sync), never reaching `waiting`."""
     async def scenario(h: Harness) -> None:
         txn = JobTxn()
         job1 = h.start_job(1, True, ECANCELED, txn)
         job2 = h.start_job(2, False, 0, txn)
         job1.start()
         job2.start()
+        # Both suspended in their first iteration: job1 on its 0 ns timer, job2 in a bare yield.
+        assert job1.timer_pending() and not job1.busy and job1.iterations == 0
+        assert not job2.timer_pending() and not job2.busy and job2.iterations == 1
         job1.cancel(False)
-        # Make job2 finish before the main loop kicks jobs (the pending-kick race).
+        # job_cancel enters job1 at once: it stops, returns, and defers its job_exit.
+        assert job1.is_cancelled() and job1.deferred_to_main_loop
+        assert job1.status is JobStatus.RUNNING and job1.result == EINPROGRESS
+        # Now make job2 finish before the main loop runs job1's completion.
         job2.enter()
+        assert job2.iterations == 0 and not job2.deferred_to_main_loop and not job2.busy
         job2.enter()
         assert job2.deferred_to_main_loop and job2.status is JobStatus.RUNNING
+        assert job2.ret == 0 and not job2.is_cancelled()  # its own success, not a cancel
+        assert job2.result == EINPROGRESS and job1.result == EINPROGRESS
+        assert h.events.log == [("job0", "created"), ("job1", "created"),
+                                ("job0", "running"), ("job1", "running")]
         await h.run_until_results(job1, job2)
         assert (job1.result, job2.result) == (ECANCELED, ECANCELED)
+        assert job2.is_cancelled()  # cancelled by job1's abort after its run had returned
         txn.unref()
         assert txn.refcnt == 0
 
     h = run(scenario)
-    assert h.events.of("job0") == CANCELLED
-    assert h.events.of("job1") == CANCELLED
-    # job1's completion drives the abort; job2 (list head) is finalised first.
+    # job1's completion runs first and aborts the txn; job2's pending job_exit runs inside that
+    # abort (no `waiting`), and job2 (list head) is finalised first.
     assert h.events.log[4:] == [
         ("job0", "aborting"), ("job1", "aborting"),
         ("job1", "CANCELLED"), ("job1", "concluded"), ("job1", "null"),
@@ -377,7 +363,8 @@ def test_manual_finalize_finalizes_whole_txn() -> None:
 
 
 def test_cancel_at_pending_aborts_group() -> None:
-    """f3/f6 of qemu-7.2-observed: cancel of one pending member cancels all, even fully done ones."""
+    """f3/f6 of docs/qemu-7.2-observations.md: cancel of one pending member cancels all, even
+    fully done ones."""
     async def scenario(h: Harness) -> None:
         txn = JobTxn()
         job0 = h.start_job(1, True, 0, txn, auto_finalize=False)

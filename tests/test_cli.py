@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.cli import CASES_DIR, ROOT, UNIT_DIR, plan
+from blocktxn_cli.main import CASES_DIR, ROOT, UNIT_DIR, plan
 from conformance.targets import QemuBinaries
 
 QEMU = QemuBinaries.find()
@@ -78,7 +78,7 @@ def test_test_runs_unit_tests_and_cases() -> None:
 
 
 def _blocktxn(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conformance.cli", *args], cwd=ROOT, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "blocktxn_cli.main", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, check=False)
 
 

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import emulator_process as emulator
 
 from emulator.cmdline import CmdlineError, parse_args
 from emulator.qmp import Endpoint
@@ -114,12 +115,6 @@ def test_version_and_help_actions() -> None:
 
 
 # ---- as a process ------------------------------------------------------------------------------------
-
-def emulator(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "emulator", *args], capture_output=True, text=True,
-                          timeout=TIMEOUT, env=env, cwd=ROOT, check=False, **kwargs)  # type: ignore[arg-type]
-
 
 def test_process_version() -> None:
     done = emulator(["-version"])

@@ -10,18 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import qmp_cmd as cmd
 
 from emulator.block.image import create_image, open_image_chain
 from emulator.block.throttle import LeakyBucket, ThrottleGroup
-from emulator.commands import COMMANDS, new_machine
+from emulator.cmdline import apply_block_options, parse_args
+from emulator.commands import new_machine
 from emulator.error import QemuError
 from emulator.machine import Machine
 
 MiB = 1 << 20
-
-
-def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
-    return COMMANDS[command].handler(machine, **args)
 
 
 def qemu_io(machine: Machine, node: str, command: str) -> str:
@@ -184,10 +182,10 @@ def test_object_add_errors() -> None:
 def test_object_add_from_the_command_line_strings() -> None:
     """-object passes QemuOpts strings, dotted for nested members."""
     machine = new_machine(stdout=io.StringIO())
-    COMMANDS["object-add"].handler(machine, qom_type="throttle-group", id="g1",
-                                   **{"limits.bps-write": "1000"})
-    COMMANDS["object-add"].handler(machine, qom_type="throttle-group", id="g2",
-                                   **{"x-iops-total": "5"})
+    config = parse_args(["-M", "none", "-nodefaults", "-display", "none",
+                         "-object", "throttle-group,id=g1,limits.bps-write=1000",
+                         "-object", "throttle-group,id=g2,x-iops-total=5"])
+    apply_block_options(config, machine)
     assert machine.block.throttle_groups["g1"].buckets["bps-write"].avg == 1000
     assert machine.block.throttle_groups["g2"].buckets["iops-total"].avg == 5
 

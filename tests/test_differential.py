@@ -1,4 +1,4 @@
-"""Differential testing of the emulator against real QEMU 7.2 (conformance.differential).
+"""Differential testing of the emulator against real QEMU 7.2 (conformance.differential.fuzz).
 
 A bounded, derandomized run of hypothesis-drawn scenarios: every example drives real QEMU and
 the in-process emulator through the same generated steps and compares them after every step
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import differential
+from conformance.differential import fuzz as differential
 from conformance.targets import INSTALL_HINT, QemuBinaries
 
 #: Bounded for CI: about 20 s on 2 cores when nothing diverges (shrinking a divergence takes longer).

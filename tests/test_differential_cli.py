@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import differential
+from conformance.differential import fuzz as differential
 
 SUMMARY = re.compile(r"^(\d+) scenarios, (\d+) divergences, (\d+) reference failures$")
 QEMU_10 = Path("/root/.cache/blocktxn/qemu-10.0.2/usr/bin/qemu-system-x86_64")

@@ -1,5 +1,5 @@
 """The differential fuzzer's scenario drawing, run-time applicability and known real-QEMU crashes
-(conformance.differential_plan, conformance.differential_crashes, conformance.differential_targets).
+(conformance.differential.plan, conformance.differential.crashes, conformance.differential.targets).
 
 No QEMU is needed here except in the tests that check the documented crashes against real QEMU
 (skipped, with the reason, for a version that is not installed)."""
@@ -15,11 +15,11 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, find, given, seed, settings
 
-from conformance.differential_crashes import KNOWN_CRASHES, known_crash
-from conformance.differential_model import BitmapState, Model
-from conformance.differential_plan import RULES, scenarios, skip_reason
-from conformance.differential_steps import CreateImage, HmpIo, Img, Qmp, Step
-from conformance.differential_targets import FuzzProfile, parse_version
+from conformance.differential.crashes import KNOWN_CRASHES, known_crash
+from conformance.differential.model import BitmapState, Model
+from conformance.differential.plan import RULES, scenarios, skip_reason
+from conformance.differential.steps import CreateImage, HmpIo, Img, Qmp, Step
+from conformance.differential.targets import FuzzProfile, parse_version
 from conformance.targets import EmulatorTarget, MonitorSocket, QemuBinaries
 
 QEMU_10 = Path("/root/.cache/blocktxn/qemu-10.0.2/usr/bin/qemu-system-x86_64")

@@ -10,25 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import qmp_cmd as cmd
 
 from emulator.block.image import create_image
-from emulator.commands import COMMANDS, TYPES, new_machine
+from emulator.commands import new_machine
 from emulator.error import QemuError
 from emulator.machine import Machine
-from emulator.qmp.dispatch import python_name
-from emulator.qmp.visitor import QapiSchema, visit_arguments
 
 MiB = 1 << 20
-
-
-def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
-    """Run a command as the dispatcher does: its arguments visited against the machine's
-    version's schema (so 7.2 refuses 10.0's members), then the handler."""
-    schema = QapiSchema(machine.profile.qapi_types(TYPES))
-    arguments = visit_arguments(schema, COMMANDS[command].args,
-                                {key.replace("_", "-"): value for key, value in args.items()})
-    return COMMANDS[command].handler(machine, **{python_name(key): value
-                                                 for key, value in arguments.items()})
 
 
 def drive(tmp_path: Path, **extra: str) -> Machine:

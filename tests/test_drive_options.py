@@ -6,18 +6,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import qmp_cmd as cmd
 
 from emulator.block.image import create_image
-from emulator.commands import COMMANDS, new_machine
+from emulator.commands import new_machine
 from emulator.error import QemuError
-from emulator.machine import Machine
-
-
-def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
-    return COMMANDS[command].handler(machine, **args)
 
 
 def test_empty_drive_has_no_medium(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.iotests import ForkServer, emulator_launcher
+from conformance.iotests.runner import ForkServer, emulator_launcher
 
 TIMEOUT = 30
 BASE = ["-M", "none", "-nodefaults", "-display", "none"]

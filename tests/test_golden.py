@@ -1,4 +1,4 @@
-"""conformance.golden: header handling, missing goldens, and mismatch diffs."""
+"""conformance.compare.golden: header handling, missing goldens, and mismatch diffs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.golden import Golden, GoldenMismatch, GoldenMissing
+from conformance.compare.golden import Golden, GoldenMismatch, GoldenMissing
 
 BODY = "case: test_mod/test_case\n\n== conversation\n-> {\"execute\": \"quit\"}\n"
 

@@ -5,34 +5,21 @@ from __future__ import annotations
 
 import itertools
 import shutil
-import subprocess
 from pathlib import Path
 
 import pexpect
 import pytest
+from helpers import real, real_check_clean
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emulator.block.file import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED, FileStorage
+from emulator.block.file import FileStorage
 from emulator.block.image import create_image, open_image_chain
+from emulator.block.permissions import PERM_CONSISTENT_READ, PERM_WRITE, PERM_WRITE_UNCHANGED
 from emulator.block.qcow2 import Qcow2Image
 from emulator.error import QemuError
 
 MiB = 1 << 20
-
-
-def real(*args: str, cwd: Path | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    if shutil.which(args[0]) is None:
-        pytest.skip(f"{args[0]} not found: apt-get install qemu-utils")
-    r = subprocess.run(args, check=False, capture_output=True, text=True, cwd=cwd, timeout=60)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
-
-
-def real_check_clean(path: Path) -> None:
-    r = real("qemu-img", "check", str(path), check=False)
-    assert r.returncode == 0 and "No errors were found on the image." in r.stdout, (r.stdout, r.stderr)
 
 
 def real_compare(a: Path, fmt_a: str, b: Path, fmt_b: str) -> None:
@@ -112,12 +99,12 @@ OPS = st.lists(
 )
 
 
+@pytest.mark.usefixtures("qemu_img_present")
 @pytest.mark.parametrize("cs", [512, 4096, 65536, 2 * MiB])
 @settings(max_examples=15, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(ops=OPS, with_backing=st.booleans())
-def test_random_write_sequences_against_model_and_qemu(tmp_path_factory: pytest.TempPathFactory,
-                                                       qemu_img_present: None, cs: int,
+def test_random_write_sequences_against_model_and_qemu(tmp_path_factory: pytest.TempPathFactory, cs: int,
                                                        ops: list[tuple[str, int, int, object]],
                                                        with_backing: bool) -> None:
     d = tmp_path_factory.mktemp("ops")

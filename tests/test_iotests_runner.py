@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance import iotests
+from conformance.iotests import runner as iotests
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared" / "qemu-iotests"
@@ -67,7 +67,7 @@ def fake_tools(tmp: Path, version: str = "7.2.22", skip: str = "") -> Path:
 
 
 def run(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "conformance.cli", "iotests", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "blocktxn_cli.main", "iotests", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=TIMEOUT, check=False,
                           env={**os.environ, **env})
 

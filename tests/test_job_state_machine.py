@@ -11,7 +11,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
+from helpers import JobEventRecorder as Recorder
 
+from emulator.block.drain import drained
 from emulator.block.drivers import NullCoNode
 from emulator.error import QemuError
 from emulator.jobs import (
@@ -61,34 +63,6 @@ VERB_CASES = [
     for verb, bits in QEMU_JOB_VERB_TABLE.items()
     for col, bit in zip(_COLUMNS, bits.split(), strict=True)
 ]
-
-
-class Recorder:
-    """JobEventSink recording (job id, event) pairs."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[str | None, str]] = []
-
-    def status_changed(self, job: Job) -> None:
-        self.log.append((job.id, job.status.value))
-
-    def pending(self, job: Job) -> None:
-        self.log.append((job.id, "PENDING"))
-
-    def ready(self, job: Job) -> None:
-        self.log.append((job.id, "READY"))
-
-    def completed(self, job: Job) -> None:
-        self.log.append((job.id, f"COMPLETED({job.error})" if job.ret < 0 else "COMPLETED"))
-
-    def cancelled(self, job: Job) -> None:
-        self.log.append((job.id, "CANCELLED"))
-
-    def io_error(self, job: Job, operation: str, action: str) -> None:
-        self.log.append((job.id, f"ERROR({operation},{action})"))
-
-    def of(self, job_id: str) -> list[str]:
-        return [what for jid, what in self.log if jid == job_id]
 
 
 class StepJob(Job):
@@ -476,67 +450,6 @@ def test_complete_verb() -> None:
     assert run(scenario).of("job0")[:5] == ["created", "running", "ready", "READY", "standby"]
 
 
-# ---- drains --------------------------------------------------------------------------------------
-def test_drain_pauses_running_jobs_only() -> None:
-    async def scenario(manager: JobManager, events: Recorder) -> None:
-        running = StepJob(manager, "run", steps=5)
-        paused = StepJob(manager, "upause", steps=5)
-        waiting = StepJob(manager, "wait", steps=1, auto_finalize=False)
-        for job in (running, paused, waiting):
-            job.start()
-        paused.user_pause()
-        step(waiting)
-        await manager.wait_until(lambda: waiting.status is JobStatus.PENDING)
-        events.log.clear()
-        with manager.drained():
-            assert running.status is JobStatus.PAUSED
-        manager.drain_all()
-        assert running.status is JobStatus.RUNNING and paused.status is JobStatus.PAUSED
-        manager.cancel_all_sync()
-
-    events = run(scenario)
-    assert events.of("run")[:4] == ["paused", "running", "paused", "running"]
-    # A user-paused job stays parked through drains; only cancel_all_sync's cancel resumes it.
-    assert events.of("upause") == ["running", "aborting", "CANCELLED", "concluded", "null"]
-    assert events.of("wait") == ["aborting", "CANCELLED", "concluded", "null"]
-
-
-def test_job_started_inside_drained_section() -> None:
-    """Every QEMU 7.2 job start is `created running paused running` (the command's drain)."""
-    async def scenario(manager: JobManager, events: Recorder) -> None:
-        node = NullCoNode("src")
-        with manager.drained([node]):
-            job = ErrorJob.__new__(ErrorJob)
-            BlockJob.__init__(job, manager, "job0", node)
-            job.on_error, job.failures = "report", 0
-            job.start()
-            assert job.status is JobStatus.PAUSED
-        await manager.wait_until(lambda: job.status is JobStatus.NULL)
-        other = StepJob(manager, "other", steps=1)
-        with manager.drained([NullCoNode("unrelated")]):
-            other.start()  # not on a drained node: not paused
-            assert other.status is JobStatus.RUNNING
-        manager.cancel_all_sync()
-
-    events = run(scenario)
-    assert events.of("job0") == ["created", "running", "paused", "running", "waiting", "pending",
-                                 "COMPLETED", "concluded", "null"]
-    assert events.of("other")[:3] == ["created", "running", "aborting"]
-
-
-def test_drain_runs_pending_job_exit() -> None:
-    """A job whose work just ended is busy until job_exit ran; a drain polls it to completion."""
-    async def scenario(manager: JobManager, events: Recorder) -> None:
-        job = StepJob(manager, "job0", steps=1)
-        job.start()
-        step(job)
-        assert job.busy and job.status is JobStatus.RUNNING
-        manager.drain_all()
-        assert job.status is JobStatus.NULL
-
-    assert run(scenario).of("job0")[-1] == "null"
-
-
 # ---- speed, op blockers, rate limit ----------------------------------------------------------------
 def test_block_job_speed_and_blockers() -> None:
     manager = JobManager()
@@ -619,7 +532,7 @@ def test_node_held_without_op_blockers_still_drains() -> None:
         with pytest.raises(QemuError, match="^Node 'dst' is busy"):
             target.op_check("backup-target")
         job.start()
-        with manager.drained([source]):
+        with drained(source):
             assert job.status is JobStatus.PAUSED
         job.enter()
         await manager.wait_until(lambda: job.status is JobStatus.NULL)

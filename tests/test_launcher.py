@@ -5,12 +5,11 @@ from __future__ import annotations
 import asyncio
 import io
 import os
-import tempfile
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import qmp_session
 from qemu.qmp import QMPClient
 
 from emulator.launcher import EmbeddedEmulator, EmulatorStartError
@@ -19,30 +18,8 @@ TIMEOUT = 10.0
 BASE = ["-M", "none", "-nodefaults", "-display", "none"]
 
 
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="btx"))
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
 def argv_for(sock: Path, *extra: str) -> list[str]:
     return [*BASE, "-qmp", f"unix:{sock},server=on,wait=off", *extra]
-
-
-async def _session(sock: Path, commands: list[tuple[str, dict[str, object] | None]]) -> list[object]:
-    client = QMPClient("test")
-    await client.connect(str(sock))
-    try:
-        return [await client.execute(name, args) for name, args in commands]
-    finally:
-        await client.disconnect()
-
-
-def qmp(sock: Path, *commands: tuple[str, dict[str, object] | None]) -> list[object]:
-    return asyncio.run(asyncio.wait_for(_session(sock, list(commands)), TIMEOUT))
 
 
 def open_fds() -> int:
@@ -53,7 +30,7 @@ def test_start_serve_stop(sockdir: Path) -> None:
     sock = sockdir / "q.sock"
     with EmbeddedEmulator(argv_for(sock)) as emu:
         assert emu.is_running() and not emu.stopped
-        assert qmp(sock, ("query-status", None)) == [{"status": "running", "singlestep": False, "running": True}]
+        assert qmp_session(sock, ("query-status", None)) == [{"status": "running", "singlestep": False, "running": True}]
     assert emu.stopped and not emu.is_running()
     assert not sock.exists()
     emu.stop()  # idempotent
@@ -64,7 +41,7 @@ def test_start_paused_and_drive_option(sockdir: Path) -> None:
     image.write_bytes(bytes(1 << 20))
     sock = sockdir / "q.sock"
     with EmbeddedEmulator(argv_for(sock, "-S", "-drive", f"file={image},if=none,id=drive0,format=raw")) as emu:
-        status, blocks = qmp(sock, ("query-status", None), ("query-block", None))
+        status, blocks = qmp_session(sock, ("query-status", None), ("query-block", None))
         assert status == {"status": "prelaunch", "singlestep": False, "running": False}
         assert isinstance(blocks, list) and blocks[0]["device"] == "drive0"
     assert emu.stopped
@@ -125,7 +102,7 @@ def test_many_instances_at_once_and_in_a_row_without_leaks(sockdir: Path) -> Non
         for emu in emus:
             emu.start()
         for i, emu in enumerate(emus):
-            assert qmp(sockdir / f"q{round_}-{i}.sock", ("query-version", None))[0]["qemu"]["major"] == 7
+            assert qmp_session(sockdir / f"q{round_}-{i}.sock", ("query-version", None))[0]["qemu"]["major"] == 7
         for emu in emus:
             emu.stop(TIMEOUT)
     for _ in range(10):

@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from helpers import emulator_process as emulator
 
-from emulator.cmdline import CmdlineError, parse_args
 from emulator.block.backend import BlockBackend
+from emulator.cmdline import CmdlineError, parse_args
 from emulator.machine import Machine
 from emulator.machine.clock import VirtualClock
 from emulator.machine.qtest import QtestServer
@@ -32,12 +33,6 @@ REAL = {"7.2": shutil.which("qemu-system-x86_64"), "10.0": str(QEMU10) if QEMU10
 IOTESTS_VM = ["-display", "none", "-vga", "none", "-chardev", "socket,id=mon,fd={fd}", "-mon",
               "chardev=mon,mode=control", "-qtest", "unix:path={qtest}", "-accel", "qtest",
               "-nodefaults", "-display", "none", "-accel", "qtest"]
-
-
-def emulator(args: list[str], version: str = "7.2", **kwargs: object) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BLOCKTXN_QEMU_VERSION": version}
-    return subprocess.run([sys.executable, "-m", "emulator", *args], cwd=ROOT, env=env, text=True,
-                          capture_output=True, timeout=TIMEOUT, check=False, **kwargs)  # type: ignore[call-overload]
 
 
 # ---- help texts -----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import qmp_cmd as cmd
 
 from emulator.block.backend import BlockBackend
 from emulator.block.image import create_image
@@ -31,15 +32,11 @@ from emulator.block.permissions import (
     perm_names,
     storage_default_perms,
 )
-from emulator.commands import COMMANDS, new_machine
+from emulator.commands import new_machine
 from emulator.error import QemuError
 from emulator.machine import Machine
 
 MiB = 1 << 20
-
-
-def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
-    return COMMANDS[command].handler(machine, **args)
 
 
 def error(machine: Machine, command: str, /, **args: Any) -> str:

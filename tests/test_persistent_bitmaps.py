@@ -8,8 +8,6 @@ granule sets are compared exactly through QEMU's x-debug-block-dirty-bitmap-sha2
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import json
 import os
@@ -18,22 +16,19 @@ import signal
 import struct
 import subprocess
 import sys
-import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import need, qmp_cmd, qmp_session, real, real_check_clean
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from qemu.qmp import ExecuteError, QMPClient
 
 from emulator.block.dirty_bitmap import DirtyBitmap, DirtyBitmapSet
 from emulator.block.drivers import FileNode
 from emulator.block.image import create_image, open_image_chain
 from emulator.block.qcow2_bitmaps import BitmapsExtension, check_constraints
-from emulator.commands.bitmaps import bitmap_add, bitmap_remove, transaction_action
+from emulator.commands.bitmaps import transaction_action
 from emulator.error import QemuError
 from emulator.launcher import EmbeddedEmulator
 from emulator.machine import Machine
@@ -45,27 +40,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
-def need(program: str) -> str:
-    path = shutil.which(program)
-    if path is None:
-        pytest.skip(f"{program} not found (real QEMU 7.2 is needed: apt-get install qemu-system-x86 "
-                    "qemu-utils)")
-    return path
-
-
-def real(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    need(args[0])
-    r = subprocess.run(args, check=False, capture_output=True, text=True, timeout=60)
-    if check:
-        assert r.returncode == 0, (args, r.stdout, r.stderr)
-    return r
-
-
-def real_check_clean(path: Path) -> None:
-    r = real("qemu-img", "check", str(path), check=False)
-    assert r.returncode == 0 and "No errors were found on the image." in r.stdout, (r.stdout, r.stderr)
-
-
 def real_bitmaps(path: Path) -> list[dict[str, Any]]:
     """qemu-img info's format-specific bitmaps (the on-disk directory)."""
     info = json.loads(real("qemu-img", "info", "-U", "--output=json", str(path)).stdout)
@@ -98,42 +72,23 @@ def bitmaps_of(machine: Machine) -> dict[str, DirtyBitmap]:
     return {bm.name: bm for bm in node.dirty_bitmaps if bm.name is not None}
 
 
+def add_bitmap(machine: Machine, name: str, granularity: int | None = None, **options: Any) -> DirtyBitmap:
+    """block-dirty-bitmap-add on drive0 (through the QMP dispatcher); the new bitmap."""
+    if granularity is not None:
+        options["granularity"] = granularity
+    qmp_cmd(machine, "block-dirty-bitmap-add", node="drive0", name=name, **options)
+    return bitmaps_of(machine)[name]
+
+
+def remove_bitmap(machine: Machine, name: str) -> None:
+    """block-dirty-bitmap-remove on drive0 (through the QMP dispatcher)."""
+    qmp_cmd(machine, "block-dirty-bitmap-remove", node="drive0", name=name)
+
+
 def on_disk(path: Path) -> list[dict[str, Any]]:
     with open_image_chain(str(path), "qcow2") as img:
         assert img.qcow2 is not None
         return list(img.qcow2.format_specific().get("bitmaps", []))
-
-
-async def _session(sock: Path, commands: list[tuple[str, dict[str, Any] | None]]) -> list[Any]:
-    client = QMPClient("test")
-    deadline = time.monotonic() + TIMEOUT
-    while not sock.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{sock} did not appear")
-        await asyncio.sleep(0.01)
-    while True:
-        try:
-            await client.connect(str(sock))
-            break
-        except Exception:  # not listening yet (the process is starting)
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.02)
-    out: list[Any] = []
-    try:
-        for name, args in commands:
-            try:
-                out.append(await client.execute(name, args))
-            except ExecuteError as e:
-                out.append({"error": e.error.error.desc})
-    finally:
-        with contextlib.suppress(EOFError):  # after "quit" the peer may hang up first
-            await client.disconnect()
-    return out
-
-
-def qmp(sock: Path, *commands: tuple[str, dict[str, Any] | None]) -> list[Any]:
-    return asyncio.run(asyncio.wait_for(_session(sock, list(commands)), TIMEOUT))
 
 
 def io(cmd: str) -> tuple[str, dict[str, Any]]:
@@ -151,15 +106,6 @@ def sha(name: str) -> tuple[str, dict[str, Any]]:
 QUERY = ("query-named-block-nodes", None)
 
 
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="btx"))
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
-
-
 def drive_args(path: Path) -> list[str]:
     return ["-drive", f"if=none,id=drive0,node-name=node0,file={path},format=qcow2"]
 
@@ -170,7 +116,7 @@ def run_qemu(sock: Path, path: Path, *commands: tuple[str, dict[str, Any] | None
     proc = subprocess.Popen([binary, *BASE, "-qmp", f"unix:{sock},server=on,wait=off",
                              *drive_args(path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        out = qmp(sock, *commands, ("quit", None))
+        out = qmp_session(sock, *commands, ("quit", None))
         assert proc.wait(TIMEOUT) == 0, proc.stderr.read() if proc.stderr else ""
     finally:
         if proc.poll() is None:
@@ -182,7 +128,7 @@ def run_qemu(sock: Path, path: Path, *commands: tuple[str, dict[str, Any] | None
 def run_emulator(sock: Path, path: Path, *commands: tuple[str, dict[str, Any] | None]) -> list[Any]:
     """An in-process emulator session on `path`; stopping it closes the node (bitmaps stored)."""
     with EmbeddedEmulator([*BASE, "-qmp", f"unix:{sock},server=on,wait=off", *drive_args(path)]):
-        return qmp(sock, *commands)
+        return qmp_session(sock, *commands)
 
 
 def node0_bitmaps(reply: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -206,7 +152,7 @@ def test_dirty_patterns_round_trip_through_the_file(tmp_path_factory: pytest.Tem
     path = tmp_path_factory.mktemp("rt") / "img.qcow2"
     create_image(str(path), "qcow2", size, cluster_size=1 << cluster_bits)
     machine = open_machine(path)
-    bm = bitmap_add(machine, "drive0", "b", 1 << gran_bits, persistent=True, disabled=disabled)
+    bm = add_bitmap(machine, "b", 1 << gran_bits, persistent=True, disabled=disabled)
     for offset, length in pattern:
         bm.set_dirty(offset % size, length)
     expected, count = bm.save_bits(), bm.count()
@@ -232,9 +178,9 @@ def test_guest_writes_are_recorded_stored_and_reloaded(tmp_path: Path) -> None:
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", 64 * MiB)
     machine = open_machine(path)
-    bitmap_add(machine, "drive0", "g64k", persistent=True)
-    bitmap_add(machine, "drive0", "g512", 512, persistent=True)
-    bitmap_add(machine, "drive0", "transient", 512)
+    add_bitmap(machine, "g64k", persistent=True)
+    add_bitmap(machine, "g512", 512, persistent=True)
+    add_bitmap(machine, "transient", 512)
     node = machine.block.lookup_bs("drive0")
     node.pwrite(0, b"\1" * 4096)
     node.pwrite(40 * MiB + 100, b"\2" * 10)
@@ -265,7 +211,7 @@ def test_all_ones_table_entry_loads_as_a_dirty_chunk(tmp_path: Path) -> None:
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", 8 * MiB, cluster_size=512)  # 512 * 8 granules per data cluster
     machine = open_machine(path)
-    bitmap_add(machine, "drive0", "b", 512, persistent=True)
+    add_bitmap(machine, "b", 512, persistent=True)
     machine.close()
     with open_image_chain(str(path), "qcow2") as img:
         assert img.qcow2 is not None
@@ -290,7 +236,7 @@ def test_read_only_open_loads_readonly_bitmaps_and_leaves_the_image_alone(tmp_pa
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", MiB)
     machine = open_machine(path)
-    bitmap_add(machine, "drive0", "b", persistent=True).set_dirty(0, 1)
+    add_bitmap(machine, "b", persistent=True).set_dirty(0, 1)
     machine.close()
     before = path.read_bytes()
     machine = open_machine(path, read_only=True)
@@ -298,7 +244,7 @@ def test_read_only_open_loads_readonly_bitmaps_and_leaves_the_image_alone(tmp_pa
         bm = bitmaps_of(machine)["b"]
         assert bm.readonly and bm.count() == 65536
         with pytest.raises(QemuError, match="Bitmap 'b' is readonly and cannot be modified"):
-            bitmap_remove(machine, "drive0", "b")
+            remove_bitmap(machine, "b")
     finally:
         machine.close()
     assert path.read_bytes() == before
@@ -308,14 +254,14 @@ def test_removal_deletes_from_the_image_at_once(tmp_path: Path) -> None:
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", MiB)
     machine = open_machine(path)
-    bitmap_add(machine, "drive0", "a", persistent=True).set_dirty(0, MiB)
-    bitmap_add(machine, "drive0", "b", persistent=True)
+    add_bitmap(machine, "a", persistent=True).set_dirty(0, MiB)
+    add_bitmap(machine, "b", persistent=True)
     machine.close()
     machine = open_machine(path)
     try:
-        bitmap_remove(machine, "drive0", "a")
+        remove_bitmap(machine, "a")
         assert [b["name"] for b in on_disk(path)] == ["b"]
-        bitmap_remove(machine, "drive0", "b")
+        remove_bitmap(machine, "b")
         assert on_disk(path) == []
         with open_image_chain(str(path), "qcow2") as img:
             assert img.qcow2 is not None and img.qcow2.bitmaps_ext.nb_bitmaps == 0
@@ -330,7 +276,7 @@ def test_aborted_transaction_removal_stores_the_bitmap_again(tmp_path: Path) -> 
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", MiB)
     machine = open_machine(path)
-    bitmap_add(machine, "drive0", "b", persistent=True).set_dirty(4096, 1)
+    add_bitmap(machine, "b", persistent=True).set_dirty(4096, 1)
     machine.close()
     machine = open_machine(path)
     action = transaction_action(machine, "block-dirty-bitmap-remove", {"node": "drive0", "name": "b"})
@@ -350,7 +296,7 @@ def test_inconsistent_bitmap_is_refused_kept_on_disk_and_removable(tmp_path: Pat
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", MiB)
     machine = open_machine(path)
-    bitmap_add(machine, "drive0", "b", persistent=True)
+    add_bitmap(machine, "b", persistent=True)
     machine.close()
     crash(open_machine(path))  # the open marks in_use on disk; then it dies without closing
     machine = open_machine(path)
@@ -365,7 +311,7 @@ def test_inconsistent_bitmap_is_refused_kept_on_disk_and_removable(tmp_path: Pat
     assert on_disk(path) == [{"name": "b", "granularity": 65536, "flags": ["in-use", "auto"]}]
     machine = open_machine(path)
     try:
-        bitmap_remove(machine, "drive0", "b")
+        remove_bitmap(machine, "b")
     finally:
         machine.close()
     assert on_disk(path) == []
@@ -379,7 +325,7 @@ def test_offline_writes_keep_persistent_bitmaps_current(tmp_path: Path) -> None:
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", MiB)
     machine = open_machine(path)
-    bitmap_add(machine, "drive0", "b", persistent=True).set_dirty(0, 1)
+    add_bitmap(machine, "b", persistent=True).set_dirty(0, 1)
     machine.close()
     with open_image_chain(str(path), "qcow2", read_only=False) as img:
         img.pwrite(512 * 1024, b"x" * 512)
@@ -421,7 +367,7 @@ def test_limits_and_messages(tmp_path: Path) -> None:
     path = tmp_path / "img.qcow2"
     create_image(str(path), "qcow2", MiB)
     machine = open_machine(path)
-    bitmap_add(machine, "drive0", "bad", persistent=True)
+    add_bitmap(machine, "bad", persistent=True)
     machine.close()
     with open_image_chain(str(path), "qcow2") as img:
         assert img.qcow2 is not None
@@ -442,7 +388,7 @@ def test_persistent_bitmap_refused_on_qcow2_v2(tmp_path: Path) -> None:
     try:
         with pytest.raises(QemuError, match="^Can't make bitmap 'b' persistent in 'drive0': Cannot "
                                             "store dirty bitmaps in qcow2 v2 files$"):
-            bitmap_add(machine, "drive0", "b", persistent=True)
+            add_bitmap(machine, "b", persistent=True)
     finally:
         machine.close()
 
@@ -538,7 +484,7 @@ def test_killed_emulator_leaves_the_bitmap_inconsistent_not_stale(tmp_path: Path
                              f"unix:{sock},server=on,wait=off", *drive_args(path)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=ROOT)
     try:
-        replies = qmp(sock, io("write 0 64k"), QUERY)
+        replies = qmp_session(sock, io("write 0 64k"), QUERY)
         assert node0_bitmaps(replies[-1])["b0"]["count"] == 65536
         assert real_bitmaps(path) == [{"flags": ["in-use", "auto"], "name": "b0", "granularity": 65536}]
         os.kill(proc.pid, signal.SIGKILL)

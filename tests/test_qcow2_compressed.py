@@ -6,21 +6,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import qemu_img
 
 from emulator.block.file import FileStorage
 from emulator.block.qcow2 import Qcow2Image
-
-
-def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("qemu-img") is None:
-        pytest.skip("qemu-img not found: apt-get install qemu-utils")
-    return subprocess.run(["qemu-img", *args], check=False, capture_output=True, text=True,
-                          timeout=60)
 
 
 def _fill(img: Qcow2Image, size: int, cs: int, rng: random.Random) -> bytes:

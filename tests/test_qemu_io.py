@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from emulator.block.image import create_image, open_image_chain
-from emulator.block.qemu_io import QemuIo, cvtnum, cvtstr, run_command, strtosz, timestr
+from emulator.block.qemu_io import QemuIo, cvtnum, cvtstr, run_command, timestr
+from emulator.cutils import qemu_strtosz as strtosz
 from emulator.tools import io as io_tool
 
 MiB = 1 << 20

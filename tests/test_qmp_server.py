@@ -11,7 +11,6 @@ import logging
 import os
 import socket
 import stat
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,15 +79,6 @@ class ServerThread:
             self.server.request_stop()
             self.thread.join(TIMEOUT)
         assert not self.thread.is_alive()
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="btx"))
-    yield path
-    for child in path.iterdir():
-        child.unlink()
-    path.rmdir()
 
 
 @pytest.fixture

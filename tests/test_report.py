@@ -24,16 +24,16 @@ from pathlib import Path
 
 import pytest
 
-from conformance.normalize import PathMap, normalize
+from conformance.compare.normalize import PathMap, normalize
 from conformance.qmplog import QmpLog
-from conformance.report import (
+from conformance.report.html import (
     STATUS_COLOURS,
     Timeline,
     picture_of,
     timeline_from_log,
     upstream_of,
 )
-from conformance.summary import EMULATOR_ONLY, Tally
+from conformance.report.summary import EMULATOR_ONLY, Tally
 from conformance.targets import QemuBinaries
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,8 @@ def _jsc(job: str, status: str) -> dict[str, object]:
 
 
 def grouped_failure_log() -> QmpLog:
-    """The event order QEMU 7.2 shows when drive1 fails in a grouped transaction (spec cases.md)."""
+    """The event order QEMU 7.2 shows when drive1 fails in a grouped transaction
+    (docs/upstream-cases.md A.2, transaction_failure)."""
     log = QmpLog("synthetic/grouped_failure")
     log.add("greeting", {"QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0},
                                              "package": ""}, "capabilities": ["oob"]}})

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
 
 import pytest
+from helpers import qmp_cmd as cmd
 
 from emulator.block.image import create_image, open_image_chain
-from emulator.commands import COMMANDS, new_machine
+from emulator.commands import new_machine
 from emulator.error import QemuError
 from emulator.machine import Machine
 
@@ -23,10 +23,6 @@ def machine_with_drive(tmp_path: Path) -> tuple[Machine, Path]:
     machine.block.drive_add({"if": "none", "id": "drive0", "file": str(base), "format": "qcow2",
                              "node-name": "node0"})
     return machine, base
-
-
-def cmd(machine: Machine, command: str, /, **args: Any) -> Any:
-    return COMMANDS[command].handler(machine, **args)
 
 
 def test_snapshot_sync_redirects_writes_to_the_overlay(tmp_path: Path) -> None:

@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,13 +42,6 @@ pytestmark = pytest.mark.timeout(60)
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = 20.0
 BASE = ["-M", "none", "-nodefaults", "-display", "none"]
-
-
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="btx"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def emulator_env(**extra: str) -> dict[str, str]:

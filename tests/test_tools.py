@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from helpers import need
 
 from emulator.block.file import FileStorage
 from emulator.block.qcow2 import Qcow2Image
@@ -20,11 +21,6 @@ from emulator.tools import img as img_tool
 
 MiB = 1 << 20
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def need(binary: str) -> None:
-    if shutil.which(binary) is None:
-        pytest.skip(f"{binary} not found: apt-get install qemu-utils")
 
 
 def real_img(args: list[str], cwd: Path) -> tuple[int, str, str]:
@@ -223,7 +219,7 @@ def test_io_help_lists_options_and_commands_and_exits_0() -> None:
 
 def test_blocktxn_img_and_io_help_from_the_command_line() -> None:
     for tool in ("img", "io"):
-        done = subprocess.run([sys.executable, "-m", "conformance.cli", tool, "--help"], cwd=ROOT,
+        done = subprocess.run([sys.executable, "-m", "blocktxn_cli.main", tool, "--help"], cwd=ROOT,
                               capture_output=True, text=True, timeout=60, check=False)
         assert done.returncode == 0, done.stderr
         assert len(done.stdout.splitlines()) > 10

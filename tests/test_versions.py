@@ -9,7 +9,6 @@ import io
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -104,12 +103,6 @@ def test_process_version_and_errors() -> None:
 
 
 # ---- a client's view ----------------------------------------------------------------------------
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="btxv") as path:
-        yield Path(path)
-
-
 class Session:
     """An in-process emulator of one version with a qcow2 drive0, and a qemu.qmp client."""
 
@@ -147,26 +140,26 @@ class Session:
 
 
 @pytest.fixture(params=["7.2", "10.0"])
-def session(request: pytest.FixtureRequest, workdir: Path) -> Iterator[tuple[str, Session]]:
-    s = Session(workdir, request.param)
+def session(request: pytest.FixtureRequest, sockdir: Path) -> Iterator[tuple[str, Session]]:
+    s = Session(sockdir, request.param)
     with s.emulator:
         yield request.param, s
 
 
-def test_embedded_unknown_version_is_a_start_error(workdir: Path) -> None:
+def test_embedded_unknown_version_is_a_start_error(sockdir: Path) -> None:
     with pytest.raises(EmulatorStartError) as info:
         EmbeddedEmulator(["-blocktxn-version", "9.1", *BASE]).start()
     assert str(info.value) == UNSUPPORTED
 
 
 @pytest.mark.parametrize("version", ["7.2", "10.0", None])
-def test_embedded_environment_selects_the_version(monkeypatch: pytest.MonkeyPatch, workdir: Path,
+def test_embedded_environment_selects_the_version(monkeypatch: pytest.MonkeyPatch, sockdir: Path,
                                                   version: str | None) -> None:
     if version is None:
         monkeypatch.delenv(VERSION_ENV)
     else:
         monkeypatch.setenv(VERSION_ENV, version)
-    s = Session(workdir, version, env=True)
+    s = Session(sockdir, version, env=True)
     with s.emulator:
         greeting, (info,) = s.run(("query-version", None))
     expected = {"7.2": (7, 2, 22), "10.0": (10, 0, 2), None: (10, 0, 2)}[version]
@@ -285,8 +278,8 @@ def test_block_copy_bitmap_placement(session: tuple[str, Session]) -> None:
 
 
 @pytest.mark.parametrize("version", ["7.2", "10.0"])
-def test_img_info_protocol_child(monkeypatch: pytest.MonkeyPatch, workdir: Path, version: str) -> None:
-    path = workdir / "x.qcow2"
+def test_img_info_protocol_child(monkeypatch: pytest.MonkeyPatch, sockdir: Path, version: str) -> None:
+    path = sockdir / "x.qcow2"
     assert img.main(["create", "-q", "-f", "qcow2", str(path), "1M"]) == 0
     out = io.StringIO()
     assert img.main(["--blocktxn-version", version, "info", str(path)], out=out) == 0
@@ -352,8 +345,8 @@ def test_file_node_size_counts_whole_sectors(session: tuple[str, Session]) -> No
 
 
 @pytest.mark.parametrize("version", ["7.2", "10.0"])
-def test_img_map_compressed_member(workdir: Path, version: str) -> None:
-    path = workdir / "m.qcow2"
+def test_img_map_compressed_member(sockdir: Path, version: str) -> None:
+    path = sockdir / "m.qcow2"
     assert img.main(["create", "-q", "-f", "qcow2", str(path), "1M"]) == 0
     out = io.StringIO()
     assert img.main(["--blocktxn-version", version, "map", "--output=json", str(path)], out=out) == 0

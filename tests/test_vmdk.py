@@ -5,23 +5,15 @@ write them) and monolithicSparse (plain grains)."""
 from __future__ import annotations
 
 import random
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import qemu_img
 
 from emulator.block.file import FileStorage
 from emulator.block.vmdk import VmdkImage
 
 MiB = 1 << 20
-
-
-def qemu_img(*args: str) -> subprocess.CompletedProcess[str]:
-    if shutil.which("qemu-img") is None:
-        pytest.skip("qemu-img not found: apt-get install qemu-utils")
-    return subprocess.run(["qemu-img", *args], check=False, capture_output=True, text=True,
-                          timeout=60)
 
 
 @pytest.mark.parametrize("subformat", ["streamOptimized", "monolithicSparse"])

@@ -83,9 +83,10 @@ async def test_incremental_read_error_then_retry(vm: VM) -> None:
 async def test_backup_argument_errors(vm: VM) -> None:
     """Ports iotest 124 ``test_sync_dirty_bitmap_missing`` / ``_not_found`` (the target file is
     created before the arguments are validated) and pins every other argument error of
-    drive-backup and blockdev-backup (qemu-7.2-observed.md §5, block-layer.md §4), including
-    which check wins when several apply (a ``top`` backup of a drive without backing file is
-    checked as ``full``).  No job starts and bitmap0 is untouched."""
+    drive-backup and blockdev-backup (docs/qemu-7.2-observations.md section 4,
+    docs/backup-and-bitmaps.md section 2), including which check wins when several apply (a
+    ``top`` backup of a drive without backing file is checked as ``full``).  No job starts and
+    bitmap0 is untouched."""
     await launch_with_drive0(vm)
     existing = img_create(vm, vm.path("target.qcow2"))
     vm.tools.create(vm.path("target.img"), "raw", "64M").check()

@@ -27,7 +27,7 @@ from conformance.steps import (
 from conformance.vm import VM
 
 IMAGE_SIZE = 64 * 1024 * 1024
-#: 124's write set A dirties 7 granules of 64 KiB, set B 23 (see spec/cases.md A.1).
+#: 124's write set A dirties 7 granules of 64 KiB, set B 23 (see docs/upstream-cases.md A.1).
 WRITES_A_BYTES = 7 * 65536
 WRITES_B_BYTES = 23 * 65536
 
@@ -83,7 +83,7 @@ async def test_sync_full(vm: VM) -> None:
 
 
 async def test_sync_full_with_bitmap(vm: VM) -> None:
-    """Pins ``sync=full`` combined with a bitmap (qemu-7.2-observed.md §4): with
+    """Pins ``sync=full`` combined with a bitmap (docs/qemu-7.2-observations.md, scenario a): with
     ``bitmap-mode=on-success`` the full backup copies all 64M and the bitmap is cleared (count 0);
     with ``always`` the same.  Each target equals the source."""
     drive0 = await launch_with_drive0(vm)

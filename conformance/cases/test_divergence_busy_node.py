@@ -20,7 +20,7 @@ Record the golden from real QEMU with ``./blocktxn record-golden -k test_diverge
 
 from __future__ import annotations
 
-from conformance.differential_steps import (
+from conformance.differential.steps import (
     launch_scenario,
     wait_first_chunk,
     wait_statuses,
@@ -29,7 +29,7 @@ from conformance.vm import VM
 
 
 async def test_divergence_busy_node(vm: VM) -> None:
-    """Replays the minimal scenario on the drives of conformance.differential_steps."""
+    """Replays the minimal scenario on the drives of conformance.differential.steps."""
     await launch_scenario(vm)
     # j1: full backup of drive0, held by speed=1
     await vm.qmp('drive-backup', {'job-id': 'j1', 'device': 'drive0', 'sync': 'full', 'format': 'qcow2', 'target': str(vm.path('j1.qcow2')), 'speed': 1})

@@ -22,7 +22,7 @@ Record the golden from real QEMU with ``./blocktxn record-golden -k test_diverge
 
 from __future__ import annotations
 
-from conformance.differential_steps import (
+from conformance.differential.steps import (
     launch_scenario,
     wait_first_chunk,
     wait_statuses,
@@ -31,7 +31,7 @@ from conformance.vm import VM
 
 
 async def test_divergence_first_copy_task(vm: VM) -> None:
-    """Replays the minimal scenario on the drives of conformance.differential_steps."""
+    """Replays the minimal scenario on the drives of conformance.differential.steps."""
     await launch_scenario(vm)
     # qemu-io drive0: write -P 0x00 61440 39936
     await vm.hmp_qemu_io('drive0', 'write -P 0x00 61440 39936')

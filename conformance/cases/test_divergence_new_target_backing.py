@@ -21,7 +21,7 @@ Record the golden from real QEMU with ``./blocktxn record-golden -k test_diverge
 
 from __future__ import annotations
 
-from conformance.differential_steps import (
+from conformance.differential.steps import (
     launch_scenario,
     wait_statuses,
 )
@@ -29,7 +29,7 @@ from conformance.vm import VM
 
 
 async def test_divergence_new_target_backing(vm: VM) -> None:
-    """Replays the minimal scenario on the drives of conformance.differential_steps."""
+    """Replays the minimal scenario on the drives of conformance.differential.steps."""
     await launch_scenario(vm)
     # j1: sync=none backup of drive1 into a new image
     await vm.qmp('drive-backup', {'job-id': 'j1', 'device': 'drive1', 'sync': 'none', 'format': 'qcow2', 'target': str(vm.path('j1.qcow2'))})

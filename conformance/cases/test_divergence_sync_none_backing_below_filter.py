@@ -5,7 +5,7 @@ the filter (a loop).  QEMU leaves edges reachable from the new node where they a
 
 from __future__ import annotations
 
-from conformance.differential_steps import (
+from conformance.differential.steps import (
     launch_scenario,
     wait_statuses,
 )

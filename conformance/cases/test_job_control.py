@@ -67,7 +67,7 @@ async def _user_pause(vm: VM, job_id: str) -> None:
 
 
 async def test_cancel_incremental_keeps_bitmap(vm: VM) -> None:
-    """Pins a user cancel of a running incremental backup (qemu-7.2-observed.md §4 c3): the
+    """Pins a user cancel of a running incremental backup (docs/qemu-7.2-observations.md, c3): the
     speed-limited job ends with BLOCK_JOB_CANCELLED (len 458752) and no job is left; bitmap0 is
     reclaimed (all 7 granules still dirty, not busy), so a retry copies the same 7 clusters,
     succeeds and clears it; the retry's chain equals the drive."""
@@ -178,7 +178,7 @@ async def test_source_error_stop_then_resume(vm: VM) -> None:
 
 
 async def test_manual_finalize_and_dismiss(vm: VM) -> None:
-    """Pins ``auto-finalize=false auto-dismiss=false`` (qemu-7.2-observed.md §4 f1): the job stops
+    """Pins ``auto-finalize=false auto-dismiss=false`` (docs/qemu-7.2-observations.md, f1): the job stops
     at ``pending`` with BLOCK_JOB_PENDING; query-jobs shows it pending with full progress and
     bitmap0 is still busy; dismiss is refused at pending; ``job-finalize`` emits
     BLOCK_JOB_COMPLETED and ``concluded`` and clears bitmap0; finalize is refused at concluded;
@@ -221,7 +221,7 @@ async def test_manual_finalize_and_dismiss(vm: VM) -> None:
 
 
 async def test_cancel_at_pending_keeps_bitmap(vm: VM) -> None:
-    """Pins a cancel at ``pending`` (qemu-7.2-observed.md §4 f3/f6): with auto-finalize=false and
+    """Pins a cancel at ``pending`` (docs/qemu-7.2-observations.md, f3/f6): with auto-finalize=false and
     auto-dismiss=false, ``job-cancel`` of the pending job gives ``aborting``, BLOCK_JOB_CANCELLED
     (although everything was copied) and ``concluded``; query-jobs then reports the job concluded
     with error ``Operation canceled``; bitmap0 is reclaimed (7 granules, not busy) and a retry
@@ -253,7 +253,7 @@ async def test_cancel_at_pending_keeps_bitmap(vm: VM) -> None:
 
 
 async def test_job_verbs_in_wrong_states(vm: VM) -> None:
-    """Pins the verb refusals on a running backup (jobs-and-transactions.md §1): finalize,
+    """Pins the verb refusals on a running backup (docs/jobs-and-transactions.md, section 1): finalize,
     dismiss and complete (job-* and block-job-*) are refused in state ``running`` with QEMU's
     text, resume of a job that is not paused is refused, and so is a negative speed; none of them
     disturbs the job, which then pauses with its first cluster copied and is cancelled."""

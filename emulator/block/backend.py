@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from emulator.error import QemuError
 
+from .drain import attach_parent, detach_parent
 from .node import BlockNode
 from .permissions import PERM_ALL, PERM_CONSISTENT_READ, check_perms
 
@@ -22,7 +23,7 @@ class BlockBackend:
         #: None for an empty drive (a CD-ROM without medium): lookups say "has no medium".
         self.root = root
         if root is not None:
-            root.parents.append(self)
+            attach_parent(root, self)
         #: The backend's use of its root.  A -drive backend only reads until someone writes
         #: through it (real QEMU 7.2: a node unsharing 'write' can be added over a -drive's node;
         #: HMP qemu-io's writes then take 'write' and keep it); devices set theirs (set_perm()).
@@ -71,8 +72,8 @@ class BlockBackend:
         return self.root
 
     def detach(self) -> None:
-        if self.root is not None and self in self.root.parents:
-            self.root.parents.remove(self)
+        if self.root is not None:
+            detach_parent(self.root, self)
 
     def __repr__(self) -> str:
         root = self.root.node_name if self.root is not None else None

@@ -24,13 +24,17 @@ import contextvars
 import errno as errno_mod
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator import qerror
+from emulator.cutils import qemu_strtou64
 from emulator.error import QemuError
 
-from .node import BlockNode
+from .filename import exact_filename
+from .node import BlockNode, NodeOpener, block_driver
+from .permissions import qapi_perms
 
 #: BlkdebugEvent of QEMU 7.2's qapi/block-core.json, in enum order (checked with query-qmp-schema).
 BLKDEBUG_EVENTS: tuple[str, ...] = (
@@ -119,7 +123,7 @@ def _parse_event(name: Any) -> str:
     if name is None:
         raise QemuError("Missing event name for rule")
     if name not in _EVENT_SET:
-        raise QemuError(f"invalid parameter value: {name}")
+        raise QemuError(qerror.BLKDEBUG_INVALID_VALUE % name)
     return str(name)
 
 
@@ -136,24 +140,50 @@ def _make_rule(options: dict[str, Any], action: str) -> BlkdebugRule:
         iotype = options.get("iotype")
         if iotype is not None:
             if iotype not in BLKDEBUG_IOTYPES:
-                raise QemuError(f"invalid parameter value: {iotype}")
+                raise QemuError(qerror.BLKDEBUG_INVALID_VALUE % iotype)
             rule.iotypes = frozenset((iotype,))
     else:
         rule.new_state = _c_int(int(options.get("new_state", 0)))
     return rule
 
 
+@block_driver
 class BlkdebugNode(BlockNode):
     """Driver "blkdebug": a filter over its "image" child that injects I/O errors by rule."""
 
     driver = "blkdebug"
     is_filter = True
+    is_protocol = True  # blkdebug:CONFIG:IMAGE (.bdrv_file_open)
+    strong_runtime_opts = ("config", "inject-error.", "set-state.", "align", "max-transfer",
+                           "opt-write-zero", "max-write-zero", "opt-discard", "max-discard")
+
+    @classmethod
+    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
+             read_only: bool) -> BlockNode:
+        # A protocol-style driver: QEMU names it before it opens its image child.
+        slot = len(graph.nodes)
+        if auto_named:
+            name = graph.generate_node_name()
+        image = graph.open_child(options["image"], read_only=read_only)
+        align = options.get("align")
+        node = cls(name, image, inject_errors=list(options.get("inject-error", [])),
+                   set_states=list(options.get("set-state", [])),
+                   align=None if align is None else int(align),  # -drive gives a string
+                   config=options.get("config"), auto_named=auto_named,
+                   take_child_perms=qapi_perms(options.get("take-child-perms", [])),
+                   unshare_child_perms=qapi_perms(options.get("unshare-child-perms", [])),
+                   printer=graph.debug_print)
+        return graph.register_opened(node, options, slot)
 
     def __init__(self, node_name: str, image: BlockNode, *, inject_errors: list[dict[str, Any]],
                  set_states: list[dict[str, Any]], align: int | None = None,
                  config: str | None = None, auto_named: bool = False,
-                 take_child_perms: int = 0, unshare_child_perms: int = 0) -> None:
+                 take_child_perms: int = 0, unshare_child_perms: int = 0,
+                 printer: Callable[[str], None] | None = None) -> None:
         super().__init__(node_name, read_only=image.read_only, auto_named=auto_named)
+        #: QEMU's printf to stdout for breakpoint suspends and resumes (None: print nothing, as
+        #: QEMU under the qtest accelerator).
+        self.printer = printer
         #: take-child-perms / unshare-child-perms: extra perms on the image child (tests use them
         #: to build permission conflicts).
         self.take_child_perms = take_child_perms
@@ -188,6 +218,14 @@ class BlkdebugNode(BlockNode):
     def image(self) -> BlockNode:
         return self.children["image"]
 
+    def exact_filename_hook(self) -> str:
+        """blkdebug_refresh_filename: "blkdebug:CONFIG:IMAGE" while only those options are set."""
+        image = exact_filename(self.children["image"]) if "image" in self.children else ""
+        allowed = {"config", "image", "x-image", "driver", "node-name"}
+        if not image or any(key not in allowed for key in self.options):
+            return ""
+        return f"blkdebug:{self.options.get('config', '')}:{image}"
+
     def _add_rule(self, rule: BlkdebugRule) -> None:
         self.rules.setdefault(rule.event, []).insert(0, rule)
 
@@ -211,6 +249,7 @@ class BlkdebugNode(BlockNode):
                     self._remove_rule(rule)
                     suspended = SuspendedRequest(rule.tag)
                     self.suspended.insert(0, suspended)
+                    self._print(f"blkdebug: Suspended request '{rule.tag}'\n")
                 continue
             if rule.action == "inject-error":
                 injected += 1
@@ -231,10 +270,15 @@ class BlkdebugNode(BlockNode):
         self._add_rule(BlkdebugRule(event, "suspend", tag=tag))
         return 0
 
+    def _print(self, text: str) -> None:
+        if self.printer is not None:
+            self.printer(text)
+
     def _resume(self, tag: str, everything: bool) -> bool:
         found = False
         for request in list(self.suspended):
             if request.tag == tag:
+                self._print(f"blkdebug: Resuming request '{tag}'\n")
                 request.released = True
                 self.suspended.remove(request)
                 found = True
@@ -255,9 +299,6 @@ class BlkdebugNode(BlockNode):
     def resume(self, tag: str) -> int:
         """blkdebug_debug_resume: resume the newest request suspended with `tag`."""
         return 0 if self._resume(tag, False) else -errno_mod.ENOENT
-
-    def is_suspended(self, tag: str) -> bool:
-        return any(request.tag == tag for request in self.suspended)
 
     def _rule_check(self, offset: int, length: int, iotype: str) -> None:
         """rule_check: fail the request if the first matching active rule says so."""
@@ -325,22 +366,19 @@ _GROUP = re.compile(r"\[([^\]]{1,63})\]")
 # sscanf(" %63s = \"%1023[^\"]\""): the value ends at the next quote (or the line end).
 _KEY = re.compile(r"(?>\S{1,63})")
 _VALUE = re.compile(r'\s*=\s*"([^"]{1,1023})')
-_NUMBER = re.compile(r"\s*([-+]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
 _TRUE = ("on", "yes", "true", "y")
 _FALSE = ("off", "no", "false", "n")
 
 
 def _parse_number(name: str, text: str) -> int:
-    """QemuOpts number: strtoull with base 0 (0x.. hex, 0.. octal), whole string, wraps if negative."""
-    match = _NUMBER.fullmatch(text)
-    if not match:
-        raise QemuError(f"Parameter '{name}' expects a number")
-    digits = match.group(2)
-    value = int(digits, 8) if digits.startswith("0") and digits[1:2] not in ("x", "X") else int(digits, 0)
-    if value >= 1 << 64:
-        raise QemuError(f"Value '{text}' is too large for parameter '{name}'")
-    if match.group(1) == "-":
-        value = (-value) & ((1 << 64) - 1)
+    """QemuOpts number: qemu_strtou64 with base 0 (0x.. hex, 0.. octal), whole string, wraps if
+    negative; read back as the int64 QEMU stores."""
+    try:
+        value = qemu_strtou64(text)
+    except OSError as exc:
+        if exc.errno == errno_mod.ERANGE:
+            raise QemuError(f"Value '{text}' is too large for parameter '{name}'") from None
+        raise QemuError(qerror.INVALID_PARAMETER_VALUE % (name, "a number")) from None
     return value - (1 << 64) if value >= 1 << 63 else value
 
 
@@ -349,7 +387,7 @@ def _parse_bool(name: str, text: str) -> bool:
         return True
     if text in _FALSE:
         return False
-    raise QemuError(f"Parameter '{name}' expects 'on' or 'off'")
+    raise QemuError(qerror.INVALID_PARAMETER_VALUE % (name, "'on' or 'off'"))
 
 
 def _typed_group(group: str, entries: dict[str, str]) -> dict[str, Any]:
@@ -361,7 +399,7 @@ def _typed_group(group: str, entries: dict[str, str]) -> dict[str, Any]:
     for key, text in entries.items():
         kind = desc.get(key)
         if kind is None:
-            raise QemuError(f"Invalid parameter '{key}'")
+            raise QemuError(qerror.INVALID_PARAMETER % key)
         if kind == "number":
             out[key] = _parse_number(key, text)
         elif kind == "bool":

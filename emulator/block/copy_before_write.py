@@ -20,11 +20,14 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable
+from typing import Any
 
+from emulator import qerror
 from emulator.error import QemuError
 
 from .dirty_bitmap import DirtyBitmap
-from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode, buffer_is_zero
+from .filename import node_filename
+from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode, NodeOpener, block_driver, buffer_is_zero
 from .permissions import (
     PERM_ALL,
     PERM_CONSISTENT_READ,
@@ -44,15 +47,28 @@ CLUSTER_SIZE_DEFAULT = 64 * 1024
 
 def copy_cluster_size(target: BlockNode, min_cluster_size: int = 0) -> int:
     """block_copy_calculate_cluster_size: at least 64 KiB (or QEMU 10.0's min-cluster-size),
-    else the target's cluster size (a filter reports its child's, as bdrv_get_info does)."""
-    floor = max(CLUSTER_SIZE_DEFAULT, min_cluster_size)
-    node: BlockNode | None = target
-    while node is not None:
-        size = getattr(node, "cluster_size", None)
-        if isinstance(size, int) and size > 0:
-            return max(floor, size)
-        node = node.filtered_child() if node.is_filter else None
-    return floor
+    else the target's cluster size as bdrv_get_info reports it."""
+    return max(CLUSTER_SIZE_DEFAULT, min_cluster_size, target.cluster_size_info())
+
+
+def cluster_size_unknown(target: BlockNode) -> bool:
+    """When block_copy_calculate_cluster_size warns that it uses the default: bdrv_get_info
+    fails on the target (ENOTSUP) and the target has no backing file."""
+    return target.get_info() is None and target.backing is None
+
+
+def _bitmap_option(graph: NodeOpener, ref: dict[str, Any] | None) -> DirtyBitmap | None:
+    """The `bitmap` option (block_dirty_bitmap_lookup's texts)."""
+    if ref is None:
+        return None
+    try:
+        node = graph.lookup_bs(ref["node"])
+    except QemuError:
+        raise QemuError(qerror.NODE_NOT_FOUND % ref["node"]) from None
+    bitmap = node.dirty_bitmaps.find(ref["name"])
+    if bitmap is None:
+        raise QemuError(qerror.DIRTY_BITMAP_NOT_FOUND % ref["name"])
+    return bitmap
 
 
 def check_min_cluster_size(value: int) -> None:
@@ -62,11 +78,31 @@ def check_min_cluster_size(value: int) -> None:
                         "of 2")
 
 
+@block_driver
 class CopyBeforeWriteNode(BlockNode):
     """Filter driver "copy-before-write": child "file" is the source, "target" the copy target."""
 
     driver = "copy-before-write"
     is_filter = True
+
+    @classmethod
+    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
+             read_only: bool) -> BlockNode:
+        # QEMU names the filter after its file child is open and before its target is.
+        file = graph.open_child(options["file"], read_only=read_only)
+        slot = len(graph.nodes)
+        if auto_named:
+            name = graph.generate_node_name()
+        target = graph.open_child(options["target"], read_only=False)
+        bitmap = _bitmap_option(graph, options.get("bitmap"))
+        min_cluster = int(options.get("min-cluster-size", 0))
+        check_min_cluster_size(min_cluster)
+        node = cls(name, file, target, None, cluster_size=copy_cluster_size(target, min_cluster),
+                   auto_named=auto_named,
+                   on_cbw_error=options.get("on-cbw-error", "break-guest-write"),
+                   cbw_timeout=int(options.get("cbw-timeout", 0)), bitmap=bitmap,
+                   copy_bitmap_on_filter=graph.copy_bitmap_on_filter)
+        return graph.register_opened(node, options, slot)
 
     def __init__(self, node_name: str, source: BlockNode, target: BlockNode,
                  copy_hook: CopyHook | None, *, cluster_size: int, auto_named: bool = False,
@@ -103,6 +139,11 @@ class CopyBeforeWriteNode(BlockNode):
             else:
                 for start, length in bitmap.dirty_extents(0, size):
                     self.copy_bitmap.set_dirty(start, length)
+
+    def exact_filename_hook(self) -> str | None:
+        """cbw_refresh_filename: its source's filename."""
+        source = self.children.get("file")
+        return node_filename(source) if source is not None else None
 
     # ---- permissions ----------------------------------------------------------------------------
     def child_role(self, role: str) -> int:
@@ -238,10 +279,22 @@ class CopyBeforeWriteNode(BlockNode):
         return b"".join(parts)
 
 
+@block_driver
 class SnapshotAccessNode(BlockNode):
     """Driver "snapshot-access": a read-only view of a copy-before-write filter's snapshot."""
 
     driver = "snapshot-access"
+
+    @classmethod
+    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
+             read_only: bool) -> BlockNode:
+        file = graph.open_child(options["file"], read_only=read_only)
+        return graph.register_opened(cls(name, file, auto_named=auto_named), options)
+
+    def exact_filename_hook(self) -> str | None:
+        """snapshot_access_refresh_filename: its file child's filename."""
+        file = self.children.get("file")
+        return node_filename(file) if file is not None else None
 
     def __init__(self, node_name: str, file: BlockNode, *, auto_named: bool = False) -> None:
         super().__init__(node_name, auto_named=auto_named)

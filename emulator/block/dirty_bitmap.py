@@ -22,6 +22,7 @@ from typing import Any
 
 from pyroaring import BitMap64
 
+from emulator import qerror
 from emulator.error import QemuError
 
 #: Flags of DirtyBitmapSet.check (QEMU's BDRV_BITMAP_*).
@@ -340,10 +341,10 @@ class DirtyBitmapSet:
                persistent: bool = False, oldest: bool = False) -> DirtyBitmap:
         """bdrv_create_dirty_bitmap (+ disable / set persistence as qmp_block_dirty_bitmap_add)."""
         if not granularity_valid(granularity):
-            raise QemuError("Granularity must be power of 2 and at least 512")
+            raise QemuError(qerror.GRANULARITY_INVALID)
         if name is not None:
             if self.find(name) is not None:
-                raise QemuError(f"Bitmap already exists: {name}")
+                raise QemuError(qerror.BITMAP_EXISTS % name)
             if len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_SIZE:
                 raise QemuError(f"Bitmap name too long: {name}")
         bm = DirtyBitmap(name, granularity, size, disabled=disabled, persistent=persistent)
@@ -370,10 +371,6 @@ class DirtyBitmapSet:
                 del self._list[i]
                 return
         raise ValueError(f"{bm!r} is not on this node")
-
-    def release_named(self) -> None:
-        """bdrv_release_named_dirty_bitmaps (node close): drop every named bitmap."""
-        self._list = [bm for bm in self._list if bm.name is None]
 
     # ---- I/O hooks ----------------------------------------------------------------------------
     def mark_dirty(self, offset: int, length: int) -> None:
@@ -476,7 +473,7 @@ def qcow2_can_store_new_dirty_bitmap(bitmaps: DirtyBitmapSet, name: str, granula
     in '<node>': " to every reason except the duplicate name, as QEMU does.
     """
     if bitmaps.find(name) is not None:
-        raise QemuError(f"Bitmap already exists: {name}")
+        raise QemuError(qerror.BITMAP_EXISTS % name)
     if qcow_version < 3:
         raise PersistenceRefused("Cannot store dirty bitmaps in qcow2 v2 files")
     bits = granularity.bit_length() - 1

@@ -13,6 +13,7 @@ import fcntl
 import os
 import struct
 
+from emulator import qerror
 from emulator.error import QemuError
 
 _FALLOC_FL_KEEP_SIZE = 0x01
@@ -34,17 +35,13 @@ def _punch_hole(fd: int, offset: int, length: int) -> bool:
         return False
 
 from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
+from .permissions import PERM_ALL
 
 # file-posix.c locks one byte per permission at these bases (RAW_LOCK_PERM_BASE / SHARED_BASE).
 LOCK_PERM_BASE = 100
 LOCK_SHARED_BASE = 200
-#: Permission bits in QEMU's order (BLK_PERM_CONSISTENT_READ .. BLK_PERM_RESIZE) and their names.
+#: Permission names in bit order (BLK_PERM_CONSISTENT_READ .. BLK_PERM_RESIZE).
 PERM_NAMES = ("consistent read", "write", "write unchanged", "resize")
-PERM_CONSISTENT_READ = 0x01
-PERM_WRITE = 0x02
-PERM_WRITE_UNCHANGED = 0x04
-PERM_RESIZE = 0x08
-PERM_ALL = 0x0F
 
 # fcntl commands for open-file-description locks (Linux); Python's fcntl module lacks them.
 F_OFD_GETLK = 36
@@ -53,7 +50,11 @@ F_OFD_SETLK = 37
 
 def open_error(filename: str, err: OSError) -> QemuError:
     """file-posix's open failure text: "Could not open 'F': <strerror>"."""
-    return QemuError(f"Could not open '{filename}': {os.strerror(err.errno or errno.EIO)}")
+    return QemuError(qerror.COULD_NOT_OPEN % (filename, os.strerror(err.errno or errno.EIO)))
+
+
+class ImageLockError(QemuError):
+    """An image lock (file-posix's byte-range locks) is held against us: the file itself opened."""
 
 
 class FileStorage:
@@ -77,7 +78,7 @@ class FileStorage:
         if os.path.isdir(filename):
             os.close(self._fd)
             self._fd = None
-            raise QemuError(f"Could not open '{filename}': {os.strerror(errno.EISDIR)}")
+            raise QemuError(qerror.COULD_NOT_OPEN % (filename, os.strerror(errno.EISDIR)))
         self._locked_perm = 0
         self._locked_shared = 0
 
@@ -156,10 +157,16 @@ class FileStorage:
         return os.fstat(self.fd).st_blocks * 512
 
     def block_status(self, offset: int, length: int) -> tuple[int, int]:
-        """Data/hole extent at `offset` via SEEK_DATA/SEEK_HOLE, as file-posix reports it."""
+        """Data/hole extent at `offset` via SEEK_DATA/SEEK_HOLE, as file-posix reports it.
+
+        At or past the end of the file (the tail of a last, partial sector, which the node's
+        length includes) the whole request is a trailing hole: raw_co_block_status's ENXIO
+        case, BDRV_BLOCK_ZERO."""
         size = self.length()
-        if offset >= size or length <= 0:
+        if length <= 0:
             return 0, 0
+        if offset >= size:
+            return length, BLOCK_ZERO | BLOCK_ALLOCATED
         length = min(length, size - offset)
         try:
             data = os.lseek(self.fd, offset, os.SEEK_DATA)
@@ -193,9 +200,9 @@ class FileStorage:
             bit = 1 << i
             # Others who unshare what we want to use block us, and vice versa.
             if perm & bit and self._conflicts(LOCK_SHARED_BASE + i):
-                raise QemuError(f'Failed to get "{name}" lock')
+                raise ImageLockError(f'Failed to get "{name}" lock')
             if unshared & bit and self._conflicts(LOCK_PERM_BASE + i):
-                raise QemuError(f'Failed to get shared "{name}" lock')
+                raise ImageLockError(f'Failed to get shared "{name}" lock')
         for i in range(len(PERM_NAMES)):
             bit = 1 << i
             self._ofd_lock(F_OFD_SETLK, fcntl.F_RDLCK if perm & bit else fcntl.F_UNLCK, LOCK_PERM_BASE + i)

@@ -17,22 +17,6 @@ from .node import BlockNode
 
 QDICT_BUCKET_MAX = 512
 
-#: Options that change a driver's behaviour enough to need a json: filename (strong_runtime_opts);
-#: a trailing "." matches every flattened key with that prefix.
-STRONG_RUNTIME_OPTS: dict[str, tuple[str, ...]] = {
-    "file": ("filename",),
-    "raw": ("offset", "size"),
-    "qcow2": (),
-    "blkdebug": ("config", "inject-error.", "set-state.", "align", "max-transfer",
-                 "opt-write-zero", "max-write-zero", "opt-discard", "max-discard"),
-    "null-co": ("size", "read-zeroes", "latency-ns"),
-    "copy-before-write": (),
-    "snapshot-access": (),
-    "throttle": ("throttle-group",),
-}
-#: Drivers that open a protocol (bdrv_file_open): a format node may borrow their exact filename.
-PROTOCOL_DRIVERS = frozenset({"file", "null-co", "blkdebug"})
-
 
 def tdb_hash(name: str) -> int:
     """QEMU's qdict hash (tdb_hash), 32-bit unsigned arithmetic."""
@@ -75,16 +59,12 @@ def flatten(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def _strong_options(node: BlockNode) -> tuple[dict[str, Any], bool]:
+def strong_options(node: BlockNode) -> tuple[dict[str, Any], bool]:
     """append_strong_runtime_options: (options, whether any besides driver/filename were given)."""
-    child_roles = set(node.children)
-    own = {key: value for key, value in node.options.items() if key not in child_roles}
-    flat = flatten(own)
-    if node.driver == "file" and "filename" not in flat:
-        flat["filename"] = getattr(node, "filename", "")
+    flat = flatten(node.open_options())
     result: dict[str, Any] = {}
     found_any = False
-    for pattern in STRONG_RUNTIME_OPTS.get(node.driver, ()):
+    for pattern in node.strong_runtime_opts:
         given = False
         for key, value in flat.items():
             if key == pattern or (pattern.endswith(".") and key.startswith(pattern)):
@@ -98,8 +78,7 @@ def _strong_options(node: BlockNode) -> tuple[dict[str, Any], bool]:
 
 def _backing_overridden(node: BlockNode) -> bool:
     """bdrv_backing_overridden: the backing is not what the image header names."""
-    image = getattr(node, "image", None)
-    header_name = getattr(image, "backing_file", None) or ""
+    header_name = node.backing_file
     backing = node.backing
     if backing is None:
         return bool(header_name)
@@ -114,7 +93,7 @@ def full_open_options(node: BlockNode) -> dict[str, Any]:
     """bs->full_open_options after bdrv_refresh_filename."""
     if node.implicit and node.primary_child() is not None:
         return full_open_options(node.primary_child())  # type: ignore[arg-type]
-    options, _ = _strong_options(node)
+    options, _ = strong_options(node)
     overridden = _backing_overridden(node)
     for role, child in node.children.items():
         if role == "backing" and not overridden:
@@ -129,27 +108,14 @@ def exact_filename(node: BlockNode) -> str:
     """bs->exact_filename: a plain name that reopens the same tree, or "" if there is none."""
     if node.implicit and node.primary_child() is not None:
         return exact_filename(node.primary_child())  # type: ignore[arg-type]
-    if node.driver in ("copy-before-write", "snapshot-access") \
-            and node.primary_child() is not None:
-        # cbw_refresh_filename / snapshot_access_refresh_filename: the file child's filename
-        return node_filename(node.primary_child())  # type: ignore[arg-type]
-    if node.driver == "file":
-        return str(getattr(node, "filename", ""))
-    if node.driver == "null-co":
-        _, strong = _strong_options(node)
-        return "" if strong else "null-co://"
+    own = node.exact_filename_hook()  # the driver's .bdrv_refresh_filename
+    if own is not None:
+        return own
     child = node.primary_child()
-    if node.driver == "blkdebug":
-        if child is None or not exact_filename(child):
-            return ""
-        allowed = {"config", "image", "x-image", "driver", "node-name"}  # blkdebug_refresh_filename
-        if any(key not in allowed for key in node.options):
-            return ""
-        return f"blkdebug:{node.options.get('config', '')}:{exact_filename(child)}"
     if child is None or node.is_filter:
         return ""
-    _, strong = _strong_options(node)
-    if strong or _backing_overridden(node) or child.driver not in PROTOCOL_DRIVERS:
+    _, strong = strong_options(node)
+    if strong or _backing_overridden(node) or not child.is_protocol:
         return ""
     return exact_filename(child)
 

@@ -11,42 +11,29 @@ from __future__ import annotations
 import logging
 import os
 import random
-import re
+from collections.abc import Callable
 from typing import Any
 
+from emulator import qerror
+from emulator.cutils import id_wellformed
 from emulator.error import QemuError
 
+from . import blkdebug, copy_before_write, drivers, throttle  # noqa: F401  (they register drivers)
 from .backend import BlockBackend
-from .drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
+from .drain import (
+    attach_parent,
+    drain_all_begin,
+    drain_all_end,
+    drained_begin,
+    drained_end,
+    move_parent,
+)
+from .file import ImageLockError
 from .image import probe_format
-from .node import BlockNode
-from .permissions import check_perms, qapi_perms
+from .node import DRIVERS, BlockNode
+from .permissions import check_perms
 
 _LOG = logging.getLogger(__name__)
-
-_ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-]*$")
-
-
-def id_wellformed(name: str) -> bool:
-    """QEMU's id_wellformed(): a letter, then letters, digits, '-', '.', '_'."""
-    return bool(_ID_RE.match(name))
-
-
-def _retarget_codec(parent: BlockNode, role: str, new: BlockNode) -> None:
-    """A qcow2 codec holds its file and backing Storage directly: point it at the new child."""
-    image = getattr(parent, "image", None)
-    if image is None or not hasattr(image, "set_backing"):
-        return
-    if role == "backing":
-        image.set_backing(new)
-    elif role == "file":
-        image.file = new
-
-
-def _int_option(value: Any) -> int | None:
-    """An integer option that may arrive as a -drive string."""
-    return None if value is None else int(value)
-
 
 def protocol_options(filename: str) -> dict[str, Any]:
     """A legacy filename's protocol node: "blkdebug:CFG:IMAGE", "null-co://", else a host file."""
@@ -70,9 +57,24 @@ class BlockGraph:
         self.copy_bitmap_on_filter = False
         #: throttle-group objects by id (object-add / -object), for throttle nodes to join.
         self.throttle_groups: dict[str, Any] = {}
+        #: Active drain-all sections (bdrv_drain_all_count).
+        self.drain_all_count = 0
+        #: QEMU 10.0: graph changes take the graph write lock, which drains every node (the
+        #: machine sets this from its version profile).
+        self.graph_lock_drains = False
+        #: Where the block layer's own stdout messages go (blkdebug's breakpoint lines); the
+        #: machine sets it, and leaves it None under the qtest accelerator, as QEMU prints
+        #: them only `if (!qtest_enabled())`.
+        self.debug_output: Callable[[str], None] | None = None
+
+    def debug_print(self, text: str) -> None:
+        """The block layer's own stdout messages (NodeOpener): to debug_output, if any."""
+        if self.debug_output is not None:
+            self.debug_output(text)
 
     # ---- names --------------------------------------------------------------------------------
-    def _generate_node_name(self) -> str:
+    def generate_node_name(self) -> str:
+        """id_generate(ID_BLOCK): "#block" + a counter + two random digits."""
         name = f"#block{self._id_counter}{self._random.randrange(100):02d}"
         self._id_counter += 1
         return name
@@ -87,7 +89,47 @@ class BlockGraph:
 
     def _register(self, node: BlockNode) -> BlockNode:
         self.nodes.append(node)
+        for _ in range(self.drain_all_count):  # bdrv_new: a node born inside drain-all is drained
+            drained_begin(node)
         return node
+
+    # ---- drain-all ----------------------------------------------------------------------------
+    def drain_all_begin(self) -> None:
+        """bdrv_drain_all_begin: every node drained, so every block job pauses."""
+        self.drain_all_count += 1
+        drain_all_begin(self.nodes)
+
+    def drain_all_end(self) -> None:
+        """bdrv_drain_all_end."""
+        assert self.drain_all_count > 0
+        drain_all_end(self.nodes)
+        self.drain_all_count -= 1
+
+    def drain_all(self) -> None:
+        """bdrv_drain_all: a drain-all section with nothing in it (one pause per running job)."""
+        self.drain_all_begin()
+        self.drain_all_end()
+
+    def graph_wrlock(self, sections: int = 1) -> None:
+        """QEMU 10.0's graph write lock: bdrv_graph_wrlock begins a drain-all section
+        (bdrv_drain_all_begin_nopoll) and ends it, so every block job not in the middle of a
+        request pauses and resumes once per section.  QEMU 7.2 has no such drain.
+
+        The number of sections each operation takes was measured on real QEMU 10.0.2 with
+        scripts/drain_probe.py (probes graph_changes and graph_calibration), identical in every
+        run; the callers name the operation."""
+        if self.graph_lock_drains:
+            for _ in range(sections):
+                self.drain_all()
+
+    def graph_wrlock_opened(self, new_nodes: list[BlockNode]) -> None:
+        """Sections taken while a tree of nodes was opened: none for a lone protocol node, and
+        for a tree with E child edges (bdrv_open_child attaching each) E + 2 -- measured for
+        qcow2/raw over a file or null-co node (3), qcow2 over blkdebug over file and qcow2 with
+        a backing node (4)."""
+        edges = sum(len(node.children) for node in new_nodes)
+        if edges:
+            self.graph_wrlock(edges + 2)
 
     # ---- lookup -------------------------------------------------------------------------------
     def find_node(self, name: str) -> BlockNode | None:
@@ -106,7 +148,7 @@ class BlockGraph:
             return backend.root_or_error()
         node = self.find_node(name)
         if node is None:
-            raise QemuError(f"Cannot find device='{name}' nor node-name='{name}'")
+            raise QemuError(qerror.DEVICE_OR_NODE_NOT_FOUND % (name, name))
         return node
 
     def device_name(self, node: BlockNode) -> str:
@@ -137,6 +179,7 @@ class BlockGraph:
             self._forget_nodes_after(added_before)
             raise
         node.monitor_owned = True
+        self.graph_wrlock_opened(self.nodes[added_before:])
         return node
 
     def open_options(self, options: dict[str, Any]) -> BlockNode:
@@ -145,10 +188,11 @@ class BlockGraph:
         try:
             node = self._open(options, read_only=bool(options.get("read-only", False)))
             self._apply_discard(node, False, set(map(id, self.nodes[before:])))
-            return node
         except BaseException:
             self._forget_nodes_after(before)
             raise
+        self.graph_wrlock_opened(self.nodes[before:])
+        return node
 
     def _forget_nodes_after(self, count: int) -> None:
         for node in self.nodes[count:]:
@@ -158,7 +202,7 @@ class BlockGraph:
                 _LOG.warning("closing half-opened node %s failed", node.node_name, exc_info=True)
         del self.nodes[count:]
 
-    def _child(self, ref: Any, *, read_only: bool, what: str) -> BlockNode:
+    def open_child(self, ref: Any, *, read_only: bool) -> BlockNode:
         """A BlockdevRef: an inline BlockdevOptions dict or a reference to an existing node."""
         if isinstance(ref, str):
             return self.lookup_bs(ref)  # bdrv_lookup_bs(reference, reference): devices too
@@ -172,131 +216,45 @@ class BlockGraph:
         return "", True
 
     def _open(self, options: dict[str, Any], *, read_only: bool) -> BlockNode:
+        """bdrv_open: check the name, then let the driver open the node (its .bdrv_open)."""
         driver = options.get("driver")
         read_only = bool(options.get("read-only", read_only))
         name, auto = self._name_for(options)
-        node: BlockNode
-        if driver == "file":
-            filename = options["filename"]
-            node = FileNode(name, filename, read_only=read_only, auto_named=auto)
-        elif driver == "null-co":
-            node = NullCoNode(name, int(options.get("size", 1 << 30)),
-                              read_zeroes=bool(options.get("read-zeroes", False)), auto_named=auto)
-        elif driver == "blkdebug":
-            from .blkdebug import BlkdebugNode
+        driver_class = DRIVERS.get(str(driver))
+        if driver_class is None:
+            raise QemuError(qerror.UNKNOWN_DRIVER % driver)
+        return driver_class.open(self, name, auto, options, read_only)
 
-            # A protocol-style driver: QEMU names it before it opens its image child.
-            slot = len(self.nodes)
-            if auto:
-                name = self._generate_node_name()
-            image = self._child(options["image"], read_only=read_only, what="image")
-            node = BlkdebugNode(name, image, inject_errors=list(options.get("inject-error", [])),
-                                set_states=list(options.get("set-state", [])),
-                                align=_int_option(options.get("align")),
-                                config=options.get("config"),
-                                auto_named=auto,
-                                take_child_perms=qapi_perms(options.get("take-child-perms", [])),
-                                unshare_child_perms=qapi_perms(
-                                    options.get("unshare-child-perms", [])))
-            node.options = options
-            self.nodes.insert(slot, node)
-            return node
-        elif driver == "copy-before-write":
-            from .copy_before_write import (
-                CopyBeforeWriteNode,
-                check_min_cluster_size,
-                copy_cluster_size,
-            )
-
-            # QEMU names the filter after its file child is open and before its target is.
-            file = self._child(options["file"], read_only=read_only, what="file")
-            slot = len(self.nodes)
-            if auto:
-                name = self._generate_node_name()
-            target = self._child(options["target"], read_only=False, what="target")
-            bitmap = self._cbw_bitmap(options.get("bitmap"))
-            min_cluster = int(options.get("min-cluster-size", 0))
-            check_min_cluster_size(min_cluster)
-            node = CopyBeforeWriteNode(name, file, target, None,
-                                       cluster_size=copy_cluster_size(target, min_cluster),
-                                       auto_named=auto,
-                                       on_cbw_error=options.get("on-cbw-error",
-                                                                "break-guest-write"),
-                                       cbw_timeout=int(options.get("cbw-timeout", 0)),
-                                       bitmap=bitmap,
-                                       copy_bitmap_on_filter=self.copy_bitmap_on_filter)
-            node.options = options
-            self.nodes.insert(slot, node)
-            return node
-        elif driver == "snapshot-access":
-            from .copy_before_write import SnapshotAccessNode
-
-            file = self._child(options["file"], read_only=read_only, what="file")
-            node = SnapshotAccessNode(name, file, auto_named=auto)
-        elif driver == "throttle":
-            from .throttle import ThrottleNode
-
-            group_name = options.get("throttle-group")
-            group = self.throttle_groups.get(group_name or "")
-            if group is None:
-                raise QemuError(f"Throttle group '{group_name}' does not exist")
-            file = self._child(options["file"], read_only=read_only, what="file")
-            node = ThrottleNode(name, file, group, auto_named=auto)
-        elif driver in ("raw", "qcow2", "vmdk"):
-            file = self._child(options["file"], read_only=read_only, what="file")
-            if driver == "raw":
-                node = RawNode(name, file, read_only=read_only, auto_named=auto)
-            elif driver == "vmdk":
-                node = VmdkNode(name, file, read_only=read_only, auto_named=auto)
-            else:
-                qnode = Qcow2Node(name, file, read_only=read_only, auto_named=auto)
-                self._name_and_register(qnode, options)
-                try:
-                    self._open_backing(qnode, options.get("backing", ...))
-                except BaseException:
-                    self.nodes.remove(qnode)
-                    qnode.close()
-                    raise
-                return qnode
-        else:
-            raise QemuError(f"Unknown driver '{driver}'")
-        return self._name_and_register(node, options)
-
-    def _cbw_bitmap(self, ref: dict[str, Any] | None) -> Any:
-        """The copy-before-write `bitmap` option (block_dirty_bitmap_lookup's texts)."""
-        if ref is None:
-            return None
-        try:
-            node = self.lookup_bs(ref["node"])
-        except QemuError:
-            raise QemuError(f"Node '{ref['node']}' not found") from None
-        bitmap = node.dirty_bitmaps.find(ref["name"])
-        if bitmap is None:
-            raise QemuError(f"Dirty bitmap '{ref['name']}' not found")
-        return bitmap
-
-    def _name_and_register(self, node: BlockNode, options: dict[str, Any]) -> BlockNode:
-        if node.auto_named:
-            node.node_name = self._generate_node_name()
+    def register_opened(self, node: BlockNode, options: dict[str, Any],
+                        slot: int | None = None) -> BlockNode:
+        """Record an opened node (NodeOpener): named automatically if it has no name yet and
+        appended, or inserted at `slot` by a driver that named itself before its children."""
         node.options = options
+        if slot is not None:
+            self.nodes.insert(slot, node)
+            return node
+        if node.auto_named:
+            node.node_name = self.generate_node_name()
         return self._register(node)
 
-    def _open_backing(self, node: Qcow2Node, backing: Any) -> None:
-        """Open the backing chain named in the image header unless options override it."""
+    def open_backing(self, node: BlockNode, backing: Any) -> None:
+        """bdrv_open_backing_file: the "backing" option (None: no backing), or with `...` the
+        chain the image header names, opened read-only."""
         if backing is None:
             return
         if backing is not ...:
-            node.set_backing(self._child(backing, read_only=True, what="backing"))
+            node.set_backing(self.open_child(backing, read_only=True))
             return
-        name = node.image.backing_file
+        name = node.backing_file
         if not name:
             return
-        path = name if os.path.isabs(name) else os.path.join(os.path.dirname(node.filename), name)
-        fmt = node.image.backing_format
+        path = name if os.path.isabs(name) else os.path.join(
+            os.path.dirname(drivers.protocol_filename(node)), name)
+        fmt = node.backing_format or None
         try:
             backing_node = self.open_file_and_format(path, fmt, read_only=True)
         except QemuError as exc:
-            raise QemuError(f"Could not open backing file: {exc.desc}") from exc
+            raise QemuError(qerror.COULD_NOT_OPEN_BACKING % exc.desc) from exc
         node.set_backing(backing_node)
 
     def open_file_and_format(self, filename: str, fmt: str | None, *, read_only: bool,
@@ -320,11 +278,19 @@ class BlockGraph:
             opts = {"driver": fmt, "file": file_opts, **extra}
         if node_name:
             opts["node-name"] = node_name
-        if fmt != file_opts["driver"] and fmt not in ("raw", "qcow2", "vmdk"):
-            raise QemuError(f"Unknown driver '{fmt}'")
+        if fmt != file_opts["driver"] and (fmt not in DRIVERS or not DRIVERS[fmt].is_format):
+            raise QemuError(qerror.UNKNOWN_DRIVER % fmt)
         before = len(self.nodes)
-        node = self._open(opts, read_only=read_only)
+        try:
+            node = self._open(opts, read_only=read_only)
+        except QemuError as exc:
+            # 10.0, measured (scripts/drain_probe.py, probe target_open_failures): an image whose
+            # file cannot be opened costs 3 write-lock sections, one whose file opened but whose
+            # image locks or format open failed 6 (the partial tree is deleted again).
+            self.graph_wrlock(6 if isinstance(exc, ImageLockError) else 3)
+            raise
         self._apply_discard(node, False, set(map(id, self.nodes[before:])))
+        self.graph_wrlock_opened(self.nodes[before:])
         return node
 
     def _apply_discard(self, node: BlockNode, default: bool, new: set[int]) -> None:
@@ -341,9 +307,7 @@ class BlockGraph:
 
     @staticmethod
     def _legacy_blkdebug_options(filename: str) -> dict[str, Any]:
-        from .blkdebug import parse_blkdebug_filename
-
-        config, image = parse_blkdebug_filename(filename)
+        config, image = blkdebug.parse_blkdebug_filename(filename)
         options: dict[str, Any] = {"driver": "blkdebug", "image": protocol_options(image)}
         if config:
             options["config"] = config
@@ -355,7 +319,7 @@ class BlockGraph:
         if not drive_id:
             drive_id = self._default_drive_id(opts)
         if drive_id in self.backends:
-            raise QemuError(f"Duplicate ID '{drive_id}' for drive")
+            raise QemuError(qerror.DUPLICATE_DRIVE_ID % drive_id)
         filename = opts.get("file")
         if not filename:
             raise QemuError("A block device must be specified for \"file\"")
@@ -401,7 +365,7 @@ class BlockGraph:
         """-drive without file= (a CD-ROM drive with no medium): a backend with no root."""
         drive_id = opts.get("id") or self._default_drive_id(opts)
         if drive_id in self.backends:
-            raise QemuError(f"Duplicate ID '{drive_id}' for drive")
+            raise QemuError(qerror.DUPLICATE_DRIVE_ID % drive_id)
         backend = BlockBackend(drive_id, None)
         self.backends[drive_id] = backend
         return backend
@@ -426,7 +390,7 @@ class BlockGraph:
                 raise QemuError("node-name not specified")
             node = self.find_node(name)
             if node is None:
-                raise QemuError(f"Failed to find node with node-name='{name}'")
+                raise QemuError(qerror.NODE_NAME_NOT_FOUND % name)
             self._plan_reopen(node, options, bool(options.get("read-only", False)), plan)
         going_ro = [node for node, ro in plan if ro and not node.read_only]
         saved = [(node, node.read_only) for node, _ in plan]
@@ -456,12 +420,10 @@ class BlockGraph:
         if options.get("driver") != node.driver:
             raise QemuError("Cannot change the option 'driver'")
         # bdrv_reopen_prepare: a node with a backing file must be given its backing again.
-        image = getattr(node, "image", None)
-        if node.driver == "qcow2" and "backing" not in options and (
-                node.backing is not None or getattr(image, "backing_file", None)):
+        if node.supports_backing and "backing" not in options and (
+                node.backing is not None or node.backing_file):
             raise QemuError(f"backing is missing for '{node.node_name}'")
-        if node.driver == "file" and options.get("filename") != getattr(node, "filename", None):
-            raise QemuError("Cannot change the option 'filename'")
+        node.check_reopen(options)
         plan.append((node, read_only))
         for role, child in node.children.items():
             ref = options.get(role, ...)
@@ -486,14 +448,13 @@ class BlockGraph:
                           node_name: str | None = None, *, cluster_size: int = 65536,
                           on_open: Any = None) -> BlockNode:
         """bdrv_cbw_append: put a copy-before-write filter above `source` for its devices."""
-        from .copy_before_write import CopyBeforeWriteNode
-
         if node_name:
             self._check_node_name(node_name)
-        node = CopyBeforeWriteNode(node_name or "", source, target, copy_hook,
-                                   cluster_size=cluster_size, auto_named=not node_name)
+        node = copy_before_write.CopyBeforeWriteNode(node_name or "", source, target, copy_hook,
+                                                     cluster_size=cluster_size,
+                                                     auto_named=not node_name)
         if not node_name:
-            node.node_name = self._generate_node_name()
+            node.node_name = self.generate_node_name()
         self._register(node)
         # bdrv_insert_node: open the filter (its children's perms), then move the source's users
         # to it; each step's permission failure carries that step's prefix.
@@ -501,9 +462,10 @@ class BlockGraph:
             check_perms([node])
         except QemuError as exc:
             self._drop_new_filter(node)
-            raise QemuError(f"Could not create node: {exc.desc}") from None
+            raise QemuError(qerror.COULD_NOT_CREATE_NODE % exc.desc) from None
         if on_open is not None:
             on_open()  # what cbw_open does once its children are attached (block-copy state)
+        self.graph_wrlock(3)  # 10.0: bdrv_insert_node's open of the filter and its two children
         self.replace_node(source, node)
         try:
             check_perms([node])
@@ -526,13 +488,27 @@ class BlockGraph:
         node.close()
         if node in self.nodes:
             self.nodes.remove(node)
+        self.graph_wrlock()  # 10.0: the filter's bdrv_unref -> bdrv_delete
 
     def replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every user of `old` uses `new` instead, except jobs (whose nodes
         stay where they are) and nodes reachable from `new` (should_update_child: moving their
         edge would make a loop, e.g. a sync=none backup target whose backing is the source,
         below the backup's copy-before-write filter).  QEMU walks old's parents newest first and
-        head-inserts each into new's list, so they end up in reverse order there."""
+        head-inserts each into new's list, so they end up in reverse order there.
+
+        bdrv_replace_node_common drains `old` meanwhile: jobs above it pause once (e.g. a backup
+        whose filter sits above another backup's filter, when that one is dropped); 10.0 also
+        takes the graph write lock for it, inside that drained section (so a job above `old`
+        pauses once for both)."""
+        drained_begin(old)
+        try:
+            self.graph_wrlock()
+            self._replace_node(old, new)
+        finally:
+            drained_end(old)
+
+    def _replace_node(self, old: BlockNode, new: BlockNode) -> None:
         below_new: set[int] = set()
         pending = [new]
         while pending:
@@ -549,21 +525,19 @@ class BlockGraph:
                 for role, child in list(parent.children.items()):
                     if child is old:
                         parent.children[role] = new
-                        old.parents.remove(parent)
-                        new.parents.append(parent)
-                        _retarget_codec(parent, role, new)
+                        move_parent(old, new, parent)
+                        parent.child_replaced(role, new)
             elif getattr(parent, "is_backend", False):
                 self.set_backend_root(parent, new)
             elif not hasattr(parent, "job_type"):  # temporary users follow the node
-                old.parents.remove(parent)
-                new.parents.append(parent)
+                move_parent(old, new, parent)
 
     @staticmethod
     def set_backend_root(backend: BlockBackend, root: BlockNode | None) -> None:
         backend.detach()
         backend.root = root
         if root is not None:
-            root.parents.append(backend)
+            attach_parent(root, backend)
 
     # ---- removal ------------------------------------------------------------------------------
     def close_nodes(self, nodes: list[BlockNode]) -> None:
@@ -574,12 +548,13 @@ class BlockGraph:
                     node.close()
                 finally:
                     self.nodes.remove(node)
+                    self.graph_wrlock()  # 10.0: bdrv_delete, one write-lock section per node
 
     def blockdev_del(self, node_name: str) -> None:
         """qmp_blockdev_del, with QEMU 7.2's checks in its order."""
         node = self.find_node(node_name)
         if node is None:
-            raise QemuError(f"Failed to find node with node-name='{node_name}'")
+            raise QemuError(qerror.NODE_NAME_NOT_FOUND % node_name)
         if any(getattr(parent, "is_backend", False) for parent in node.parents):
             raise QemuError(f"Node {node_name} is in use")
         node.op_check("drive-del")
@@ -594,6 +569,7 @@ class BlockGraph:
         node.close()
         if node in self.nodes:
             self.nodes.remove(node)
+            self.graph_wrlock()  # 10.0: bdrv_delete, one write-lock section per node
         for child in children:
             if not child.parents and not child.monitor_owned:
                 self._close_tree(child)

@@ -11,13 +11,15 @@ import errno
 import os
 from typing import Self
 
+from emulator import qerror
 from emulator.error import QemuError
 
 from .dirty_bitmap import DirtyBitmapSet
 from .file import FileStorage
-from .node import BLOCK_ALLOCATED, BLOCK_ZERO
+from .node import BLOCK_ALLOCATED, BLOCK_ZERO, sectors_to_bytes
 from .qcow2 import QCOW_MAGIC, Qcow2Image
 from .storage import Storage
+from .vmdk import is_vmdk
 
 FORMATS = ("qcow2", "raw")
 MAX_BACKING_DEPTH = 64
@@ -28,7 +30,7 @@ def probe_format(storage: Storage) -> str:
     head = storage.pread(0, 8)
     if head[:4] == QCOW_MAGIC and int.from_bytes(head[4:8], "big") >= 2:
         return "qcow2"
-    if head[:4] == b"KDMV":
+    if is_vmdk(head):
         return "vmdk"
     return "raw"
 
@@ -73,7 +75,7 @@ def create_image(filename: str, fmt: str, size: int, *, backing_file: str | None
     if fmt in ("raw", "file") and backing_file:
         raise QemuError(f"Backing file not supported for file format '{fmt}'")
     if fmt == "raw" and cluster_size is not None:
-        raise QemuError("Invalid parameter 'cluster_size'")
+        raise QemuError(qerror.INVALID_PARAMETER % "cluster_size")
     if size < 0:
         raise QemuError("Image size must be less than 8 EiB!")
     message = creation_message(filename, fmt, size, backing_file=backing_file, backing_fmt=backing_fmt,
@@ -118,10 +120,6 @@ class OpenedImage:
 
     # ---- metadata -----------------------------------------------------------------------------
     @property
-    def backing_filename(self) -> str | None:
-        return self.qcow2.backing_file if self.qcow2 else None
-
-    @property
     def backing_format(self) -> str | None:
         return self.qcow2.backing_format if self.qcow2 else None
 
@@ -140,7 +138,9 @@ class OpenedImage:
 
     # ---- guest I/O ----------------------------------------------------------------------------
     def length(self) -> int:
-        return self.qcow2.size if self.qcow2 else self.file.length()
+        """bdrv_getlength of the top image: whole sectors, so a raw file's partial last
+        sector counts in full (a 1000-byte raw image is 1024 bytes long, as in QEMU)."""
+        return sectors_to_bytes(self.qcow2.size if self.qcow2 else self.file.length())
 
     def _check(self, offset: int, length: int, write: bool) -> None:
         if write and self.read_only:
@@ -281,7 +281,7 @@ def open_image_chain(filename: str, fmt: str | None = None, *, read_only: bool =
     does); a missing backing file is "Could not open backing file: Could not open 'B': ...".
     """
     if fmt is not None and fmt not in FORMATS:
-        raise QemuError(f"Unknown driver '{fmt}'")
+        raise QemuError(qerror.UNKNOWN_DRIVER % fmt)
     real = os.path.realpath(filename)
     if real in _seen or _depth > MAX_BACKING_DEPTH:
         raise QemuError(f"Backing file loop detected at '{filename}'")
@@ -297,7 +297,7 @@ def open_image_chain(filename: str, fmt: str | None = None, *, read_only: bool =
                 back = open_image_chain(path, qcow2.backing_format, read_only=True, _depth=_depth + 1,
                                         _seen=_seen | {real})
             except QemuError as e:
-                raise QemuError(f"Could not open backing file: {e.desc}") from None
+                raise QemuError(qerror.COULD_NOT_OPEN_BACKING % e.desc) from None
         opened = OpenedImage(filename, fmt, file, qcow2, back, read_only=read_only, discard=discard)
         if keep and qcow2 is not None:
             opened.bitmaps = DirtyBitmapSet()

@@ -13,13 +13,30 @@ with the first conflict bdrv_parent_perms_conflict would find, in QEMU's words.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from emulator.error import QemuError
 
-if TYPE_CHECKING:
-    from .node import BlockNode
+
+class BlockNode(Protocol):
+    """What the permission system needs of a node (emulator.block.node.BlockNode has it; this
+    module does not import node.py, which uses it)."""
+
+    node_name: str
+    read_only: bool
+    parents: list[Any]
+
+    @property
+    def children(self) -> Mapping[str, BlockNode]: ...
+
+    def child_perm(self, role: str, perm: int, shared: int) -> tuple[int, int]: ...
+
+
+def _is_node(parent: Any) -> bool:
+    """A parent that is a node (it derives its children's perms), not a backend, job or user."""
+    return callable(getattr(parent, "child_perm", None))
 
 PERM_CONSISTENT_READ = 0x01
 PERM_WRITE = 0x02
@@ -125,9 +142,7 @@ class Edge:
 
     def user_desc(self) -> str:
         """bdrv_child_user_desc: "node 'X'", "block device 'd'", "backup job 'j'"..."""
-        from .node import BlockNode
-
-        if isinstance(self.parent, BlockNode):
+        if _is_node(self.parent):
             return f"node '{self.parent.node_name}'"
         return str(self.parent.parent_desc())
 
@@ -141,8 +156,6 @@ class PermissionState:
 
     def parent_edges(self, node: BlockNode) -> list[Edge]:
         """The node's parents, newest first (QEMU head-inserts bs->parents)."""
-        from .node import BlockNode
-
         cached = self._edges.get(id(node))
         if cached is not None:
             return cached
@@ -152,7 +165,7 @@ class PermissionState:
             if id(parent) in seen:
                 continue
             seen.add(id(parent))
-            if isinstance(parent, BlockNode):
+            if _is_node(parent):
                 pperm, pshared = self.cumulative(parent)
                 for role, child in parent.children.items():
                     if child is node:

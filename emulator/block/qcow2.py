@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from emulator import qerror
 from emulator.error import QemuError
 
 from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
@@ -245,9 +246,9 @@ class Qcow2Image:
         cls.validate_cluster_size(cluster_size)
         cluster_bits = cluster_size.bit_length() - 1
         if size < 0:
-            raise QemuError("Image size must be a multiple of 512 bytes")
+            raise QemuError(qerror.IMAGE_SIZE_NOT_SECTOR_MULTIPLE)
         if backing_fmt and not backing_file:
-            raise QemuError("Backing format cannot be used without backing file")
+            raise QemuError(qerror.BACKING_FMT_WITHOUT_FILE)
         header = Qcow2Header(cluster_bits=cluster_bits, refcount_table_offset=cluster_size,
                              refcount_table_clusters=1)
         exts = b""
@@ -259,7 +260,7 @@ class Qcow2Image:
         exts += struct.pack(">II", EXT_END, 0)
         name = backing_file.encode() if backing_file else b""
         if len(name) > 1023:
-            raise QemuError("Backing file name too long")
+            raise QemuError(qerror.BACKING_FILE_NAME_TOO_LONG)
         if backing_file:
             header.backing_file_offset = HEADER_LENGTH + len(exts)
             header.backing_file_size = len(name)
@@ -326,8 +327,7 @@ class Qcow2Image:
         if h.incompatible_features & ~INCOMPAT_KNOWN:
             raise QemuError(self._unsupported_features(h.incompatible_features & ~INCOMPAT_KNOWN))
         if h.incompatible_features & INCOMPAT_DATA_FILE:
-            raise QemuError("External data files are not supported by the emulator "
-                            "(incompatible feature 'external data file')")
+            raise QemuError(qerror.EMULATOR_NO_DATA_FILE)
         if h.incompatible_features & INCOMPAT_EXTL2:
             raise QemuError("Extended L2 entries are not supported by the emulator "
                             "(incompatible feature 'extended L2 entries')")
@@ -356,10 +356,9 @@ class Qcow2Image:
             raise QemuError(f"Internal snapshots are not supported by the emulator "
                             f"(the image has {h.nb_snapshots})")
         self.l2_entries = cs // 8
-        self.l2_bits = self.cluster_bits - 3
         self.size = h.size
         if h.l1_size > QCOW_MAX_L1_SIZE // 8:
-            raise QemuError("Active L1 table too large")
+            raise QemuError(qerror.L1_TABLE_TOO_LARGE)
         self._validate_table(h.l1_table_offset, h.l1_size, 8, QCOW_MAX_L1_SIZE, "Active L1 table")
         if h.l1_size < self._size_to_l1(h.size):
             raise QemuError("L1 table is too small")
@@ -406,7 +405,7 @@ class Qcow2Image:
         offset = h.header_length
         self.feature_table: list[tuple[int, int, str]] = []
         self.bitmaps_ext = BitmapsExtension()
-        self._stale_bitmaps_ext = False
+        self._stale_bitmaps_ext: bool = False
         while offset < end:
             if end - offset < 8:
                 raise QemuError("qcow2_read_extension: ERROR: pread fail from offset "
@@ -429,22 +428,21 @@ class Qcow2Image:
             elif magic == EXT_CRYPTO_HEADER and h.crypt_method != 2:
                 raise QemuError("Crypto header extension only expected with LUKS encryption method")
             elif magic == EXT_DATA_FILE:
-                raise QemuError("External data files are not supported by the emulator "
-                                "(incompatible feature 'external data file')")
+                raise QemuError(qerror.EMULATOR_NO_DATA_FILE)
             elif magic == EXT_BITMAPS:
                 self._read_bitmaps_ext(h, data)
             offset += (length + 7) & ~7
         self.backing_file: str | None = None
         if h.backing_file_offset:
             if h.backing_file_size > 1023:
-                raise QemuError("Backing file name too long")
+                raise QemuError(qerror.BACKING_FILE_NAME_TOO_LONG)
             name = self.file.pread(h.backing_file_offset, h.backing_file_size)
             self.backing_file = name.decode(errors="replace")
 
     def _read_bitmaps_ext(self, h: Qcow2Header, data: bytes) -> None:
         """The bitmaps extension counts only while autoclear bit 0 says it is current."""
         if len(data) != 24:
-            raise QemuError("bitmaps_ext: Invalid extension length")
+            raise QemuError(qerror.BITMAPS_EXT_INVALID_LENGTH)
         if not h.autoclear_features & AUTOCLEAR_BITMAPS:
             if h.version < 3:
                 log.warning("This qcow2 v2 image contains bitmaps, but they may have been modified "
@@ -541,14 +539,6 @@ class Qcow2Image:
         block = self._refblock(cluster_index // self._rb_entries)
         return 0 if block is None else block[cluster_index % self._rb_entries]
 
-    def _is_free(self, idx: int) -> bool:
-        ri, bi = divmod(idx, self._rb_entries)
-        block = self._refblock(ri)
-        if block is None:
-            # A range without a refcount block reserves its first cluster for that block.
-            return bi != 0
-        return block[bi] == 0
-
     def _find_free(self, n: int) -> int:
         """First index of `n` consecutive free clusters (first fit from the free hint)."""
         E = self._rb_entries
@@ -606,7 +596,7 @@ class Qcow2Image:
             block = self._refblock(ri)
             if block is not None:
                 return block
-        # Self-describing block in the first cluster of the range it covers (reserved by _is_free).
+        # Self-describing block in the first cluster of the range it covers.
         self.file.debug_event("refblock_alloc")
         idx = ri * self._rb_entries
         off = idx << self.cluster_bits
@@ -873,7 +863,7 @@ class Qcow2Image:
             elif t == UNALLOCATED:
                 parts.append(self._read_backing(g, n))
             elif t == COMPRESSED:
-                parts.append(self._read_compressed_run(g, n, host))
+                parts.append(self._read_compressed_run(g, n))
             else:
                 parts.append(bytes(n))
         got = sum(map(len, parts))
@@ -909,7 +899,7 @@ class Qcow2Image:
             raise OSError(errno.EIO, "Input/output error")
         return out
 
-    def _read_compressed_run(self, guest: int, length: int, first_entry: int) -> bytes:
+    def _read_compressed_run(self, guest: int, length: int) -> bytes:
         """Guest bytes of a run of compressed clusters (each cluster has its own entry)."""
         cs, bits = self.cluster_size, self.cluster_bits
         span = cs * self.l2_entries
@@ -1246,16 +1236,46 @@ class Qcow2Image:
                     self.file.pwrite(self.header.l1_table_offset + l1_index * 8, bytes(8))
                     self._l2_cache.pop(off, None)
                     self._free_clusters(off, 1)
+            self._truncate_file_tail()
         else:
             self._grow_l1(self._size_to_l1(size))
         self.file.pwrite(_OFF_SIZE, struct.pack(">Q", size))
         self.size = self.header.size = size
 
+    def _truncate_file_tail(self) -> None:
+        """qcow2_co_truncate's shrink ends by cutting the file after the last cluster that still
+        has a reference (qcow2_get_last_cluster over bdrv_getlength of the file); a failure
+        there is only a warning in QEMU, and no last cluster (corruption) skips it."""
+        cs = self.cluster_size
+        file_len = self.file.length()
+        last = self._last_used_cluster(file_len)
+        if last is None or (last + 1) * cs >= file_len:
+            return
+        try:
+            self.file.truncate((last + 1) * cs)
+        except (OSError, QemuError):
+            return
+        self._end_cluster = last + 1
+        self._free_hint = min(self._free_hint, last + 1)
+
+    def _last_used_cluster(self, file_len: int) -> int | None:
+        """qcow2_get_last_cluster: the last host cluster inside `file_len` with a refcount."""
+        clusters = (file_len + self.cluster_size - 1) >> self.cluster_bits
+        entries = self._rb_entries
+        for ri in range(min((clusters - 1) // entries, len(self.reftable) - 1), -1, -1):
+            block = self._refblock(ri)
+            if block is None:
+                continue
+            used = block[:min(entries, clusters - ri * entries)].tobytes().rstrip(b"\0")
+            if used:
+                return ri * entries + (len(used) - 1) // block.itemsize
+        return None
+
     def _grow_l1(self, min_size: int) -> None:
         if min_size <= len(self.l1):
             return
         if min_size > QCOW_MAX_L1_SIZE // 8:
-            raise QemuError("Active L1 table too large")
+            raise QemuError(qerror.L1_TABLE_TOO_LARGE)
         cs = self.cluster_size
         nbytes = min_size * 8
         new_off = self._alloc_clusters((nbytes + cs - 1) // cs)
@@ -1289,10 +1309,10 @@ class Qcow2Image:
         if self.read_only:
             raise QemuError("Cannot change the backing file of a read-only image")
         if backing_fmt and not backing_file:
-            raise QemuError("Backing format cannot be used without backing file")
+            raise QemuError(qerror.BACKING_FMT_WITHOUT_FILE)
         name = backing_file.encode() if backing_file else b""
         if len(name) > 1023:
-            raise QemuError("Backing file name too long")
+            raise QemuError(qerror.BACKING_FILE_NAME_TOO_LONG)
         old = (self.backing_file, self.backing_format)
         self.backing_file, self.backing_format = backing_file, backing_fmt
         try:

@@ -13,8 +13,9 @@ On-disk format (docs/interop/qcow2.txt, "Bitmaps extension"), all big-endian:
 Qcow2BitmapStore follows QEMU's life cycle: load every bitmap on open (inconsistent if in_use,
 disabled unless auto) and, on a writable open, set in_use on disk at once; store them all on close
 (new tables and data clusters, a new directory, then the old clusters are freed); remove one from
-the image immediately.  It works on a Qcow2Image through its allocator and header writer and on a
-node's DirtyBitmapSet; it knows nothing of QMP.
+the image immediately.  It works on a qcow2 image through its allocator and header writer (the
+BitmapImage protocol below, which Qcow2Image implements; this module does not import qcow2.py)
+and on a node's DirtyBitmapSet; it knows nothing of QMP.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from emulator import qerror
 from emulator.error import QemuError
 
 from .dirty_bitmap import (
@@ -40,9 +42,7 @@ from .dirty_bitmap import (
     DirtyBitmap,
     DirtyBitmapSet,
 )
-
-if TYPE_CHECKING:
-    from .qcow2 import Qcow2Image
+from .storage import Storage
 
 #: Autoclear feature bit 0: the bitmaps extension is consistent with the image.
 AUTOCLEAR_BITMAPS = 1 << 0
@@ -81,7 +81,7 @@ class BitmapsExtension:
     def parse(cls, data: bytes, cluster_size: int) -> BitmapsExtension:
         """qcow2_read_extensions' checks of a bitmaps extension, with QEMU's messages."""
         if len(data) != EXT_LENGTH:
-            raise QemuError("bitmaps_ext: Invalid extension length")
+            raise QemuError(qerror.BITMAPS_EXT_INVALID_LENGTH)
         nb, reserved, size, offset = _EXT.unpack(data)
         if reserved:
             raise QemuError("bitmaps_ext: Reserved field is not zero")
@@ -188,10 +188,46 @@ def check_constraints(name: str, granularity: int, length: int, cluster_size: in
 
 
 # ---- the store ------------------------------------------------------------------------------------
-class Qcow2BitmapStore:
-    """The persistent bitmaps of one open Qcow2Image."""
+class BitmapHeader(Protocol):
+    """The part of the qcow2 header the bitmaps extension rules (autoclear bit 0)."""
 
-    def __init__(self, image: Qcow2Image) -> None:
+    autoclear_features: int
+
+
+class BitmapImage(Protocol):
+    """What the bitmap store needs from the qcow2 image it lives in (Qcow2Image)."""
+
+    bitmaps_ext: BitmapsExtension
+
+    @property
+    def file(self) -> Storage: ...
+
+    @property
+    def header(self) -> BitmapHeader: ...
+
+    @property
+    def cluster_size(self) -> int: ...
+
+    @property
+    def size(self) -> int: ...
+
+    def update_header(self) -> None:
+        """Write the header (with its extensions) back to the image file."""
+        ...
+
+    def alloc_clusters(self, nbytes: int) -> int:
+        """Allocate contiguous host clusters for `nbytes`; returns their offset."""
+        ...
+
+    def free_clusters(self, offset: int, nbytes: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+
+class Qcow2BitmapStore:
+    """The persistent bitmaps of one open qcow2 image."""
+
+    def __init__(self, image: BitmapImage) -> None:
         self.image = image
 
     @property
@@ -219,13 +255,13 @@ class Qcow2BitmapStore:
         length = self.image.size
         while pos < end:
             if pos + DIR_ENTRY_HEADER > end:
-                raise QemuError("Broken bitmap directory")
+                raise QemuError(qerror.BITMAP_DIRECTORY_BROKEN)
             if len(out) + 1 > ext.nb_bitmaps:
                 raise QemuError("More bitmaps found than specified in header extension")
             t_off, t_size, flags, bm_type, gbits, name_size, extra = _DIR_ENTRY.unpack_from(raw, pos)
             nxt = pos + dir_entry_size(name_size, extra)
             if nxt > end:
-                raise QemuError("Broken bitmap directory")
+                raise QemuError(qerror.BITMAP_DIRECTORY_BROKEN)
             if extra:
                 raise QemuError("Bitmap extra data is not supported")
             name_raw = raw[pos + DIR_ENTRY_HEADER:pos + DIR_ENTRY_HEADER + name_size]
@@ -366,8 +402,7 @@ class Qcow2BitmapStore:
                 try:
                     img.file.pwrite(off, data.ljust(cs, b"\0"))
                 except OSError as e:
-                    raise QemuError(f"Failed to write bitmap '{bitmap.name}' to file: "
-                                    f"{_errno_text(e)}") from None
+                    raise QemuError(qerror.BITMAP_WRITE_FAILED % (bitmap.name, _errno_text(e))) from None
                 offset = bitmap.next_dirty((chunk + 1) * limit)
             tb_offset = img.alloc_clusters(tb_size * 8)
         except BaseException:
@@ -378,7 +413,7 @@ class Qcow2BitmapStore:
         except OSError as e:
             self._clear_table(table)
             img.free_clusters(tb_offset, tb_size * 8)
-            raise QemuError(f"Failed to write bitmap '{bitmap.name}' to file: {_errno_text(e)}") from None
+            raise QemuError(qerror.BITMAP_WRITE_FAILED % (bitmap.name, _errno_text(e))) from None
         bm.table_offset, bm.table_size = tb_offset, tb_size
 
     def _clear_table(self, table: list[int]) -> None:
@@ -433,7 +468,7 @@ class Qcow2BitmapStore:
                 try:
                     self._update_in_place(stored)
                 except OSError as e:
-                    raise QemuError(f"Can't update bitmap directory: {_errno_text(e)}") from None
+                    raise QemuError(qerror.BITMAP_DIRECTORY_UPDATE_FAILED % _errno_text(e)) from None
         except BaseException:
             for bitmap in created:
                 bitmaps.remove(bitmap)
@@ -499,7 +534,7 @@ class Qcow2BitmapStore:
                 try:
                     self._update_header_and_dir(stored)
                 except OSError as e:
-                    raise QemuError(f"Failed to update bitmap extension: {_errno_text(e)}") from None
+                    raise QemuError(qerror.BITMAP_EXT_UPDATE_FAILED % _errno_text(e)) from None
         except BaseException:
             for bm in stored:
                 if bm.bitmap is not None and bm.table_offset and not bm.bitmap.readonly:
@@ -531,7 +566,7 @@ class Qcow2BitmapStore:
             try:
                 self._update_in_place(stored)
             except OSError as e:
-                raise QemuError(f"Can't update bitmap directory: {_errno_text(e)}") from None
+                raise QemuError(qerror.BITMAP_DIRECTORY_UPDATE_FAILED % _errno_text(e)) from None
             for bitmap in reopened:
                 bitmap.readonly = False
 
@@ -547,7 +582,7 @@ class Qcow2BitmapStore:
         try:
             self._update_header_and_dir(stored)
         except OSError as e:
-            raise QemuError(f"Failed to update bitmap extension: {_errno_text(e)}") from None
+            raise QemuError(qerror.BITMAP_EXT_UPDATE_FAILED % _errno_text(e)) from None
         self._free_bitmap_clusters(bm)
         self.image.flush()
 

@@ -16,17 +16,17 @@ from __future__ import annotations
 import errno
 import getopt
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TextIO
 
+from emulator.cutils import INT64_MAX, qemu_strtoi64, qemu_strtosz
+
 from .node import BLOCK_ALLOCATED
 
 BDRV_REQUEST_MAX_BYTES = 0x7FFFFFFF & ~511  # INT_MAX rounded down to a sector: 2147483136
 BDRV_SECTOR_SIZE = 512
-INT64_MAX = (1 << 63) - 1
 
 
 class IoTarget(Protocol):
@@ -42,66 +42,9 @@ class IoTarget(Protocol):
 
 
 # ---- number parsing and formatting (cutils.c / qemu-io-cmds.c) --------------------------------
-_SUFFIXES = {"b": 0, "k": 1, "m": 2, "g": 3, "t": 4, "p": 5, "e": 6}
-_STRTOULL = re.compile(r"\s*([+-]?)(\d+)")
-_STRTOULL_HEX = re.compile(r"\s*([+-]?)0[xX]([0-9a-fA-F]+)")
-_STRTOD_FRACTION = re.compile(r"\.\d*(?:[eE][+-]?\d+)?")
-_STRTOL = re.compile(r"\s*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)")
-
-
-def strtosz(s: str) -> int:
-    """qemu_strtosz with default suffix B and unit 1024; raises OSError(EINVAL|ERANGE)."""
-    einval = OSError(errno.EINVAL, "Invalid argument")
-    m = _STRTOULL.match(s)
-    if not m:
-        raise einval
-    if m.group(1) == "-":
-        raise einval
-    val, end = int(m.group(2)), m.end()
-    if val >= 1 << 64:
-        raise OSError(errno.ERANGE, "Numerical result out of range")
-    valf = 0
-    if val == 0 and s[end:end + 1] in ("x", "X"):
-        mh = _STRTOULL_HEX.match(s)
-        if not mh:
-            raise einval
-        val, end = int(mh.group(2), 16), mh.end()
-        if val >= 1 << 64:
-            raise OSError(errno.ERANGE, "Numerical result out of range")
-        if s[end:end + 1] == ".":
-            raise einval
-    elif s[end:end + 1] == ".":
-        mf = _STRTOD_FRACTION.match(s, end)
-        text = mf.group(0) if mf else "."
-        if text == ".":
-            end += 1  # strtod failed on "." alone: skip it, fraction 0 ("1.k" works)
-        elif "e" in text or "E" in text:
-            raise einval
-        else:
-            valf = int(float("0" + text) * 2**64)
-            end += len(text)
-    c = s[end:end + 1].lower()
-    if c in _SUFFIXES:
-        mul = 1024 ** _SUFFIXES[c]
-        end += 1
-    else:
-        mul = 1
-    if mul == 1:
-        if valf:
-            raise einval
-    else:
-        prod = valf * mul
-        val = val * mul + (prod >> 64) + ((prod >> 63) & 1)
-        if val >= 1 << 64:
-            raise OSError(errno.ERANGE, "Numerical result out of range")
-    if end != len(s):
-        raise einval
-    return val
-
-
 def cvtnum(s: str) -> int:
     """qemu-io's cvtnum: a non-negative int64 or OSError(EINVAL/ERANGE)."""
-    value = strtosz(s)
+    value = qemu_strtosz(s)
     if value > INT64_MAX:
         raise OSError(errno.ERANGE, "Numerical result out of range")
     return value
@@ -283,7 +226,7 @@ def _errstr(e: BaseException) -> str:
 class QemuIo:
     """One qemu-io session on a target: runs command lines, remembers `quit`."""
 
-    def __init__(self, target: Any, out: TextIO, err: TextIO | None = None,
+    def __init__(self, target: IoTarget, out: TextIO, err: TextIO | None = None,
                  report: Callable[[str], None] | None = None, progname: str = "qemu-io") -> None:
         self.target = target
         self.out = out
@@ -325,12 +268,10 @@ class QemuIo:
 
     def _pattern(self, arg: str) -> int:
         """parse_pattern: strtol(arg, 0) must consume everything and fit in a byte."""
-        m = _STRTOL.fullmatch(arg)
-        value = -1
-        if m:
-            digits = m.group(2)
-            base = 16 if digits[1:2] in ("x", "X") else 8 if digits.startswith("0") else 10
-            value = int(digits, base) * (-1 if m.group(1) == "-" else 1)
+        try:
+            value = qemu_strtoi64(arg)
+        except OSError:
+            value = -1
         if value < 0 or value > 255:
             self._print(f"{arg} is not a valid pattern byte\n")
             raise _Failed
@@ -628,7 +569,7 @@ class QemuIo:
 
     # ---- blkdebug breakpoints (bdrv_debug_*: the first blkdebug node down the primary chain) --
     def _blkdebug(self) -> Any:
-        node = self.target
+        node: Any = self.target
         seen = 0
         while node is not None and seen < 64:
             if hasattr(node, "add_breakpoint"):
@@ -692,7 +633,7 @@ class _Failed(Exception):
     """The command already printed why it failed."""
 
 
-def run_command(target: Any, cmdline: str, out: TextIO, err: TextIO | None = None,
+def run_command(target: IoTarget, cmdline: str, out: TextIO, err: TextIO | None = None,
                 report: Callable[[str], None] | None = None) -> bool:
     """Run one qemu-io command line on `target`; False if the command failed."""
     return QemuIo(target, out, err, report).run(cmdline)

@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from emulator import qerror
 from emulator.error import QemuError
 
-from .node import BlockNode
+from .node import BlockNode, NodeOpener, block_driver
 from .permissions import ROLE_FILTERED
 
 NS = 1_000_000_000
@@ -168,11 +169,23 @@ class ThrottleGroup:
             time.sleep(wait / NS)
 
 
+@block_driver
 class ThrottleNode(BlockNode):
     """Filter driver "throttle": requests pass to `file` once the group admits them."""
 
     driver = "throttle"
     is_filter = True
+    strong_runtime_opts = ("throttle-group",)
+
+    @classmethod
+    def open(cls, graph: NodeOpener, name: str, auto_named: bool, options: dict[str, Any],
+             read_only: bool) -> BlockNode:
+        group_name = options.get("throttle-group")
+        group = graph.throttle_groups.get(group_name or "")
+        if group is None:
+            raise QemuError(f"Throttle group '{group_name}' does not exist")
+        file = graph.open_child(options["file"], read_only=read_only)
+        return graph.register_opened(cls(name, file, group, auto_named=auto_named), options)
 
     def __init__(self, node_name: str, file: BlockNode, group: ThrottleGroup, *,
                  auto_named: bool = False) -> None:
@@ -232,6 +245,6 @@ def throttle_limits_check(limits: dict[str, Any]) -> None:
         if key != "iops-size" and isinstance(value, (int, float)) and value < 0:
             raise QemuError("bps/iops/max values must be within [0, 1000000000000000]")
     if limits.get("bps-total") and (limits.get("bps-read") or limits.get("bps-write")):
-        raise QemuError("bps(iops) and bps(iops)_rd/_wr cannot be used at the same time")
+        raise QemuError(qerror.THROTTLE_BPS_CONFLICT)
     if limits.get("iops-total") and (limits.get("iops-read") or limits.get("iops-write")):
-        raise QemuError("bps(iops) and bps(iops)_rd/_wr cannot be used at the same time")
+        raise QemuError(qerror.THROTTLE_BPS_CONFLICT)

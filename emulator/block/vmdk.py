@@ -24,7 +24,6 @@ VMDK4_MAGIC = b"KDMV"
 SECTOR = 512
 _HEADER = struct.Struct("<4sIIQQQQIQQQB4sH")
 FLAG_RGD = 1 << 1
-FLAG_ZERO_GRAIN = 1 << 2
 FLAG_COMPRESS = 1 << 16
 FLAG_MARKER = 1 << 17
 GTE_ZEROED = 1
@@ -114,8 +113,6 @@ class VmdkImage:
         self.gtes = gtes
         self.compressed = bool(compress_algorithm) and bool(flags & FLAG_COMPRESS)
         self.has_marker = bool(flags & FLAG_MARKER)
-        self.has_zero_grain = bool(flags & FLAG_ZERO_GRAIN)
-        self.gd_sector = gd_offset
         self.rgd_sector = rgd_offset if flags & FLAG_RGD else 0
         descriptor = file.pread(desc_offset * SECTOR, desc_size * SECTOR)
         self.create_type = self._descriptor_value(descriptor, "createType")

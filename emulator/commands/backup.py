@@ -11,19 +11,25 @@ import os
 import sys
 from typing import Any
 
-from emulator.block.copy_before_write import check_min_cluster_size
+from emulator import qerror
+from emulator.block.copy_before_write import (
+    check_min_cluster_size,
+    cluster_size_unknown,
+    copy_cluster_size,
+)
 from emulator.block.dirty_bitmap import BITMAP_ALLOW_RO, BITMAP_DEFAULT
+from emulator.block.drain import attach_parent, detach_parent, drained_begin, drained_end
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
 from emulator.block.permissions import PERM_ALL, TemporaryUser, check_perms
 from emulator.error import QemuError
-from emulator.jobs.backup import BackupJob, backup_cluster_size
+from emulator.jobs.backup import BackupJob
 from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
-from emulator.transaction import BaseAction
+from emulator.transaction import BaseAction, run_drained
 
-from .registry import qapi_types, qmp_command
+from .registry import qapi_types, qmp_command, transaction_action
 
 qapi_types(
     {"enum": "MirrorSyncMode", "data": ["top", "full", "none", "incremental", "bitmap"]},
@@ -50,10 +56,10 @@ def _no_copy_hook(offset: int, length: int) -> None:
     """The filter's hook until its job exists (nothing can write through it before)."""
 
 
+@transaction_action("drive-backup", grouped=True)
+@transaction_action("blockdev-backup", grouped=True)
 class BackupAction(BaseAction):
     """The drive-backup / blockdev-backup transaction action."""
-
-    supports_grouped = True
 
     def __init__(self, machine: Machine, kind: str, args: dict[str, Any], txn: JobTxn | None) -> None:
         self.machine = machine
@@ -61,16 +67,19 @@ class BackupAction(BaseAction):
         self.args = args
         self.txn = txn
         self.job: BackupJob | None = None
+        self.drained: BlockNode | None = None
 
     def prepare(self) -> None:
         args = self.args
         source = self.machine.block.lookup_bs(args["device"])
         release = None
         if self.kind == "drive-backup":
+            self._drain(source)  # drive_backup_prepare: bdrv_drained_begin(bs), paired with .clean
             source.op_check("backup-source")  # QEMU's "early check to avoid creating target"
             target, release = self._open_drive_target(source)
         else:
             target = self.machine.block.lookup_bs(args["target"])
+            self._drain(source)  # blockdev_backup_prepare, after both lookups
         try:
             self.job = do_backup_common(self.machine, args, source, target, self.txn, release)
         except BaseException:
@@ -100,6 +109,7 @@ class BackupAction(BaseAction):
             backing_fmt = backing.driver if backing is not None else None
             message = create_image(target_name, fmt, size, backing_file=backing_file,
                                    backing_fmt=backing_fmt)
+            self.machine.block.graph_wrlock(QCOW2_CREATE_SECTIONS if fmt == "qcow2" else 0)
             if message:
                 self.machine.stdout.write(message if message.endswith("\n") else message + "\n")
                 _flush(self.machine)
@@ -114,12 +124,17 @@ class BackupAction(BaseAction):
         if sync == "none" and backing is not None:
             del target.options["backing"]
             target.set_backing(backing)  # type: ignore[attr-defined]
+            graph.graph_wrlock()  # 10.0: bdrv_set_backing_hd
         added = graph.nodes[before:]
 
         def release() -> None:
             graph.close_nodes(added)
 
         return target, release
+
+    def _drain(self, source: BlockNode) -> None:
+        drained_begin(source)
+        self.drained = source
 
     def commit(self) -> None:
         assert self.job is not None
@@ -128,6 +143,12 @@ class BackupAction(BaseAction):
     def abort(self) -> None:
         if self.job is not None:
             self.job.cancel_sync(force=True)
+
+    def clean(self) -> None:
+        """drive_backup_clean / blockdev_backup_clean: the prepare's drained section ends."""
+        if self.drained is not None:
+            drained_end(self.drained)
+            self.drained = None
 
 
 def _flush(machine: Machine) -> None:
@@ -138,6 +159,11 @@ def _flush(machine: Machine) -> None:
 
 
 INT64_MAX = (1 << 63) - 1
+
+#: QEMU 10.0: graph write-lock sections while it creates a qcow2 image for a drive-backup target
+#: or a snapshot overlay (bdrv_img_create opens and closes the new image's nodes): 15 in every
+#: run of scripts/drain_probe.py's image_creation probe; a raw image takes none.
+QCOW2_CREATE_SECTIONS = 15
 
 
 def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, target: BlockNode,
@@ -195,7 +221,7 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     if job_id is None:
         job_id = machine.block.device_name(source)
     speed = args.get("speed", 0)
-    machine.jobs.check_new_job_id(job_id)
+    # (the job id is checked by block_job_create, after the filter is in place: Job.__init__)
     if bitmap is not None:
         if bitmap_mode != "never":
             bitmaps.check(bitmap, BITMAP_DEFAULT)
@@ -206,13 +232,13 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
     except QemuError as exc:
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
-        raise QemuError(f"Could not create node: {exc.desc}") from None
+        raise QemuError(qerror.COULD_NOT_CREATE_NODE % exc.desc) from None
     # bdrv_cbw_append, then block_job_create's BlockBackend on the filter (perm 0, shares all):
     # once the filter has a user it takes its real perms, which may conflict with other users
     # of the source subtree (iotest 283).  That fails before any job exists.
     try:
         cbw = graph.insert_cbw_filter(source, target, _no_copy_hook, args.get("filter-node-name"),
-                                      cluster_size=backup_cluster_size(target, min_cluster),
+                                      cluster_size=copy_cluster_size(target, min_cluster),
                                       on_open=lambda: _warn_unknown_cluster_size(
                                           machine, target, min_cluster))
     except BaseException:
@@ -220,18 +246,19 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
             bitmaps.reclaim(bitmap)
         raise
     holder = TemporaryUser(0, PERM_ALL)
-    cbw.parents.append(holder)
+    attach_parent(cbw, holder)
     try:
         check_perms([cbw])
     except BaseException:
-        cbw.parents.remove(holder)
+        detach_parent(cbw, holder)
         graph.remove_filter(cbw)
         if bitmap is not None:
             bitmaps.reclaim(bitmap)
         raise
-    cbw.parents.remove(holder)
+    detach_parent(cbw, holder)
 
     def release_all() -> None:
+        graph.graph_wrlock(2)  # 10.0: block_job_remove_all_bdrv, blk_unref of the job's backend
         graph.remove_filter(cbw)
         if release is not None:
             release()
@@ -254,16 +281,14 @@ def do_backup_common(machine: Machine, args: dict[str, Any], source: BlockNode, 
         raise
     cbw.copy_hook = job.copy_before_write  # type: ignore[attr-defined]
     job.add_node(cbw)
+    graph.graph_wrlock()  # 10.0: block_job_create's BlockBackend and job child on the filter
     return job
 
 
 def _warn_unknown_cluster_size(machine: Machine, target: BlockNode, min_cluster: int = 0) -> None:
     """block_copy_calculate_cluster_size's warning: a target without bdrv_get_info (null-co,
     filters over it) and without a backing file gets the 64 KiB default, with a warning."""
-    node: BlockNode | None = target
-    while node is not None and node.is_filter:
-        node = node.filtered_child()
-    if node is None or node.driver != "null-co" or target.backing is not None:
+    if not cluster_size_unknown(target):
         return
     stderr = getattr(machine, "stderr", None) or sys.stderr
     try:
@@ -279,16 +304,12 @@ def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @qmp_command("drive-backup", "DriveBackup")
 def qmp_drive_backup(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [BackupAction(machine, "drive-backup", _qapi_names(kwargs), None)])
+    run_drained(machine.block, [BackupAction(machine, "drive-backup", _qapi_names(kwargs), None)])
 
 
 @qmp_command("blockdev-backup", "BlockdevBackup")
 def qmp_blockdev_backup(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [BackupAction(machine, "blockdev-backup", _qapi_names(kwargs), None)])
+    run_drained(machine.block, [BackupAction(machine, "blockdev-backup", _qapi_names(kwargs), None)])
 
 
 __all__ = ["BackupAction", "do_backup_common", "os"]

@@ -5,15 +5,16 @@ Checks run in QEMU's order so the first failing one gives QEMU's message.  Bitma
 node that `node` names: through a device name that is the device's root node (which, while a
 backup runs, is the backup's filter node, as in QEMU).
 
-Transaction actions: `transaction_action(machine, kind, data)` returns an object with
-prepare()/commit()/abort()/clean() for kinds block-dirty-bitmap-{add,remove,clear,enable,
-disable,merge}.  abort() is safe to call whether or not prepare() succeeded.
+Transaction actions: the block-dirty-bitmap-{add,remove,clear,enable,disable,merge} kinds register
+themselves in registry.TRANSACTION_ACTIONS; `transaction_action(machine, kind, data)` builds one.
+abort() is safe to call whether or not prepare() succeeded.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from emulator import qerror
 from emulator.block.dirty_bitmap import (
     BITMAP_ALLOW_RO,
     BITMAP_BUSY,
@@ -24,14 +25,15 @@ from emulator.block.dirty_bitmap import (
     default_granularity,
     granularity_valid,
     merge_dirty_bitmap,
-    qcow2_can_store_new_dirty_bitmap,
 )
 from emulator.block.node import BlockNode
 from emulator.error import QemuError
+from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
 from emulator.transaction import BaseAction
 
-from .registry import qapi_types, qmp_command
+from .registry import TRANSACTION_ACTIONS, qapi_types, qmp_command
+from .registry import transaction_action as register_action
 
 qapi_types(
     {"struct": "BlockDirtyBitmap", "data": {"node": "str", "name": "str"}},
@@ -55,39 +57,19 @@ def lookup_bitmap(machine: Machine, node: str, name: str) -> tuple[DirtyBitmap, 
     try:
         bs = machine.block.lookup_bs(node)
     except QemuError:
-        raise QemuError(f"Node '{node}' not found") from None
+        raise QemuError(qerror.NODE_NOT_FOUND % node) from None
     bitmap = bs.dirty_bitmaps.find(name)
     if bitmap is None:
-        raise QemuError(f"Dirty bitmap '{name}' not found")
+        raise QemuError(qerror.DIRTY_BITMAP_NOT_FOUND % name)
     return bitmap, bs
 
 
-def node_cluster_size(node: BlockNode) -> int | None:
-    """The cluster size bdrv_get_info reports: qcow2's own; raw and filters ask their child."""
-    current: BlockNode | None = node
-    while current is not None:
-        size = getattr(current, "cluster_size", None)
-        if isinstance(size, int) and size > 0:
-            return size
-        if current.is_filter:
-            current = current.filtered_child()
-        elif current.driver == "raw":
-            current = current.file
-        else:
-            return None
-    return None
-
-
 def _check_can_store(machine: Machine, bs: BlockNode, name: str, granularity: int) -> None:
-    """bdrv_can_store_new_dirty_bitmap (only qcow2 nodes can hold persistent bitmaps)."""
+    """bdrv_can_store_new_dirty_bitmap: the driver's check (qcow2 has one), else ENOTSUP."""
     who = device_or_node_name(machine, bs)
-    image = getattr(bs, "image", None)
-    if bs.driver != "qcow2" or image is None:
-        raise QemuError(f"Can't store persistent bitmaps to {who}: Operation not supported")
     try:
-        qcow2_can_store_new_dirty_bitmap(
-            bs.dirty_bitmaps, name, granularity, length=bs.length(),
-            cluster_size=int(image.cluster_size), qcow_version=int(image.version))
+        if not bs.can_store_new_dirty_bitmap(name, granularity):
+            raise QemuError(f"Can't store persistent bitmaps to {who}: Operation not supported")
     except PersistenceRefused as exc:
         raise QemuError(f"Can't make bitmap '{name}' persistent in '{who}': {exc.desc}") from None
 
@@ -101,9 +83,9 @@ def bitmap_add(machine: Machine, node: str, name: str, granularity: int | None =
     bs = machine.block.lookup_bs(node)
     if granularity is not None:
         if not granularity_valid(granularity):
-            raise QemuError("Granularity must be power of 2 and at least 512")
+            raise QemuError(qerror.GRANULARITY_INVALID)
     else:
-        granularity = default_granularity(node_cluster_size(bs))
+        granularity = default_granularity(bs.cluster_size_info())
     if persistent:
         _check_can_store(machine, bs, name, granularity)
     bitmap = bs.dirty_bitmaps.create(name, granularity, bs.length())
@@ -143,7 +125,7 @@ def bitmap_merge(machine: Machine, node: str, target: str, bitmaps: list[Any]
         if isinstance(source, str):
             src = bs.dirty_bitmaps.find(source)
             if src is None:
-                raise QemuError(f"Dirty bitmap '{source}' not found")
+                raise QemuError(qerror.DIRTY_BITMAP_NOT_FOUND % source)
         else:
             src, _ = lookup_bitmap(machine, source["node"], source["name"])
         dst.check(BITMAP_DEFAULT)  # QEMU 7.2.x merges into the target: its check comes first
@@ -202,7 +184,8 @@ def qmp_x_debug_block_dirty_bitmap_sha256(machine: Machine, node: str, name: str
 class BitmapAction(BaseAction):
     """Base of the bitmap transaction actions: the QMP `data` and what prepare did."""
 
-    def __init__(self, machine: Machine, data: dict[str, Any]) -> None:
+    def __init__(self, machine: Machine, kind: str, data: dict[str, Any],
+                 txn: JobTxn | None = None) -> None:
         self.machine = machine
         self.data = data
         self.bitmap: DirtyBitmap | None = None
@@ -213,6 +196,7 @@ class BitmapAction(BaseAction):
         raise NotImplementedError
 
 
+@register_action("block-dirty-bitmap-add")
 class BitmapAddAction(BitmapAction):
     """Add the bitmap in prepare; abort deletes it."""
 
@@ -228,6 +212,7 @@ class BitmapAddAction(BitmapAction):
             self.bitmap = None
 
 
+@register_action("block-dirty-bitmap-clear")
 class BitmapClearAction(BitmapAction):
     """Clear in prepare keeping the old bits; abort puts them back."""
 
@@ -245,6 +230,7 @@ class BitmapClearAction(BitmapAction):
         self.backup = None
 
 
+@register_action("block-dirty-bitmap-enable")
 class BitmapEnableAction(BitmapAction):
     """Enable (or, with enable=False, disable) in prepare; abort restores the previous state."""
 
@@ -261,10 +247,12 @@ class BitmapEnableAction(BitmapAction):
             self.bitmap.disabled = not self.was_enabled
 
 
+@register_action("block-dirty-bitmap-disable")
 class BitmapDisableAction(BitmapEnableAction):
     enable = False
 
 
+@register_action("block-dirty-bitmap-merge")
 class BitmapMergeAction(BitmapAction):
     """Merge in prepare keeping the target's old bits; abort restores them."""
 
@@ -280,6 +268,7 @@ class BitmapMergeAction(BitmapAction):
         self.backup = None
 
 
+@register_action("block-dirty-bitmap-remove")
 class BitmapRemoveAction(BitmapAction):
     """Mark busy (and not to be stored) in prepare; commit frees it, abort un-marks it."""
 
@@ -301,20 +290,12 @@ class BitmapRemoveAction(BitmapAction):
             self.node.dirty_bitmaps.remove(self.bitmap)
 
 
-ACTIONS: dict[str, type[BitmapAction]] = {
-    "block-dirty-bitmap-add": BitmapAddAction,
-    "block-dirty-bitmap-remove": BitmapRemoveAction,
-    "block-dirty-bitmap-clear": BitmapClearAction,
-    "block-dirty-bitmap-enable": BitmapEnableAction,
-    "block-dirty-bitmap-disable": BitmapDisableAction,
-    "block-dirty-bitmap-merge": BitmapMergeAction,
-}
-
-
 def transaction_action(machine: Machine, kind: str, data: dict[str, Any]) -> BitmapAction:
     """The transaction action object for a block-dirty-bitmap-* action of `transaction`."""
-    return ACTIONS[kind](machine, data)
+    action = TRANSACTION_ACTIONS[kind].factory(machine, kind, data, None)
+    assert isinstance(action, BitmapAction)
+    return action
 
 
-__all__ = ["ACTIONS", "BITMAP_RO", "BitmapAction", "bitmap_add", "bitmap_merge", "bitmap_remove",
-           "device_or_node_name", "lookup_bitmap", "node_cluster_size", "transaction_action"]
+__all__ = ["BITMAP_RO", "BitmapAction", "bitmap_add", "bitmap_merge", "bitmap_remove",
+           "device_or_node_name", "lookup_bitmap", "transaction_action"]

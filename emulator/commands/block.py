@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.block.drivers import FileNode, NullCoNode, Qcow2Node, RawNode, VmdkNode
+from emulator import qerror
+from emulator.block.drain import attach_parent, detach_parent, drained
 from emulator.block.filename import node_filename
 from emulator.block.image import backing_path
 from emulator.block.node import BlockNode
@@ -17,74 +18,31 @@ from .registry import qmp_command
 
 
 # ---- BlockDeviceInfo / ImageInfo as QEMU 7.2 builds them (block/qapi.c) ------------------------
-def allocated_file_size(node: BlockNode) -> int | None:
-    """bdrv_get_allocated_file_size: host files report theirs, other protocols none (ENOTSUP),
-    filters their child's, formats the sum of their file children's (None if any is unknown)."""
-    if isinstance(node, FileNode):
-        return node.actual_size()
-    if node.driver == "null-co":
-        return 0  # null_allocated_file_size
-    if node.driver == "blkdebug":
-        return None
-    if node.is_filter:
-        child = node.primary_child()
-        return allocated_file_size(child) if child is not None else None
-    total = 0
-    for role, child in node.children.items():
-        if role == "backing":
-            continue
-        size = allocated_file_size(child)
-        if size is None:
-            return None
-        total += size
-    return total
-
-
-def cluster_size_of(node: BlockNode) -> int | None:
-    """bdrv_get_info's cluster_size: qcow2 knows it, filters pass their child's through."""
-    if isinstance(node, (Qcow2Node, VmdkNode)):
-        return node.cluster_size
-    if node.is_filter:
-        child = node.primary_child()
-        return cluster_size_of(child) if child is not None else None
-    return None
-
-
 def image_info(node: BlockNode, *, with_backing_image: bool = True,
                file_format_specific: bool = False) -> dict[str, Any]:
     """ImageInfo of `node` (bdrv_query_image_info); `file_format_specific` is the profile's
-    flag for 10.0's {"type": "file", "data": {}} on file nodes."""
-    length = node.length()
-    if isinstance(node, FileNode):
-        length = -(-length // 512) * 512  # bdrv_getlength counts whole sectors
+    flag for the ImageInfoSpecific of protocol nodes (10.0's {"type": "file", "data": {}})."""
     info: dict[str, Any] = {
-        "virtual-size": length,
+        "virtual-size": node.length(),  # bdrv_getlength: whole sectors (BlockNode.length)
         "filename": node_filename(node),
         "format": node.driver,
     }
-    if _get_info_works(node):
+    driver_info = node.get_info()
+    if driver_info is not None:
         info["dirty-flag"] = False
-    actual = allocated_file_size(node)
+    actual = node.allocated_file_size()
     if actual is not None:
         info["actual-size"] = actual
-    cluster = cluster_size_of(node)
-    if cluster is not None:
-        info["cluster-size"] = cluster
-    if isinstance(node, VmdkNode):
-        info["format-specific"] = {"type": "vmdk", "data": node.image.format_specific(
-            node_filename(node.children["file"]))}
-    if isinstance(node, Qcow2Node):
-        info["format-specific"] = {"type": "qcow2", "data": node.image.format_specific()}
-    elif isinstance(node, FileNode) and file_format_specific:
-        # file-posix's raw_get_specific_info: extent-size-hint only when one is set (never here)
-        info["format-specific"] = {"type": "file", "data": {}}
-    if isinstance(node, Qcow2Node):
-        backing_name = node.image.backing_file
-        if backing_name:
-            info["backing-filename"] = backing_name
-            info["full-backing-filename"] = backing_path(node_filename(node), backing_name)
-            if node.image.backing_format:
-                info["backing-filename-format"] = node.image.backing_format
+    if driver_info is not None and driver_info.cluster_size:
+        info["cluster-size"] = driver_info.cluster_size
+    specific = node.specific_info()
+    if specific is not None and (file_format_specific or not node.is_protocol):
+        info["format-specific"] = specific
+    if node.backing_file:
+        info["backing-filename"] = node.backing_file
+        info["full-backing-filename"] = backing_path(node_filename(node), node.backing_file)
+        if node.backing_format:
+            info["backing-filename-format"] = node.backing_format
     below = filtered_or_cow_child(node)
     if with_backing_image and below is not None:
         info["backing-image"] = image_info(below, with_backing_image=True,
@@ -134,14 +92,6 @@ def device_info(machine: Machine, node: BlockNode, *, flat: bool = False) -> dic
     if bitmaps:
         info["dirty-bitmaps"] = bitmaps
     return info
-
-
-def _get_info_works(node: BlockNode) -> bool:
-    """bdrv_get_info succeeds: the driver has it, or a filter's child does (null-co has none)."""
-    current: BlockNode | None = node
-    while current is not None and current.is_filter:
-        current = current.filtered_child()
-    return current is not None and current.driver != "null-co"
 
 
 @qmp_command("query-block")
@@ -199,21 +149,26 @@ def qmp_block_resize(machine: Machine, size: int, device: str | None = None,
                      node_name: str | None = None) -> None:
     node = _lookup_resize_target(machine, device, node_name)
     if size < 0:
-        raise QemuError("Parameter 'size' expects a >0 size")
+        raise QemuError(qerror.INVALID_PARAMETER_VALUE % ("size", "a >0 size"))
     if node.op_blockers.get("resize"):
         if machine.profile.resize_busy_as_device_in_use:
-            raise QemuError(f"Device '{device if device is not None else '(null)'}' is in use")
+            raise QemuError(qerror.DEVICE_IN_USE % (device if device is not None else '(null)'))
         node.op_check("resize")
     # blk_new_with_bs(bs, BLK_PERM_RESIZE, BLK_PERM_ALL): every other user must allow resizing.
     user = TemporaryUser(PERM_RESIZE, PERM_ALL)
-    node.parents.append(user)
+    machine.block.graph_wrlock()  # 10.0: blk_new_with_bs attaches under the graph write lock
+    attach_parent(node, user)
     try:
         check_perms([node])
     finally:
-        node.parents.remove(user)
-    if node.read_only:
-        raise QemuError(f"Node '{node.node_name}' is read only")
-    node.truncate(size)
+        detach_parent(node, user)
+    try:
+        if node.read_only:
+            raise QemuError(f"Node '{node.node_name}' is read only")
+        with drained(node):  # qmp_block_resize: bdrv_drained_begin around blk_truncate
+            node.truncate(size)
+    finally:
+        machine.block.graph_wrlock()  # 10.0: blk_unref of that BlockBackend
 
 
 def _lookup_resize_target(machine: Machine, device: str | None, node_name: str | None) -> BlockNode:
@@ -227,7 +182,7 @@ def _lookup_resize_target(machine: Machine, device: str | None, node_name: str |
             return node
     dev = device or ""
     name = node_name or ""
-    raise QemuError(f"Cannot find device='{dev}' nor node-name='{name}'")
+    raise QemuError(qerror.DEVICE_OR_NODE_NOT_FOUND % (dev, name))
 
 
-__all__ = ["NullCoNode", "RawNode", "device_info", "image_info"]
+__all__ = ["device_info", "image_info"]

@@ -11,8 +11,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
-from emulator import PACKAGE
-from emulator.error import QemuError
+from emulator.error import ErrorClass, QemuError
 
 from .registry import COMMANDS, qapi_types, qmp_command
 
@@ -56,7 +55,7 @@ def qmp_qmp_capabilities(machine: Machine, enable: list[str] | None = None) -> N
     monitor = current_monitor.get()
     if monitor is None or monitor.negotiated:
         raise QemuError("Capabilities negotiation is already complete, command ignored",
-                        "CommandNotFound")
+                        ErrorClass.COMMAND_NOT_FOUND)
     missing = [cap for cap in enable or [] if cap not in monitor.offered_capabilities]
     if missing:
         raise QemuError(f"Capability {', '.join(missing)} not available")
@@ -65,8 +64,7 @@ def qmp_qmp_capabilities(machine: Machine, enable: list[str] | None = None) -> N
 
 @qmp_command("query-version")
 def qmp_query_version(machine: Machine) -> dict[str, Any]:
-    major, minor, micro = machine.profile.version
-    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
+    return machine.profile.version_info()
 
 
 @qmp_command("query-status")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import shlex
 
+from emulator.block.backend import BlockBackend
+from emulator.block.drain import attach_parent, detach_parent, drained
 from emulator.block.drivers import NoMedium
 from emulator.block.node import BlockNode
 from emulator.block.permissions import PERM_ALL, PERM_WRITE, TemporaryUser, check_perms
@@ -51,18 +53,44 @@ def _hmp_qemu_io(machine: Machine, args: str) -> str:
         target = machine.block.find_node(device)
     if target is None:
         return _hmp_output(f"Error: Cannot find device='' nor node-name='{device}'\n")
-    if backend is None and _needs_write(command):
+    if backend is None:
+        # A node name gets a temporary BlockBackend (blk_new + blk_insert_bs ... blk_unref).
+        # Real QEMU 7.2.22 drains the node twice on the way (scripts/drain_probe.py, probe
+        # hmp_qemu_io: two paused/running pairs of a backup above the node, in every run); the
+        # last one is blk_unref -> blk_remove_bs -> blk_drain.
+        machine.block.graph_wrlock()  # 10.0: blk_insert_bs takes the graph write lock
+        with drained(target):
+            pass
+        try:
+            return _qemu_io_on_node(machine, target, command)
+        finally:
+            with drained(target):
+                pass
+            machine.block.graph_wrlock()  # 10.0: blk_remove_bs's bdrv_root_unref_child
+    return _qemu_io_on_backend(machine, backend, target, command)
+
+
+def _qemu_io_on_node(machine: Machine, target: BlockNode, command: str) -> str:
+    if _needs_write(command):
         conflict = _write_conflict(target)
         if conflict:
             return _hmp_output(conflict + "\n")
-    elif backend is not None and backend.root is not None and _needs_write(command) \
-            and not backend.perm & PERM_WRITE:
+    return _run(machine, target, command)
+
+
+def _qemu_io_on_backend(machine: Machine, backend: BlockBackend, target: BlockNode,
+                        command: str) -> str:
+    if backend.root is not None and _needs_write(command) and not backend.perm & PERM_WRITE:
         # qemu-io's command_run: blk_set_perm(perm | WRITE), kept after the command.
         try:
             backend.set_perm(backend.perm | PERM_WRITE, backend.shared_perm)
         except QemuError as exc:
             return _hmp_output(exc.desc + "\n")
-    # qemu-io's normal output goes to QEMU's stdout; its error_report() lines come back in the reply.
+    return _run(machine, target, command)
+
+
+def _run(machine: Machine, target: BlockNode, command: str) -> str:
+    """qemuio_command: normal output to QEMU's stdout, error_report() lines into the reply."""
     reported: list[str] = []
     run_command(target, command, machine.stdout, report=reported.append)
     try:
@@ -87,13 +115,13 @@ def _write_conflict(node: BlockNode) -> str | None:
     """A node-name qemu-io attaches an unnamed BlockBackend, and a writing command asks it for
     'write' (qemu-io's command_run): QEMU's permission error if a user of the node forbids it."""
     user = TemporaryUser(PERM_WRITE, PERM_ALL)
-    node.parents.append(user)
+    attach_parent(node, user)
     try:
         check_perms([node])
     except QemuError as exc:
         return exc.desc
     finally:
-        node.parents.remove(user)
+        detach_parent(node, user)
     return None
 
 

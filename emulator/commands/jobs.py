@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.error import QemuError, device_not_active
+from emulator.error import ErrorClass, QemuError
 from emulator.jobs.blockjob import BlockJob
 from emulator.jobs.job import Job, JobStatus, JobVerb
 from emulator.machine import Machine
@@ -92,7 +92,7 @@ def find_block_job(machine: Machine, job_id: str) -> BlockJob:
     """blockdev.c find_block_job_locked."""
     job = machine.jobs.get(job_id)
     if not isinstance(job, BlockJob):
-        raise device_not_active(f"Block job '{job_id}' not found")
+        raise QemuError(f"Block job '{job_id}' not found", ErrorClass.DEVICE_NOT_ACTIVE)
     return job
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from emulator import qerror
 from emulator.block.throttle import ThrottleGroup, throttle_limits_check
 from emulator.error import QemuError
 from emulator.machine import Machine
@@ -75,7 +76,7 @@ def qmp_object_add(machine: Machine, qom_type: str, id: str, **props: Any) -> No
     if qom_type == "iothread":
         objects[id] = {"qom-type": qom_type, "id": id, **props}
         return
-    raise QemuError(f"object type '{qom_type}' is not supported by the blocktxn emulator")
+    raise QemuError(qerror.EMULATOR_NO_OBJECT % qom_type)
 
 
 @qmp_command("object-del", {"id": "str"})

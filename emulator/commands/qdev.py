@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from emulator import qerror
 from emulator.error import QemuError
 from emulator.machine import Machine
 
@@ -29,7 +30,7 @@ def qmp_device_add(machine: Machine, **arguments: Any) -> None:
     props = {key.replace("_", "-") if key not in _UNDERSCORE_PROPS else key: value
              for key, value in arguments.items()}
     if "driver" not in props:
-        raise QemuError("Parameter 'driver' is missing")
+        raise QemuError(qerror.MISSING_PARAMETER % "driver")
     _devices(machine).add(props)
 
 

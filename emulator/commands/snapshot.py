@@ -9,15 +9,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.block.drivers import Qcow2Node
+from emulator import qerror
+from emulator.block.drain import drained_begin, drained_end
 from emulator.block.filename import node_filename
 from emulator.block.image import create_image
 from emulator.block.node import BlockNode
+from emulator.commands.backup import QCOW2_CREATE_SECTIONS
 from emulator.error import QemuError
+from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
-from emulator.transaction import BaseAction
+from emulator.transaction import BaseAction, run_drained
 
-from .registry import qmp_command
+from .registry import qapi_types, qmp_command, transaction_action
+
+qapi_types(
+    {"struct": "BlockdevSnapshot", "data": {"node": "str", "overlay": "str"}},
+    {"struct": "BlockdevSnapshotSync", "data": {
+        "*device": "str", "*node-name": "str", "snapshot-file": "str",
+        "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode"}},
+)
 
 
 def _lookup(machine: Machine, device: str | None, node_name: str | None) -> BlockNode:
@@ -31,13 +41,16 @@ def _lookup(machine: Machine, device: str | None, node_name: str | None) -> Bloc
         node = graph.find_node(node_name)
         if node is not None:
             return node
-    raise QemuError(f"Cannot find device='{device or ''}' nor node-name='{node_name or ''}'")
+    raise QemuError(qerror.DEVICE_OR_NODE_NOT_FOUND % (device or '', node_name or ''))
 
 
+@transaction_action("blockdev-snapshot-sync")
+@transaction_action("blockdev-snapshot")
 class ExternalSnapshotAction(BaseAction):
     """The blockdev-snapshot-sync / blockdev-snapshot transaction action."""
 
-    def __init__(self, machine: Machine, kind: str, data: dict[str, Any]) -> None:
+    def __init__(self, machine: Machine, kind: str, data: dict[str, Any],
+                 txn: JobTxn | None = None) -> None:
         self.machine = machine
         self.kind = kind
         self.data = data
@@ -45,6 +58,8 @@ class ExternalSnapshotAction(BaseAction):
         self.new: BlockNode | None = None
         self.new_nodes: list[BlockNode] = []
         self.appended = False
+        self.drained = False
+        self.committed = False
 
     def prepare(self) -> None:
         graph = self.machine.block
@@ -54,6 +69,8 @@ class ExternalSnapshotAction(BaseAction):
         else:
             old = _lookup(self.machine, data["node"], data["node"])
         self.old = old
+        drained_begin(old)  # external_snapshot_prepare: bdrv_drained_begin, paired with .clean
+        self.drained = True
         old.op_check("external-snapshot")
         if not old.read_only:
             try:
@@ -72,6 +89,7 @@ class ExternalSnapshotAction(BaseAction):
             if data.get("mode", "absolute-paths") != "existing":
                 message = create_image(filename, fmt, old.length(),
                                        backing_file=node_filename(old), backing_fmt=old.driver)
+                graph.graph_wrlock(QCOW2_CREATE_SECTIONS if fmt == "qcow2" else 0)
                 if message:
                     self.machine.stdout.write(message if message.endswith("\n") else message + "\n")
             before = len(graph.nodes)
@@ -89,9 +107,10 @@ class ExternalSnapshotAction(BaseAction):
         self.new = new
         if new.backing is not None:
             raise QemuError("The overlay already has a backing image")
-        if not isinstance(new, Qcow2Node):
+        if not new.supports_backing:
             raise QemuError("The overlay does not support backing images")
         new.set_backing(old)
+        graph.graph_wrlock(2)  # 10.0: bdrv_append = bdrv_set_backing_hd + bdrv_replace_node
         for backend in list(graph.backends.values()):
             if backend.root is old:
                 graph.set_backend_root(backend, new)
@@ -99,7 +118,8 @@ class ExternalSnapshotAction(BaseAction):
 
     def commit(self) -> None:
         assert self.old is not None
-        self.old.read_only = True
+        _set_read_only(self.old)
+        self.committed = True
 
     def abort(self) -> None:
         graph = self.machine.block
@@ -107,10 +127,31 @@ class ExternalSnapshotAction(BaseAction):
             for backend in list(graph.backends.values()):
                 if backend.root is self.new:
                     graph.set_backend_root(backend, self.old)
-            assert isinstance(self.new, Qcow2Node)
             self.new.set_backing(None)
         if self.new_nodes:
             graph.close_nodes(self.new_nodes)
+
+    def clean(self) -> None:
+        """external_snapshot_clean: the prepare's drained section ends, and the reference the
+        prepare took on the overlay is dropped: an overlay nobody uses (the snapshotted node had
+        no parent) is closed there and then, leaving the old node as it was."""
+        if self.drained and self.old is not None:
+            drained_end(self.old)
+            self.drained = False
+        new = self.new
+        if (self.kind == "blockdev-snapshot-sync" and self.committed and new is not None
+                and not new.parents and not new.monitor_owned):
+            new.set_backing(None)
+            self.machine.block.close_nodes(self.new_nodes)
+
+
+def _set_read_only(node: BlockNode) -> None:
+    """bdrv_reopen_set_read_only: the node and the children that inherit its options (those
+    opened with it, not ones the monitor added and referenced) become read-only."""
+    node.read_only = True
+    for role, child in node.children.items():
+        if role != "backing" and not child.monitor_owned:
+            _set_read_only(child)
 
 
 def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -119,13 +160,10 @@ def _qapi_names(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 @qmp_command("blockdev-snapshot-sync", "BlockdevSnapshotSync")
 def qmp_blockdev_snapshot_sync(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [ExternalSnapshotAction(machine, "blockdev-snapshot-sync", _qapi_names(kwargs))])
+    run_drained(machine.block,
+                [ExternalSnapshotAction(machine, "blockdev-snapshot-sync", _qapi_names(kwargs))])
 
 
 @qmp_command("blockdev-snapshot", "BlockdevSnapshot")
 def qmp_blockdev_snapshot(machine: Machine, **kwargs: Any) -> None:
-    from .transaction import run_actions
-
-    run_actions(machine, [ExternalSnapshotAction(machine, "blockdev-snapshot", _qapi_names(kwargs))])
+    run_drained(machine.block, [ExternalSnapshotAction(machine, "blockdev-snapshot", _qapi_names(kwargs))])

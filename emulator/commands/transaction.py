@@ -1,6 +1,7 @@
 """The QMP `transaction` command (QEMU's qmp_transaction) and the drain around it.
 
-Each QAPI TransactionAction becomes a TransactionAction object (emulator/transaction.py).  With
+Each QAPI TransactionAction becomes a TransactionAction object (emulator/transaction.py), made by
+the factory the implementing module registered (registry.TRANSACTION_ACTIONS).  With
 `completion-mode: grouped` every job the actions create joins one JobTxn; actions that cannot take
 part in a group refuse: in their prepare phase, in order, as QEMU 7.2's
 action_check_completion_mode does, or all of them (abort included) before anything is prepared,
@@ -11,16 +12,14 @@ paused/running pair; jobs started by the command show the same pair.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from emulator.error import QemuError
 from emulator.jobs.txn import JobTxn
 from emulator.machine import Machine
-from emulator.transaction import BaseAction, TransactionAction, run_transaction
+from emulator.transaction import BaseAction, TransactionAction, run_drained
 
-from .backup import BackupAction
-from .registry import qapi_types, qmp_command
+from .registry import TRANSACTION_ACTIONS, qapi_types, qmp_command, transaction_action
 
 ACTION_TYPES = [
     "abort", "block-dirty-bitmap-add", "block-dirty-bitmap-remove", "block-dirty-bitmap-clear",
@@ -52,11 +51,8 @@ qapi_types(
     {"enum": "TransactionActionKind", "data": ACTION_TYPES},
     {"enum": "ActionCompletionMode", "data": ["individual", "grouped"]},
     {"struct": "Abort", "data": {}},
-    {"struct": "BlockdevSnapshot", "data": {"node": "str", "overlay": "str"}},
+    # blockdev-snapshot-internal-sync is in QEMU's schema; the emulator has no action for it.
     {"struct": "BlockdevSnapshotInternal", "data": {"device": "str", "name": "str"}},
-    {"struct": "BlockdevSnapshotSync", "data": {
-        "*device": "str", "*node-name": "str", "snapshot-file": "str",
-        "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode"}},
     *({"struct": _wrapper(kind), "data": {"data": data}} for kind, data in _ACTION_DATA.items()),
     {"struct": "TransactionActionBase", "data": {"type": "TransactionActionKind"}},
     {"union": "TransactionAction", "base": "TransactionActionBase", "discriminator": "type",
@@ -65,8 +61,14 @@ qapi_types(
 )
 
 
+@transaction_action("abort", mode_checked=False)
 class AbortAction(BaseAction):
-    """The `abort` action: always fails to prepare (for testing rollback)."""
+    """The `abort` action: always fails to prepare (for testing rollback).  QEMU 7.2's
+    abort_prepare has no completion-mode check: in a grouped transaction it fails with its own
+    text."""
+
+    def __init__(self, machine: Machine, kind: str, data: dict[str, Any], txn: JobTxn | None) -> None:
+        pass
 
     def prepare(self) -> None:
         raise QemuError("Transaction aborted using Abort action")
@@ -101,40 +103,16 @@ class CompletionModeCheck(BaseAction):
             self.inner.clean()
 
 
-ActionFactory = Callable[[Machine, dict[str, Any]], TransactionAction]
-
-
-def _bitmap_action_factory(kind: str) -> ActionFactory | None:
-    try:
-        from . import bitmaps
-    except ImportError:
-        return None
-    factory = getattr(bitmaps, "transaction_action", None)
-    if factory is None:
-        return None
-    return lambda machine, data: factory(machine, kind, data)
-
-
-GROUPED_ACTIONS = ("drive-backup", "blockdev-backup")
-
-
 def build_action(machine: Machine, action: dict[str, Any], mode: str, txn: JobTxn | None
                  ) -> TransactionAction:
+    """The TransactionAction for one QAPI TransactionAction, from TRANSACTION_ACTIONS."""
     kind = action["type"]
     data = action.get("data", {})
-    message = machine.profile.errors.TXN_PROPERTY_UNSUPPORTED
-    if kind == "abort":
-        return AbortAction()
-    if kind in GROUPED_ACTIONS:
-        return BackupAction(machine, kind, data, txn)
-    if kind in ("blockdev-snapshot-sync", "blockdev-snapshot"):
-        from .snapshot import ExternalSnapshotAction
-
-        return CompletionModeCheck(kind, mode, ExternalSnapshotAction(machine, kind, data), message)
-    if kind.startswith("block-dirty-bitmap-"):
-        factory = _bitmap_action_factory(kind)
-        return CompletionModeCheck(kind, mode, factory(machine, data) if factory else None, message)
-    return CompletionModeCheck(kind, mode, None, message)
+    action_def = TRANSACTION_ACTIONS.get(kind)
+    if action_def is not None and (action_def.grouped or not action_def.mode_checked):
+        return action_def.factory(machine, kind, data, txn if action_def.grouped else None)
+    inner = action_def.factory(machine, kind, data, None) if action_def is not None else None
+    return CompletionModeCheck(kind, mode, inner, machine.profile.errors.TXN_PROPERTY_UNSUPPORTED)
 
 
 def check_grouped_actions(machine: Machine, actions: list[dict[str, Any]], mode: str) -> None:
@@ -142,14 +120,9 @@ def check_grouped_actions(machine: Machine, actions: list[dict[str, Any]], mode:
     if mode == "individual":
         return
     for action in actions:
-        if action["type"] not in GROUPED_ACTIONS:
+        action_def = TRANSACTION_ACTIONS.get(action["type"])
+        if action_def is None or not action_def.grouped:
             raise QemuError(machine.profile.errors.TXN_PROPERTY_UNSUPPORTED % (action["type"], mode))
-
-
-def run_actions(machine: Machine, actions: list[TransactionAction]) -> None:
-    """Run a transaction inside a drained section, as qmp_transaction does."""
-    with machine.jobs.drained():
-        run_transaction(actions)
 
 
 @qmp_command("transaction", {"actions": ["TransactionAction"], "*properties": "TransactionProperties"})
@@ -160,4 +133,4 @@ def qmp_transaction(machine: Machine, actions: list[dict[str, Any]],
         check_grouped_actions(machine, actions, mode)
     txn = JobTxn() if mode == "grouped" else None
     built = [build_action(machine, action, mode, txn) for action in actions]
-    run_actions(machine, built)
+    run_drained(machine.block, built, newest_first=machine.profile.transaction_newest_first)

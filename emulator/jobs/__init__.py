@@ -13,12 +13,12 @@ from .job import (
     transition_allowed,
     verb_allowed,
 )
-from .manager import JobManager, id_wellformed
+from .manager import JobManager
 from .ratelimit import BLOCK_JOB_SLICE_TIME_NS, RateLimit
 from .txn import JobTxn
 
 __all__ = [
     "BLOCK_JOB_SLICE_TIME_NS", "BLOCK_OP_TYPES", "TRANSITIONS", "VERBS", "BlockJob", "Job",
     "JobEventSink", "JobManager", "JobStatus", "JobTxn", "JobVerb", "NullJobEventSink",
-    "RateLimit", "id_wellformed", "transition_allowed", "verb_allowed",
+    "RateLimit", "transition_allowed", "verb_allowed",
 ]

@@ -21,18 +21,12 @@ from emulator.block.dirty_bitmap import DirtyBitmap
 from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode, buffer_is_zero
 
 from .blockjob import BlockJob
-from .manager import JobManager
+from .job import JobList
 
-BACKUP_CLUSTER_SIZE_DEFAULT = 64 * 1024
 #: Largest block-copy task (BLOCK_COPY_MAX_BUFFER: buffered read+write copies up to 1 MiB).
 COPY_SIZE = 1024 * 1024
 #: Tasks one block-copy call runs in parallel (BLOCK_COPY_MAX_WORKERS).
 MAX_WORKERS = 64
-
-
-def backup_cluster_size(target: BlockNode, min_cluster_size: int = 0) -> int:
-    """QEMU's block_copy_calculate_cluster_size (filters report their child's size)."""
-    return copy_cluster_size(target, min_cluster_size)
 
 
 class BackupJob(BlockJob):
@@ -42,7 +36,7 @@ class BackupJob(BlockJob):
 
     def __init__(
         self,
-        manager: JobManager,
+        manager: JobList,
         job_id: str | None,
         *,
         source: BlockNode,
@@ -74,7 +68,7 @@ class BackupJob(BlockJob):
         #: one job cluster per copy task as block-copy does; zeroes stay plain zero writes.
         self.compress = compress
         self.len = source.length()
-        self.cluster_size = backup_cluster_size(target, min_cluster_size)
+        self.cluster_size = copy_cluster_size(target, min_cluster_size)
         #: QEMU 10.0's discard-source: copied clusters are discarded on the source.
         self.discard_source = discard_source
         #: block_copy_chunk_size: COPY_READ_WRITE_CLUSTER (one cluster a task) when compressing.
@@ -125,8 +119,11 @@ class BackupJob(BlockJob):
     def _task_extent(self, start: int, length: int) -> tuple[int, int]:
         """block_copy_block_status: shrink a task to one status extent (whole clusters).
 
-        Returns (bytes, flags); flags tell whether the extent reads as zeros."""
-        n, flags = self.source.block_status(start, length)
+        Returns (bytes, flags); flags tell whether the extent reads as zeros.  The task first
+        covers whole clusters (block_copy_task_create aligns its bytes up), also past the end of
+        an image whose size is not a multiple of the cluster size."""
+        length = _align_up(length, self.cluster_size)
+        n, flags = self.source.block_status(start, min(length, self.len - start))
         if not flags & BLOCK_ALLOCATED and self.source.backing is None:
             flags |= BLOCK_ZERO  # unallocated with nothing below reads as zeros
         if n < self.cluster_size:
@@ -180,7 +177,8 @@ class BackupJob(BlockJob):
                 self.source.discard(offset, min(offset + length, self.len) - offset)
             except OSError:
                 pass  # block_copy_task_entry ignores the discard's result
-        self.progress_update(min(offset + length, self.len) - offset)
+        # block_copy_task_entry: progress_work_done(t->req.bytes), the task's whole clusters
+        self.progress_update(length)
         return None
 
     def copy_before_write(self, offset: int, length: int) -> None:

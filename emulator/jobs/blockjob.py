@@ -11,22 +11,18 @@ import errno
 import os
 from typing import TYPE_CHECKING, Any
 
+from emulator import qerror
+from emulator.block.drain import attach_parent, detach_parent
 from emulator.block.node import BLOCK_OP_TYPES
 from emulator.block.permissions import PERM_ALL
 from emulator.error import QemuError
 
-from .job import CompletionCallback, Job, JobVerb
+from .job import CompletionCallback, Job, JobList, JobVerb
 from .ratelimit import BLOCK_JOB_SLICE_TIME_NS, RateLimit
 from .txn import JobTxn
 
 if TYPE_CHECKING:
     from emulator.block.node import BlockNode
-
-    from .manager import JobManager
-
-
-#: BlockdevOnError values.
-ON_ERROR_POLICIES = ("report", "ignore", "enospc", "stop", "auto")
 
 
 class BlockJob(Job):
@@ -34,7 +30,7 @@ class BlockJob(Job):
 
     def __init__(
         self,
-        manager: JobManager,
+        manager: JobList,
         job_id: str | None,
         node: BlockNode | None = None,
         *,
@@ -91,13 +87,10 @@ class BlockJob(Job):
         """
         self._nodes.insert(0, node)
         self._roles[id(node)] = role
-        node.parents.append(self)
         if block_ops:
             for op in BLOCK_OP_TYPES:
                 node.op_block(op, self.blocker)
-        self.manager.node_attached(self, node)
-
-    hold_node = add_node
+        attach_parent(node, self)  # a drained node pauses the job at once (drain saldo)
 
     def remove_all_nodes(self) -> None:
         """block_job_remove_all_bdrv: release every node and its op blockers."""
@@ -105,8 +98,16 @@ class BlockJob(Job):
             node = self._nodes.pop(0)
             for op in BLOCK_OP_TYPES:
                 node.op_unblock(op, self.blocker)
-            if self in node.parents:
-                node.parents.remove(self)
+            detach_parent(node, self)
+
+    # ---- drained sections (child_job's BdrvChildClass callbacks) -------------------------------
+    def child_drained_begin(self, node: BlockNode) -> None:
+        """child_job_drained_begin: a drained section reached the job through `node`."""
+        self.drain_begin()
+
+    def child_drained_end(self, node: BlockNode) -> None:
+        """child_job_drained_end."""
+        self.drain_end()
 
     def clean(self) -> None:
         """Release the nodes at finalisation (as backup_clean does); subclasses call super()."""
@@ -121,7 +122,7 @@ class BlockJob(Job):
         old_speed = self.speed
         self.apply_verb(JobVerb.SET_SPEED)
         if speed < 0:
-            raise QemuError("Parameter 'speed' expects a non-negative value")
+            raise QemuError(qerror.INVALID_PARAMETER_VALUE % ("speed", "a non-negative value"))
         self.limit.set_speed(speed, BLOCK_JOB_SLICE_TIME_NS)
         self.speed = speed
         self.driver_set_speed(speed)
@@ -132,25 +133,6 @@ class BlockJob(Job):
 
     def driver_set_speed(self, speed: int) -> None:
         """Hook for drivers with their own throttle (backup's block-copy)."""
-
-    def ratelimit_get_delay(self, n: int) -> int:
-        """block_job_ratelimit_get_delay: account `n` bytes; ns to sleep before going on."""
-        if not self.speed:
-            return 0
-        return self.limit.calculate_delay(n)
-
-    async def rate_limit(self, n: int) -> None:
-        """Account `n` bytes just processed and sleep as long as the speed requires (always a
-        pause/cancel point, even unthrottled: QEMU jobs yield between chunks so drains finish)."""
-        await self.sleep_ns(self.ratelimit_get_delay(n))
-
-    async def ratelimit_sleep(self) -> None:
-        """Sleep until the throttle allows more work (at least one pause/cancel point)."""
-        while True:
-            delay = self.limit.calculate_delay(0)
-            await self.sleep_ns(delay)
-            if not delay or self.is_cancelled():
-                return
 
     # ---- errors ---------------------------------------------------------------------------------
     def error_action(self, on_error: str, is_read: bool, error: int) -> str:

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .job import Job
-from .manager import JobManager
+from .job import Job, JobList
 
 
 class CreateJob(Job):
@@ -18,7 +17,7 @@ class CreateJob(Job):
 
     job_type = "create"
 
-    def __init__(self, manager: JobManager, job_id: str, create: Callable[[], None]) -> None:
+    def __init__(self, manager: JobList, job_id: str, create: Callable[[], None]) -> None:
         super().__init__(manager, job_id, auto_finalize=True, auto_dismiss=False)
         self._create = create
 

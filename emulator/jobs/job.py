@@ -11,8 +11,9 @@ Drivers may only suspend through the job helpers (QEMU's coroutine_fn rule: a jo
 only at a pause point, a sleep or an explicit yield); awaiting anything else is an error.
 Block I/O in this emulator is synchronous, so a driver never needs to.
 
-The grouped-completion logic (job_completed_txn_*) lives in txn.py; the job list, id checks
-and drained sections in manager.py.
+The grouped-completion logic (job_completed_txn_*) lives in txn.py; the job list and its id
+checks in manager.py, which a job reaches through the JobList protocol below (a job does not
+import its manager).
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ from .txn import JobTxn
 
 if TYPE_CHECKING:
     from emulator.block.node import BlockNode
-
-    from .manager import JobManager
 
 
 class JobStatus(str, enum.Enum):
@@ -134,6 +133,30 @@ class JobEventSink(Protocol):
         """The job hit an I/O error ("read"/"write") and chose `action` (BLOCK_JOB_ERROR)."""
 
 
+class JobList(Protocol):
+    """What a job needs from the job list it belongs to (JobManager: QEMU's global `jobs` list
+    with its id checks, event sink and loop)."""
+
+    @property
+    def events(self) -> JobEventSink: ...
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def exiting(self) -> bool:
+        """The emulator is exiting (job_cancel_sync_all): stopped I/O waits give up."""
+        ...
+
+    def check_new_job_id(self, job_id: str | None, internal: bool = False) -> None: ...
+
+    def register(self, job: Job) -> None: ...
+
+    def unregister(self, job: Job) -> None: ...
+
+    def notify_change(self) -> None: ...
+
+
 class NullJobEventSink:
     """The default sink: QEMU without a monitor."""
 
@@ -183,7 +206,7 @@ class Job:
 
     def __init__(
         self,
-        manager: JobManager,
+        manager: JobList,
         job_id: str | None,
         *,
         txn: JobTxn | None = None,
@@ -325,9 +348,6 @@ class Job:
 
     def progress_set_remaining(self, remaining: int) -> None:
         self.progress_total = self.progress_current + remaining
-
-    def progress_increase_remaining(self, delta: int) -> None:
-        self.progress_total += delta
 
     # ---- coroutine plumbing ---------------------------------------------------------------------
     @property
@@ -646,6 +666,10 @@ class Job:
             self.ret = self.prepare()
             self._update_rc()
         return self.ret
+
+    def _transition_to_waiting(self) -> None:
+        """job_completed_txn_success: the work ended well; wait for the rest of the txn."""
+        self._transition(JobStatus.WAITING)
 
     def _transition_to_pending(self) -> int:
         self._transition(JobStatus.PENDING)

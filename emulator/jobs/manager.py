@@ -1,51 +1,20 @@
 """JobManager: the job list of one emulator instance (QEMU's global `jobs` list and helpers).
 
 Owns job-id validation, lookup and iteration (newest first, as QEMU's head-inserted list),
-the events sink, drained sections (bdrv_drained_begin/end and bdrv_drain_all as they affect
-jobs), cancel-all on shutdown, and waiting helpers for tests.  One manager per emulator;
+the events sink, cancel-all on shutdown, and waiting helpers for tests.  One manager per emulator;
 nothing here is global, so several emulators can share a process.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
 
+from emulator.cutils import id_wellformed
 from emulator.error import QemuError
 
 from .blockjob import BlockJob
 from .job import Job, JobEventSink, JobStatus, NullJobEventSink
-
-if TYPE_CHECKING:
-    from emulator.block.node import BlockNode
-
-_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9._-]*")
-
-
-def id_wellformed(name: str) -> bool:
-    """QEMU's id_wellformed(): an ASCII letter, then letters, digits, '-', '.', '_'."""
-    return _ID_RE.fullmatch(name) is not None
-
-
-class DrainedSection:
-    """One active drained section: the nodes it covers (None = all) and the jobs it paused."""
-
-    def __init__(self, nodes: Iterable[BlockNode] | None) -> None:
-        self.nodes: list[BlockNode] | None = None if nodes is None else list(nodes)
-        self.jobs: list[Job] = []
-
-    def covers(self, job: Job) -> bool:
-        if self.nodes is None:
-            return True
-        return any(node in self.nodes for node in job.nodes)
-
-    def pause(self, job: Job) -> None:
-        if job not in self.jobs:
-            self.jobs.append(job)
-            job.drain_begin()
 
 
 class JobManager:
@@ -58,7 +27,6 @@ class JobManager:
         self.exiting = False
         self.events: JobEventSink = events if events is not None else NullJobEventSink()
         self._loop = loop
-        self._sections: list[DrainedSection] = []
         self._waiters: list[asyncio.Future[None]] = []
 
     # ---- event loop -----------------------------------------------------------------------------
@@ -87,25 +55,13 @@ class JobManager:
             raise QemuError("An explicit job ID is required")
 
     def register(self, job: Job) -> None:
-        """Called by Job.__init__: head-insert, and pause the job in drained sections covering all nodes."""
+        """Called by Job.__init__: head-insert (drained sections reach a job through its nodes)."""
         self._jobs.insert(0, job)
-        for section in self._sections:
-            if section.nodes is None:
-                section.pause(job)
 
     def unregister(self, job: Job) -> None:
         if job in self._jobs:
             self._jobs.remove(job)
-        for section in self._sections:
-            if job in section.jobs:
-                section.jobs.remove(job)
         self.notify_change()
-
-    def node_attached(self, job: Job, node: BlockNode) -> None:
-        """A job attached to `node`: drained sections on that node pause it (as bdrv_root_attach_child)."""
-        for section in self._sections:
-            if section.nodes is not None and node in section.nodes:
-                section.pause(job)
 
     def get(self, job_id: str) -> Job | None:
         """job_get: the job with that id, or None."""
@@ -124,32 +80,6 @@ class JobManager:
     def block_jobs(self) -> list[BlockJob]:
         """Block jobs (BlockJob instances), in list order, as block_job_next walks them."""
         return [job for job in self._jobs if isinstance(job, BlockJob)]
-
-    # ---- drained sections -----------------------------------------------------------------------
-    @contextmanager
-    def drained(self, nodes: Iterable[BlockNode] | None = None) -> Iterator[DrainedSection]:
-        """A drained section over `nodes` (None = bdrv_drain_all_begin/end).
-
-        Every job using a covered node pauses (a running job reaches its pause point: JOB_STATUS_CHANGE
-        `paused`) and resumes at the end (`running`).  Jobs created or attached to a covered node
-        inside the section are paused too, so a job started inside it shows `running paused running`.
-        """
-        section = DrainedSection(nodes)
-        self._sections.append(section)
-        try:
-            for job in list(self._jobs):
-                if section.covers(job) and job.status is not JobStatus.NULL:
-                    section.pause(job)
-            yield section
-        finally:
-            self._sections.remove(section)
-            for job in list(section.jobs):
-                job.drain_end()
-
-    def drain_all(self) -> None:
-        """bdrv_drain_all(): a drained section with nothing in it (one pause/resume per running job)."""
-        with self.drained():
-            pass
 
     # ---- shutdown -------------------------------------------------------------------------------
     def cancel_all_sync(self) -> None:

@@ -12,17 +12,39 @@ finalises them all with their abort hooks, list head first.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from .job import Job
+
+class TxnMember(Protocol):
+    """What a JobTxn needs from its jobs (Job implements it; txn.py does not import job.py)."""
+
+    id: str | None
+    txn: JobTxn | None
+    ret: int
+    auto_finalize: bool
+
+    def is_completed(self) -> bool: ...
+
+    def cancel_requested(self) -> bool: ...
+
+    def finish_sync(self, finish: Callable[[], None] | None = None) -> int: ...
+
+    def _cancel_async(self, force: bool) -> None: ...
+
+    def _transition_to_waiting(self) -> None: ...
+
+    def _transition_to_pending(self) -> int: ...
+
+    def _prepare(self) -> int: ...
+
+    def _finalize_single(self) -> int: ...
 
 
 class JobTxn:
     """A transactional group of jobs (QEMU's JobTxn), reference counted like QEMU's."""
 
     def __init__(self) -> None:
-        self.jobs: list[Job] = []
+        self.jobs: list[TxnMember] = []
         self.aborting = False
         self.refcnt = 1
 
@@ -41,20 +63,20 @@ class JobTxn:
         if self.refcnt == 0:
             assert not self.jobs, "JobTxn freed while it still has jobs"
 
-    def add_job(self, job: Job) -> None:
+    def add_job(self, job: TxnMember) -> None:
         """job_txn_add_job: head-insert `job`; the job holds a reference until it leaves."""
         assert job.txn is None
         self.ref()
         job.txn = self
         self.jobs.insert(0, job)
 
-    def del_job(self, job: Job) -> None:
+    def del_job(self, job: TxnMember) -> None:
         if job.txn is self:
             self.jobs.remove(job)
             job.txn = None
             self.unref()
 
-    def apply(self, fn: Callable[[Job], int]) -> int:
+    def apply(self, fn: Callable[[TxnMember], int]) -> int:
         """job_txn_apply: call `fn` on each member in list order until one returns non-zero."""
         assert self.refcnt > 0
         for job in list(self.jobs):
@@ -64,11 +86,9 @@ class JobTxn:
         return 0
 
     # ---- grouped completion -------------------------------------------------------------------
-    def completed_success(self, job: Job) -> None:
+    def completed_success(self, job: TxnMember) -> None:
         """job_completed_txn_success: `job` finished well; finalise once every member has."""
-        from .job import JobStatus
-
-        job._transition(JobStatus.WAITING)
+        job._transition_to_waiting()
         for other in self.jobs:
             if not other.is_completed():
                 return
@@ -77,7 +97,7 @@ class JobTxn:
         if self.apply(lambda j: int(not j.auto_finalize)) == 0:
             self.do_finalize(job)
 
-    def completed_abort(self, job: Job) -> None:
+    def completed_abort(self, job: TxnMember) -> None:
         """job_completed_txn_abort: fail the whole txn because of `job`."""
         if self.aborting:
             return  # another member's failure is already finishing everything
@@ -95,7 +115,7 @@ class JobTxn:
             other._finalize_single()
         self.unref()
 
-    def do_finalize(self, job: Job) -> None:
+    def do_finalize(self, job: TxnMember) -> None:
         """job_do_finalize: prepare every member; commit all, or abort all if one prepare failed."""
         if self.apply(lambda j: j._prepare()):
             self.completed_abort(job)

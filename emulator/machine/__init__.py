@@ -45,6 +45,8 @@ class Machine:
         self.objects: dict[str, dict[str, Any]] = {}
         self.block = BlockGraph()
         self.block.copy_bitmap_on_filter = self.profile.block_copy_bitmap_on_filter
+        self.block.graph_lock_drains = self.profile.graph_lock_drains
+        self.block.debug_output = self._print_unless_qtest
         self.jobs = JobManager()
         self._listeners: list[EventListener] = []
         #: QEMU's RunState as query-status reports it ("prelaunch" with -S, else "running").
@@ -63,7 +65,18 @@ class Machine:
         self.clock.qtest = qtest
         mtype = machine_type or lookup(version, "none")
         assert mtype is not None
-        self.devices = DeviceTree(mtype, version, self.block, self.emit_event)
+        self.devices = DeviceTree(mtype, version, self.block, self.emit_event,
+                                  self.profile.unattached_ide_base)
+
+    def _print_unless_qtest(self, text: str) -> None:
+        """The block layer's `if (!qtest_enabled()) printf(...)` (blkdebug breakpoints)."""
+        if self.qtest_enabled:
+            return
+        try:
+            self.stdout.write(text)
+            self.stdout.flush()
+        except (OSError, ValueError):
+            pass  # stdout closed (emulator shutting down): QEMU's printf has nowhere to go either
 
     @property
     def qtest_enabled(self) -> bool:
@@ -100,5 +113,11 @@ class Machine:
         if self._closed:
             return
         self._closed = True
+        # qemu_cleanup: "We must cancel all block jobs while the block layer is drained" --
+        # bdrv_drain_all_begin (never ended: every running job shows paused, then running as
+        # the cancel re-enters it), job_cancel_sync_all, bdrv_close_all.
+        if self.profile.extra_drain_at_quit:
+            self.block.drain_all()
+        self.block.drain_all_begin()
         self.jobs.cancel_all_sync()
         self.block.close_all()

@@ -60,7 +60,3 @@ class VirtualClock:
             self._ns = max(self._ns, target_ns)
         return self.now_ns()
 
-    def run_due(self) -> None:
-        """Without qtest: run the timers whose deadline has passed on the host clock."""
-        if not self.qtest:
-            self.warp(self.now_ns())

@@ -14,9 +14,11 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
-from emulator.error import QemuError
+from emulator import qerror
+from emulator.cutils import id_wellformed
+from emulator.error import ErrorClass, QemuError
 
 from .types import MachineType, device_help
 
@@ -69,7 +71,6 @@ MODELS = {model.name: model for model in (
     DeviceModel("ide-cd", "IDE", block=True, removable=True, props=_IDE),
 )}
 ALIASES = {"virtio-blk": "virtio-blk-pci", "virtio-scsi": "virtio-scsi-pci"}
-ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]*")
 
 
 def known_model_names(version: str) -> set[str]:
@@ -133,18 +134,16 @@ EventSink = Callable[[str, dict[str, Any]], None]
 class DeviceTree:
     """The machine's devices, keyed by id, in creation order."""
 
-    #: Index of the first board-created IDE drive under /machine/unattached, per version.
-    UNATTACHED_IDE_BASE: ClassVar[dict[str, int]] = {"7.2": 18, "10.0": 4}
-
     def __init__(self, machine_type: MachineType, version: str, block: BlockGraph,
-                 emit: EventSink) -> None:
+                 emit: EventSink, unattached_ide_base: int) -> None:
         self.machine_type = machine_type
         self.version = version
         self.block = block
         self.emit = emit
         self.devices: list[Device] = []
         self._anon = 0
-        self._unattached = self.UNATTACHED_IDE_BASE.get(version, 4)
+        #: Index of the first board-created IDE drive under /machine/unattached (the profile's).
+        self._unattached = unattached_ide_base
         self._ide_units = 0
         self._known: set[str] | None = None
 
@@ -189,9 +188,8 @@ class DeviceTree:
         dev_id = opts.pop("id", None)
         if dev_id is not None:
             dev_id = str(dev_id)
-            if not ID_RE.fullmatch(dev_id):
-                raise QemuError("Parameter 'id' expects an identifier\nIdentifiers consist of "
-                                "letters, digits, '-', '.', '_', starting with a letter.")
+            if not id_wellformed(dev_id):
+                raise QemuError(qerror.ID_NOT_WELLFORMED)
             if self.find(dev_id) is not None:
                 raise QemuError(f"Duplicate ID '{dev_id}' for device")
         parent = self._parent_for(model, opts.get("bus"))
@@ -238,7 +236,7 @@ class DeviceTree:
             raise QemuError("No 'PCI' bus found for device 'virtio-blk-pci'")
         if interface == "ide" and ("IDE" not in self.machine_type.buses or self._ide_units >= 4):
             unit = self._ide_units
-            raise QemuError(f"machine type does not support if=ide,bus={unit // 2},unit={unit % 2}")
+            raise QemuError(qerror.MACHINE_NO_DRIVE_BUS % ("ide", unit // 2, unit % 2))
         if interface == "scsi":
             raise QemuError("machine type does not support if=scsi,bus=0,unit=0")
 
@@ -249,12 +247,12 @@ class DeviceTree:
         elif interface == "ide":
             unit = self._ide_units
             if "IDE" not in self.machine_type.buses or unit >= 4:
-                raise QemuError(f"machine type does not support if=ide,bus={unit // 2},unit={unit % 2}")
+                raise QemuError(qerror.MACHINE_NO_DRIVE_BUS % ("ide", unit // 2, unit % 2))
             self._ide_units += 1
             driver = "ide-cd" if opts.get("media") == "cdrom" else "ide-hd"
             self.add({"driver": driver, "drive": backend.name}, owns_backend=True, unattached=True)
         elif interface != "none":
-            raise QemuError(f"machine type does not support if={interface},bus=0,unit=0")
+            raise QemuError(qerror.MACHINE_NO_DRIVE_BUS % (interface, 0, 0))
 
     # ---- unplug -------------------------------------------------------------------------------
     def delete(self, dev_id: str) -> Callable[[], None] | None:
@@ -262,7 +260,7 @@ class DeviceTree:
         while it waits for a guest (PCI hot-unplug on a board)."""
         device = self.find(dev_id)
         if device is None:
-            raise QemuError(f"Device '{dev_id}' not found", "DeviceNotFound")
+            raise QemuError(f"Device '{dev_id}' not found", ErrorClass.DEVICE_NOT_FOUND)
         if device.parent is None and device.model.bus in ("PCI", "IDE"):
             if device.model.bus == "IDE":
                 raise QemuError("Bus 'ide.0' does not support hotplugging")

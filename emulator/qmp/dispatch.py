@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from emulator.commands import COMMANDS, TYPES, CommandDef
 from emulator.commands.control import Monitor, current_monitor
-from emulator.error import QemuError
+from emulator.commands.registry import python_name
+from emulator.error import ErrorClass, QemuError
 
 from . import errors
 from .qobject import qdict_order
@@ -33,11 +34,6 @@ class DispatchMonitor(Monitor, Protocol):
 
     @property
     def oob_enabled(self) -> bool: ...
-
-
-def python_name(member: str) -> str:
-    """QAPI's c_name() for a top-level argument: "job-id" -> "job_id"."""
-    return member.replace("-", "_").replace(".", "_")
 
 
 def check_request(request: dict[str, Any], allow_oob: bool) -> tuple[str, bool]:
@@ -82,8 +78,8 @@ class Dispatcher:
                 raise errors.not_an_object()
             response = {"return": await self._execute(request, monitor)}
         except QemuError as error:
-            if not monitor.negotiated and error.error_class == "CommandNotFound":
-                error = QemuError(errors.NEGOTIATION_EXPECTED, "CommandNotFound")
+            if not monitor.negotiated and error.error_class is ErrorClass.COMMAND_NOT_FOUND:
+                error = QemuError(errors.NEGOTIATION_EXPECTED, ErrorClass.COMMAND_NOT_FOUND)
             response = errors.error_response(error)
         if isinstance(request, dict) and "id" in request:
             response["id"] = request["id"]

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator.error import QemuError
+from emulator.error import ErrorClass, QemuError
 
 NEGOTIATION_EXPECTED = "Expecting capabilities negotiation with 'qmp_capabilities'"
 
 
 def error_response(error: QemuError) -> dict[str, Any]:
     """`{"error": {"class": ..., "desc": ...}}` for `error` (the caller adds "id")."""
-    return {"error": {"class": error.error_class, "desc": error.desc}}
+    return {"error": {"class": error.error_class.value, "desc": error.desc}}
 
 
 def not_an_object() -> QemuError:
@@ -39,7 +39,7 @@ def lacks_execute() -> QemuError:
 
 
 def command_not_found(command: str) -> QemuError:
-    return QemuError(f"The command {command} has not been found", "CommandNotFound")
+    return QemuError(f"The command {command} has not been found", ErrorClass.COMMAND_NOT_FOUND)
 
 
 def no_oob_support(command: str) -> QemuError:

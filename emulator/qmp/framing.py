@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from emulator import PACKAGE
 from emulator.versions import QemuProfile, select
 
 from .qobject import to_json
@@ -19,13 +18,8 @@ CAPABILITIES = ("oob",)
 
 def greeting(profile: QemuProfile | None = None) -> dict[str, Any]:
     """The message a client gets on connecting (monitor/qmp.c qmp_greeting)."""
-    return {"QMP": {"version": version_info(profile), "capabilities": list(CAPABILITIES)}}
-
-
-def version_info(profile: QemuProfile | None = None) -> dict[str, Any]:
-    """VersionInfo with members in QAPI order (major, minor, micro), as QEMU builds it."""
-    major, minor, micro = (profile if profile is not None else select()).version
-    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
+    version = (profile if profile is not None else select()).version_info()
+    return {"QMP": {"version": version, "capabilities": list(CAPABILITIES)}}
 
 
 def encode_message(message: dict[str, Any]) -> bytes:

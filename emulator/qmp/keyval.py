@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from emulator import qerror
 from emulator.error import QemuError
 
 from .qobject import qdict_order
@@ -62,7 +63,7 @@ def _parse_one(qdict: dict[str, Any], params: str, pos: int, implied_key: str | 
             match = _QAPI_NAME.match(key, s)
             length = match.end() - s if match else 0
         if not length or (s + length < len(key) and key[s + length] != "."):
-            raise QemuError(f"Invalid parameter '{key}'")
+            raise QemuError(qerror.INVALID_PARAMETER % key)
         if length >= 128:
             fragment = s != 0 or s + length != len(key)
             raise QemuError(f"Parameter{' fragment' if fragment else ''} '{key[s:s + length]}' is too long")

@@ -263,10 +263,6 @@ class QmpServer:
         else:
             loop.call_soon_threadsafe(stop.set)
 
-    @property
-    def stop_requested(self) -> bool:
-        return self._stop is not None and self._stop.is_set()
-
     async def serve_forever(self, before_close: Callable[[], None] | None = None) -> None:
         """Serve until quit or request_stop(), call `before_close` while the monitors still
         run (qemu_cleanup cancels the jobs then, and their events still go out), then close."""

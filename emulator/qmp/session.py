@@ -83,10 +83,6 @@ class MonitorSession:
         self._oob = "oob" in capabilities
 
     # -- output ----------------------------------------------------------------------------------
-    @property
-    def closing(self) -> bool:
-        return self._writer.is_closing()
-
     def send_raw(self, data: bytes) -> None:
         if self.pretty:
             data = pretty_wire(data)

@@ -15,18 +15,15 @@ uint32_t`), and a list element's bare name is "null".
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from emulator import qerror
+from emulator.cutils import INT64_MAX, INT64_MIN, UINT64_MAX, qemu_strtoi64, qemu_strtosz, qemu_strtou64
 from emulator.error import QemuError
 
 from .qobject import qdict_order
-
-INT64_MIN = -(1 << 63)
-INT64_MAX = (1 << 63) - 1
-UINT64_MAX = (1 << 64) - 1
 
 _INT_RANGES = {
     "int8": (-(1 << 7), (1 << 7) - 1, "int8_t"),
@@ -67,68 +64,6 @@ def _try_uint(value: Any) -> int | None:
     if _qtype(value) == "qnum" and isinstance(value, int) and 0 <= value <= UINT64_MAX:
         return int(value)
     return None
-
-
-# ---- C library number parsing used in keyval mode (qemu_strtoi64 & co) -----------------------
-
-_STRTOX = re.compile(r"[ \t\n\v\f\r]*([+-]?)(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\Z")
-
-
-def qemu_strtoi64(text: str) -> int | None:
-    """strtoll(text, &end, 0) demanding the whole string; None on error or overflow."""
-    value = _strtox(text)
-    return value if value is not None and INT64_MIN <= value <= INT64_MAX else None
-
-
-def qemu_strtou64(text: str) -> int | None:
-    """strtoull(): negative values wrap around, as in C."""
-    value = _strtox(text)
-    if value is None or abs(value) > UINT64_MAX:
-        return None
-    return value & UINT64_MAX
-
-
-def _strtox(text: str) -> int | None:
-    match = _STRTOX.match(text)
-    if not match:
-        return None
-    sign, digits = match.groups()
-    if len(digits.lstrip("0xX")) > _MAX_DIGITS:  # overflows 64 bits: strtoll's ERANGE
-        return UINT64_MAX + 1
-    if digits[:2] in ("0x", "0X"):
-        magnitude = int(digits, 0)
-    elif digits.startswith("0"):
-        magnitude = int(digits, 8)
-    else:
-        magnitude = int(digits)
-    return -magnitude if sign == "-" else magnitude
-
-
-#: More significant digits than any 64-bit number has, in any base used here (octal: 22).
-_MAX_DIGITS = 24
-
-_SIZE = re.compile(r"[ \t\n\v\f\r]*(0[xX][0-9a-fA-F]+|[0-9]+(?:\.[0-9]*)?)[ \t]*([bBkKmMgGtTpPeE]?)\Z")
-_SIZE_SHIFT = {"": 0, "b": 0, "k": 10, "m": 20, "g": 30, "t": 40, "p": 50, "e": 60}
-
-
-def qemu_strtosz(text: str) -> int | None:
-    """Sizes like 64M or 1.5G (qemu_strtosz); None if malformed or beyond 2^64 - 1."""
-    match = _SIZE.match(text)
-    if not match:
-        return None
-    number, suffix = match.groups()
-    shift = _SIZE_SHIFT[suffix.lower()]
-    if len(number.split(".")[0].lstrip("0xX")) > _MAX_DIGITS:
-        return None  # beyond 2^64 (and too long for int())
-    if number[:2] in ("0x", "0X"):
-        value = int(number, 16) << shift
-    elif "." in number:
-        if not suffix or suffix in "bB":
-            return None  # a fraction needs a unit
-        value = int(float(number) * (1 << shift))
-    else:
-        value = int(number) << shift
-    return value if value <= UINT64_MAX else None
 
 
 def qapi_bool_parse(text: str) -> bool | None:
@@ -203,14 +138,14 @@ class InputVisitor:
     def _get(self, name: str | None, consume: bool = True) -> Any:
         found, value = self._try_get(name, consume)
         if not found:
-            raise QemuError(f"Parameter '{self.full_name(name)}' is missing")
+            raise QemuError(qerror.MISSING_PARAMETER % self.full_name(name))
         return value
 
     def _type_error(self, name: str | None, expected: str) -> QemuError:
-        return QemuError(f"Invalid parameter type for '{self.full_name(name)}', expected: {expected}")
+        return QemuError(qerror.INVALID_PARAMETER_TYPE % (self.full_name(name), expected))
 
     def _value_error(self, name: str | None, expected: str) -> QemuError:
-        return QemuError(f"Parameter '{self.full_name(name)}' expects {expected}")
+        return QemuError(qerror.INVALID_PARAMETER_VALUE % (self.full_name(name), expected))
 
     def _get_keyval(self, name: str | None) -> str:
         value = self._get(name)
@@ -263,10 +198,10 @@ class InputVisitor:
     # -- scalars ---------------------------------------------------------------------------------
     def type_int64(self, name: str | None) -> int:
         if self.keyval:
-            value = qemu_strtoi64(self._get_keyval(name))
-            if value is None:
-                raise self._value_error(name, "integer")
-            return value
+            try:
+                return qemu_strtoi64(self._get_keyval(name))
+            except OSError:
+                raise self._value_error(name, "integer") from None
         value = _try_int(self._get(name))
         if value is None:
             raise self._type_error(name, "integer")
@@ -274,10 +209,10 @@ class InputVisitor:
 
     def type_uint64(self, name: str | None) -> int:
         if self.keyval:
-            value = qemu_strtou64(self._get_keyval(name))
-            if value is None:
-                raise self._value_error(name, "integer")
-            return value
+            try:
+                return qemu_strtou64(self._get_keyval(name))
+            except OSError:
+                raise self._value_error(name, "integer") from None
         raw = self._get(name)
         unsigned = _try_uint(raw)
         if unsigned is not None:
@@ -289,10 +224,10 @@ class InputVisitor:
 
     def type_size(self, name: str | None) -> int:
         if self.keyval:
-            value = qemu_strtosz(self._get_keyval(name))
-            if value is None:
-                raise self._value_error(name, "size")
-            return value
+            try:
+                return qemu_strtosz(self._get_keyval(name))
+            except OSError:  # QEMU words ERANGE the same ("TODO report -ERANGE more nicely")
+                raise self._value_error(name, "size") from None
         return self.type_uint64(name)
 
     def type_bool(self, name: str | None) -> bool:
@@ -405,19 +340,19 @@ class QapiSchema:
             low, high, c_type = _INT_RANGES[typ]
             value = v.type_int64(name)
             if not low <= value <= high:
-                raise QemuError(f"Parameter '{_bare(name)}' expects {c_type}")
+                raise QemuError(qerror.INVALID_PARAMETER_VALUE % (_bare(name), c_type))
             return value
         high, c_type = _UINT_RANGES[typ]
         value = v.type_uint64(name)
         if value > high:
-            raise QemuError(f"Parameter '{_bare(name)}' expects {c_type}")
+            raise QemuError(qerror.INVALID_PARAMETER_VALUE % (_bare(name), c_type))
         return value
 
     @staticmethod
     def visit_enum(v: InputVisitor, expr: Mapping[str, Any], name: str | None) -> str:
         text = v.type_str(name)
         if text not in _enum_values(expr):
-            raise QemuError(f"Parameter '{_bare(name)}' does not accept value '{text}'")
+            raise QemuError(qerror.PARAMETER_VALUE_REFUSED % (_bare(name), text))
         return text
 
     def visit_list(self, v: InputVisitor, element: Any, name: str | None) -> list[Any]:
@@ -474,7 +409,7 @@ class QapiSchema:
             typ = _member_type(spec)
             if self.alternate_qtype(typ) == qtype:
                 return self.visit(v, typ, name)
-        raise QemuError(f"Invalid parameter type for '{_bare(name)}', expected: {expr['alternate']}")
+        raise QemuError(qerror.INVALID_PARAMETER_TYPE % (_bare(name), expr['alternate']))
 
     def alternate_qtype(self, typ: Any) -> str:
         """The QType a branch of an alternate is chosen by."""

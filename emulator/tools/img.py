@@ -26,9 +26,9 @@ from emulator.block.image import (
     open_image_chain,
     probe_format,
 )
-from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO
+from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, sectors_to_bytes
 from emulator.block.qcow2 import Qcow2Image
-from emulator.block.qemu_io import strtosz
+from emulator.cutils import qemu_strtosz
 from emulator.error import QemuError
 from emulator.versions import DEFAULT_PROFILE, QemuProfile, UnsupportedVersion, select
 
@@ -234,7 +234,7 @@ class Tool:
             return 1
         if len(args) == 2:
             try:
-                size = strtosz(args[1])
+                size = qemu_strtosz(args[1])
             except OSError as e:
                 if e.errno == 34:
                     raise self.fail("Image size must be less than 8 EiB!") from None
@@ -280,7 +280,7 @@ class Tool:
 
     def _size_option(self, args: list[str], key: str, value: str) -> int:
         try:
-            return strtosz(value)
+            return qemu_strtosz(value)
         except OSError:
             raise self.fail(f"Parameter '{key}' expects a non-negative number below 2^64\n"
                             "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n"
@@ -308,7 +308,7 @@ class Tool:
             # QEMU 10.0's BlockGraphInfo: the protocol child, as a node of its own.
             file_info: dict[str, Any] = {
                 # bdrv_getlength counts whole sectors: the file length rounded up to 512
-                "children": [], "virtual-size": -(-img.file.length() // 512) * 512,
+                "children": [], "virtual-size": sectors_to_bytes(img.file.length()),
                 "filename": img.filename,
                 "format": "file", "actual-size": img.file.allocated_size(),
                 "format-specific": {"type": "file", "data": {}}, "dirty-flag": False}
@@ -461,7 +461,7 @@ class Tool:
             img1.close()
             return 2
         try:
-            return self._compare(img1, img2, args[0], args[1], strict, say)
+            return self._compare(img1, img2, strict, say)
         except OSError as e:
             self.error(f"Error while reading: {e.strerror}")
             return 4
@@ -469,8 +469,7 @@ class Tool:
             img1.close()
             img2.close()
 
-    def _compare(self, img1: OpenedImage, img2: OpenedImage, name1: str, name2: str, strict: bool,
-                 say: Any) -> int:
+    def _compare(self, img1: OpenedImage, img2: OpenedImage, strict: bool, say: Any) -> int:
         size1, size2 = img1.length(), img2.length()
         if strict and size1 != size2:
             say("Strict mode: Image size mismatch!")
