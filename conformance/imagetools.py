@@ -155,7 +155,7 @@ class InProcessIoSession:
 
         self._thread = threading.Thread(target=body, name="qemu-io session", daemon=True)
         self._thread.start()
-        self.banner = self._expect_prompt()
+        self._expect_prompt()
 
     def _read_some(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
