@@ -149,6 +149,9 @@ def backup(side: str, qemu: QemuBinaries | None, work: Path, image: Path, size: 
     _runs += 1
     sock, target = work / f"{side}{_runs}.sock", work / f"{side}{_runs}.qcow2"
     argv = _machine_argv(sock, image)
+    # Dirty pages left by earlier runs (or anything else on the machine) are written back now,
+    # not while this backup writes: the kernel throttles a writer when too much is dirty.
+    os.sync()
     try:
         if side == "emulator":
             emulator = EmbeddedEmulator(argv, stdout=open(os.devnull, "w"))  # noqa: SIM115
