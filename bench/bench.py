@@ -343,6 +343,9 @@ def _line_chart(x0: float, y0: float, width: float, height: float, title: str,
         parts.append(_svg_text(x0 + width - 4, y0 + 14 + 13 * index, name, 10, "end"))
         parts[-1] = parts[-1].replace("<text ", f'<text fill="{color}" ', 1)
     parts.append(_svg_text(x0 + width / 2, y0 + height + 14, xlabel, 10, "middle"))
+    low, high = (10 ** xmin if log_x else xmin), max(x for x, _ in points)
+    parts.append(_svg_text(x0 + 8, y0 + height + 14, f"{low:g}", 9, "middle"))
+    parts.append(_svg_text(x0 + width - 8, y0 + height + 14, f"{high:g}", 9, "middle"))
     parts.append(_svg_text(x0 - 4, y0 + 10, f"{ymax / 1.1:.3g}", 9, "end"))
     parts.append(_svg_text(x0 - 4, y0 + height, "0", 9, "end"))
     parts.append(_svg_text(x0, y0 + height + 26, ylabel, 10))
@@ -352,7 +355,7 @@ def _line_chart(x0: float, y0: float, width: float, height: float, title: str,
 def svg(rows: Sequence[Row], scale: dict[str, Any], title: str) -> str:
     """Speed-ups against their goals (log scale), then the scale curves."""
     ratio_rows = [row for row in rows if row.ratio is not None]
-    bar_height, left, plot = 22, 330, 420
+    bar_height, left, plot = 22, 330, 440
     top = 50
     height = top + bar_height * len(ratio_rows) + 40 + 230
     parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + plot + 60}" height="{height}" '
@@ -390,16 +393,16 @@ def svg(rows: Sequence[Row], scale: dict[str, Any], title: str) -> str:
     suite = scale.get("suite_vs_cases", [])
     series = {f"{side} wall": [(p["count"], p["wall"]) for p in suite if p["side"] == side]
               for side in sorted({p["side"] for p in suite})}
-    parts += _line_chart(50, y0, 200, 150, "suite time vs cases", series, "cases", "seconds")
+    parts += _line_chart(60, y0, 200, 150, "suite time vs cases", series, "cases", "seconds")
     backup = scale.get("backup_vs_size", [])
     series = {side: [(p["size"] / GiB, p["seconds"]) for p in backup if p["side"] == side]
               for side in sorted({p["side"] for p in backup})}
-    parts += _line_chart(300, y0, 200, 150, "sparse full backup vs size", series, "GiB (log)",
+    parts += _line_chart(320, y0, 200, 150, "sparse full backup vs size", series, "GiB (log)",
                          "seconds", log_x=True)
     bitmaps = scale.get("bitmaps_vs_size", [])
     series = {f"{w} writes": [(p["size"] / GiB, p["us"]["iterate extents"]) for p in bitmaps
                               if p["writes"] == w] for w in sorted({p["writes"] for p in bitmaps})}
-    parts += _line_chart(550, y0, 200, 150, "bitmap: iterate extents", series, "GiB (log)",
+    parts += _line_chart(580, y0, 200, 150, "bitmap: iterate extents", series, "GiB (log)",
                          "microseconds", log_x=True)
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
