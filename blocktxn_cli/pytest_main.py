@@ -4,16 +4,14 @@ blocktxn runs pytest in a child process; without this, pytest's usage errors wou
 with the interpreter's ``__main__.py`` instead of the blocktxn command the user typed.  It is run
 as a file, not with ``-m``, so that the conformance package is first imported by pytest (which
 rewrites its assertions) rather than before it.  It also chooses where bytecode is kept
-(keep_bytecode_outside_the_tree) and where case folders go (own_temp_root).
+(keep_bytecode_outside_the_tree).
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -36,24 +34,9 @@ def keep_bytecode_outside_the_tree() -> None:
     sys.dont_write_bytecode = False
 
 
-def own_temp_root() -> None:
-    """pytest keeps the case folders of the last three runs of everybody who runs pytest as this
-    user (TMPDIR/pytest-of-USER/pytest-N) and deletes older ones at the end of each session:
-    on a shared machine a run paid for deleting other projects' runs (seconds).  blocktxn's runs
-    keep theirs under TMPDIR/blocktxn-<checkout>/ (pytest's PYTEST_DEBUG_TEMPROOT), so a run
-    only ever deletes this checkout's fourth-oldest run."""
-    if "PYTEST_DEBUG_TEMPROOT" in os.environ:
-        return
-    checkout = hashlib.sha256(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()[:10]
-    root = Path(tempfile.gettempdir()) / f"blocktxn-{checkout}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    os.environ["PYTEST_DEBUG_TEMPROOT"] = str(root)
-
-
 def main() -> int:
     sys.path[0] = str(Path(__file__).resolve().parent.parent)  # the repository, not this folder
     keep_bytecode_outside_the_tree()
-    own_temp_root()
     prog, args = sys.argv[1], sys.argv[2:]
     sys.argv = [prog, *args]
     # pytest.main() calls itself "pytest.main()" in usage errors; the function behind it takes the
