@@ -6,7 +6,10 @@ removed, not listed here; whole families (pytest fixtures and hooks, decorator-r
 are ignored in pyproject.toml instead.
 """
 
+import sys
+
 import pexpect
+from conformance import vm
 from conformance.iotests import forkclient
 from conformance.qmpfuzz.inputs import InputGenerator
 from conformance.report import html
@@ -111,3 +114,11 @@ test_report._Dom.handle_data
 # by these names, and nothing calls the handlers.
 jobid
 nodename
+
+# qemu.qmp calls these hooks on every message (AsyncProtocol._cb_outbound / _cb_inbound); the
+# conformance VM's client overrides them to format a message only when the debug log is on.
+vm._Client._cb_outbound
+vm._Client._cb_inbound
+
+# Read by the import system: where blocktxn's pytest runs keep bytecode (blocktxn_cli/pytest_main.py).
+sys.pycache_prefix

@@ -6,6 +6,7 @@ Subcommands (``blocktxn COMMAND --help`` for each):
   record-golden  record goldens from real QEMU (--qemu BIN, -k EXPR to select)
   emulate        run the emulator in the foreground with QEMU's arguments
   fuzz, img, io  differential fuzzing, and the qemu-img / qemu-io work-alikes
+  bench          the benchmarks of bench/, emulator and real QEMU side by side
 
 blocktxn's own options are parsed here with argparse; everything else (``-k EXPR``, ``-x``,
 ``-n auto``, case files) goes to pytest, which runs in a child process (a fresh interpreter per
@@ -35,14 +36,31 @@ PYTEST_HINT = ("Any other option goes to pytest (e.g. -k EXPR, -x, -v, -n auto, 
                "`.venv/bin/python -m pytest --help` lists pytest's own.")
 
 
+#: The pytest plugins a blocktxn run loads, by module (with --disable-plugin-autoload: pytest's
+#: automatic loading of installed plugins is off, in pytest-xdist's workers too).  Autoloading costs the suite twice: pytest marks
+#: every package of a plugin's distribution for assertion rewriting, and blocktxn's includes
+#: the emulator (rewritten again in every run, as PYTHONDONTWRITEBYTECODE keeps no cache); and
+#: hypothesis's plugin imports hypothesis (about a second) at the terminal summary of every run.
+SUITE_PLUGINS = ("xdist.plugin", "xdist.looponfail", "pytest_timeout", "conformance.plugin")
+#: hypothesis's plugin, for runs that include the unit tests (some use hypothesis).
+HYPOTHESIS_PLUGIN = "_hypothesis_pytestplugin"
+
+
 def pytest_argv(paths: Sequence[Path], extra: Sequence[str], prog: str = "blocktxn") -> list[str]:
     """The argv of a pytest child that loads our plugin explicitly (also used by scripts/)."""
     argv = [sys.executable, str(ROOT / "blocktxn_cli" / "pytest_main.py"), prog, "--rootdir", str(ROOT)]
     if (ROOT / "pyproject.toml").is_file():
         argv += ["-c", str(ROOT / "pyproject.toml")]
     # Our own plugin is loaded explicitly so that it works without an installed entry point;
-    # "-p no:blocktxn" keeps the entry point from loading it a second time.
-    argv += ["-p", "no:blocktxn", "-p", "conformance.plugin"]
+    # "-p no:blocktxn" keeps the entry point from loading it a second time (should autoloading
+    # be on after all).
+    argv += ["--disable-plugin-autoload", "-p", "no:blocktxn"]
+    plugins = list(SUITE_PLUGINS)
+    named = [Path(arg.split("::")[0]).resolve() for arg in extra if not arg.startswith("-")]
+    if any(path == UNIT_DIR or UNIT_DIR in path.parents for path in [*paths, *named]):
+        plugins.append(HYPOTHESIS_PLUGIN)
+    for plugin in plugins:
+        argv += ["-p", plugin]
     return argv + [str(path) for path in paths if path.exists()] + list(extra)
 
 
@@ -223,6 +241,19 @@ def _iotests(extra: list[str]) -> int:
     return int(iotests_main(extra) or 0)
 
 
+def _bench(extra: list[str]) -> int:
+    """bench/bench.py (the benchmarks live beside the package, in the repository)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("blocktxn_bench", ROOT / "bench" / "bench.py")
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"blocktxn bench: {ROOT / 'bench' / 'bench.py'} not found")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return int(module.main(extra) or 0)
+
+
 def _io(extra: list[str]) -> int:
     from emulator.tools.io import main as io_main
 
@@ -244,6 +275,8 @@ PASSTHROUGH_COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "img": (_img, "qemu-img work-alike over the emulator's image code"),
     "io": (_io, "qemu-io work-alike over the emulator's image code"),
     "iotests": (_iotests, "QEMU's own iotests against the emulator: --qemu-src DIR [--qemu BIN] [tests]"),
+    "bench": (_bench, ("benchmarks, emulator and real QEMU side by side: one table, JSON and SVG "
+                       "[--quick] [--out DIR]")),
 }
 
 

@@ -1,18 +1,22 @@
 """qemu-img and qemu-io behind one interface, for both targets.
 
 The qemu target runs the real binaries; the emulator target calls the emulator's own tools
-(``emulator.tools.img.main`` / ``emulator.tools.io.main``) in-process, or as
-``python -m emulator.tools.io`` for an interactive session.  Cases use the helpers here so that
+(``emulator.tools.img.main`` / ``emulator.tools.io.main``) in-process, an interactive session
+included (in a thread, over pipes: InProcessIoSession).  Cases use the helpers here so that
 the same case checks images the same way on both targets.
 """
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import os
+import select
 import subprocess
 import sys
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,6 +46,11 @@ class ToolResult:
     @property
     def output(self) -> str:
         return self.stdout + self.stderr
+
+    def moved(self, old: str, new: str) -> ToolResult:
+        """This run as it reads for a copy of its image at `new` (see conformance.recipes)."""
+        return ToolResult(self.program, tuple(arg.replace(old, new) for arg in self.args), self.returncode,
+                          self.stdout.replace(old, new), self.stderr.replace(old, new))
 
     def command_line(self) -> str:
         return " ".join([self.program, *(_quote(arg) for arg in self.args)])
@@ -108,8 +117,123 @@ class QemuIoSession:
             self.kill()
 
 
+class InProcessIoSession:
+    """The emulator's qemu-io work-alike (`main(argv, stdin=, out=, err=)`) run interactively in a
+    thread of this process, over pipes: what QemuIoSession does with a child process, without a
+    Python interpreter's start-up (about 150 ms) per session.  Standard output and error share
+    one pipe, as pexpect's PopenSpawn merges them; every wait is bounded by `timeout`."""
+
+    def __init__(self, entry: Callable[..., int], args: Sequence[str], *,
+                 timeout: float = DEFAULT_TIMEOUT, observer: SessionObserver | None = None) -> None:
+        self.observer = observer
+        self.timeout = timeout
+        in_read, in_write = os.pipe()
+        out_read, out_write = os.pipe()
+        self._stdin = os.fdopen(in_write, "w", encoding="utf-8", buffering=1)
+        self._output_fd = out_read
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = ""
+        self._eof = False
+        self.status: int | None = None
+        stdin = os.fdopen(in_read, "r", encoding="utf-8")
+        out = os.fdopen(out_write, "w", encoding="utf-8", buffering=1)
+
+        def body() -> None:
+            code = 1
+            try:
+                code = int(entry(list(args), stdin=stdin, out=out, err=out) or 0)
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+            except BaseException as error:  # noqa: BLE001 - reported as the session's output
+                with contextlib.suppress(OSError, ValueError):
+                    out.write(f"qemu-io crashed: {error!r}\n")
+            finally:
+                self.status = code
+                for stream in (out, stdin):
+                    with contextlib.suppress(OSError, ValueError):
+                        stream.close()
+
+        self._thread = threading.Thread(target=body, name="qemu-io session", daemon=True)
+        self._thread.start()
+        self._expect_prompt()
+
+    def _read_some(self, deadline: float) -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise pexpect.TIMEOUT(f"no {PROMPT!r} within {self.timeout}s; got {self._pending!r}")
+        ready, _, _ = select.select([self._output_fd], [], [], remaining)
+        if not ready:
+            return
+        data = os.read(self._output_fd, 65536)
+        if not data:
+            self._eof = True
+            self._pending += self._decoder.decode(b"", final=True)
+            return
+        self._pending += self._decoder.decode(data)
+
+    def _expect_prompt(self) -> str:
+        deadline = time.monotonic() + self.timeout
+        while PROMPT not in self._pending:
+            if self._eof:
+                raise pexpect.EOF(f"qemu-io ended before its prompt; it printed {self._pending!r}")
+            self._read_some(deadline)
+        before, _, self._pending = self._pending.partition(PROMPT)
+        return before
+
+    def run(self, command: str) -> str:
+        """Send one qemu-io command; return its output (everything before the next prompt)."""
+        self._stdin.write(command + "\n")
+        output = self._expect_prompt()
+        if self.observer is not None:
+            self.observer(command, output)
+        return output
+
+    def _finish(self) -> int:
+        deadline = time.monotonic() + self.timeout
+        while not self._eof:
+            self._read_some(deadline)
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
+        if self._thread.is_alive():
+            raise pexpect.TIMEOUT(f"qemu-io did not end within {self.timeout}s")
+        os.close(self._output_fd)
+        return -1 if self.status is None else self.status
+
+    def close(self) -> int:
+        """Quit qemu-io; return its exit status (1 when any command failed)."""
+        with contextlib.suppress(OSError, ValueError):
+            self._stdin.write("quit\n")
+        with contextlib.suppress(OSError, ValueError):
+            self._stdin.close()
+        code = self._finish()
+        if self.observer is not None:
+            self.observer(f"quit  # exit {code}", "")
+        return code
+
+    def kill(self) -> None:
+        """End the session: its stdin closes, so the loop ends (a thread cannot be killed)."""
+        with contextlib.suppress(Exception):
+            self._stdin.close()
+        with contextlib.suppress(Exception):
+            self._finish()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.kill()
+
+
 class ImageTools(ABC):
     """Common qemu-img / qemu-io operations; subclasses say how a tool is run."""
+
+    #: Same inputs, same image bytes and output (the emulator's tools): a recipe can be built
+    #: once and copied (conformance.recipes).  Real QEMU's tools run every time.
+    deterministic = False
+    #: MAJOR.MINOR of the tools' QEMU profile, when they have one.
+    version: str | None = None
 
     def __init__(self, cwd: Path | None = None) -> None:
         self.cwd = cwd
@@ -187,11 +311,14 @@ class ImageTools(ABC):
         return self.io(*args, str(path))
 
     def io_session(self, path: Path | str, fmt: str, *, read_only: bool = False,
-                   timeout: float = DEFAULT_TIMEOUT) -> QemuIoSession:
+                   timeout: float = DEFAULT_TIMEOUT) -> QemuIoSession | InProcessIoSession:
         """An interactive qemu-io on `path` (close it, or use it as a context manager)."""
         args = ["-f", fmt] + (["-r"] if read_only else []) + [str(path)]
         if self.session_observer is not None:
             self.session_observer("", " ".join(["qemu-io", *(_quote(arg) for arg in args)]))
+        return self._start_session(args, timeout)
+
+    def _start_session(self, args: list[str], timeout: float) -> QemuIoSession | InProcessIoSession:
         return QemuIoSession(self.io_session_argv(args), cwd=self.cwd, env=self.io_session_env(),
                              timeout=timeout, observer=self.session_observer)
 
@@ -232,6 +359,8 @@ class EmulatorImageTools(ImageTools):
     `version` is the QEMU profile (MAJOR.MINOR) whose tools they behave as.
     """
 
+    deterministic = True
+
     def __init__(self, cwd: Path | None = None, version: str | None = None) -> None:
         super().__init__(cwd)
         self.version = version
@@ -242,12 +371,12 @@ class EmulatorImageTools(ImageTools):
         entry = importlib.import_module(module_name).main
         out, err = io.StringIO(), io.StringIO()
         # No chdir here: an embedded emulator may be running in another thread, so cases pass
-        # absolute paths.
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = entry(list(args))
-            except SystemExit as exit_:  # argparse-style exits
-                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+        # absolute paths.  The tools write to the streams they are given (not sys.stdout, which
+        # is the whole process's: two tools running in two threads would mix their output).
+        try:
+            code = entry(list(args), out=out, err=err)
+        except SystemExit as exit_:  # argparse-style exits
+            code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
         return int(code or 0), out.getvalue(), err.getvalue()
 
     def _run_img(self, args: list[str]) -> tuple[int, str, str]:
@@ -259,6 +388,12 @@ class EmulatorImageTools(ImageTools):
 
     def io_session_argv(self, args: list[str]) -> list[str]:
         return [sys.executable, "-m", "emulator.tools.io", *args]
+
+    def _start_session(self, args: list[str], timeout: float) -> QemuIoSession | InProcessIoSession:
+        """In this process, like the other tool runs (`io_session_argv` is the equivalent child)."""
+        from emulator.tools.io import main as io_main
+
+        return InProcessIoSession(io_main, args, timeout=timeout, observer=self.session_observer)
 
     def io_session_env(self) -> dict[str, str] | None:
         env = dict(os.environ)

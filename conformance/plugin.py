@@ -74,6 +74,11 @@ from conformance.targets import (
 )
 from conformance.vm import DEFAULT_TIMEOUT, VM
 
+# The helpers cases assert through keep pytest's assertion messages.  blocktxn's own runs load
+# plugins by name (no autoloading, see blocktxn_cli.main.SUITE_PLUGINS), so pytest marks only this
+# module for rewriting, not the whole distribution (whose emulator/ is no test code).
+pytest.register_assert_rewrite("conformance.steps")
+
 CASE_TIMEOUT = 90.0
 
 
@@ -321,6 +326,10 @@ def vm(request: pytest.FixtureRequest, target: Target, tmp_path: Path) -> Iterat
     finally:
         machine.kill()
         shutil.rmtree(sockdir, ignore_errors=True)
+        # The item outlives the case (pytest keeps every item to the end of the session): without
+        # this, every case's VM, its log and its emulator's block graph stay in memory, and each
+        # garbage collection walks all of them (the one at the end took a second).
+        del request.node.stash[_VM_KEY]
 
 
 _VM_KEY = pytest.StashKey[VM]()

@@ -222,6 +222,10 @@ class Instance(ABC):
         """Text printed on stdout since the previous call."""
         self._flush_stdout()
         try:
+            # Asked after every command, and there is seldom anything new: the size says so
+            # without opening the file.
+            if os.stat(self.stdout_path).st_size <= self._stdout_offset:
+                return ""
             with open(self.stdout_path, "rb") as stream:
                 stream.seek(self._stdout_offset)
                 data = stream.read()

@@ -8,7 +8,9 @@ The helpers read like iotests (``vm.cmd``, ``vm.qmp``, ``vm.event_wait``, ``vm.h
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -25,6 +27,11 @@ from conformance.targets import Instance, MonitorSocket, Target
 DEFAULT_TIMEOUT = 30.0
 
 
+#: Threads that wait for targets to exit, shared by every case of the process (each case's
+#: asyncio.run() made, and at its end joined, a default executor thread of its own for this).
+_WAITERS = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="vm-exit-wait")
+
+
 class VMError(AssertionError):
     """The target misbehaved (died, timed out, refused the connection)."""
 
@@ -38,6 +45,21 @@ class _RecordingListener(EventListener):
 
     async def put(self, event: Message) -> None:
         self._vm._on_event(dict(event))
+
+
+class _Client(QMPClient):
+    """QMPClient whose message hooks format a message for its debug log only when that log is on
+    (qemu.qmp pretty-prints every message into the log call, even with debug off)."""
+
+    def _cb_outbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("--> %s", str(msg))
+        return msg
+
+    def _cb_inbound(self, msg: Message) -> Message:
+        if self.logger.isEnabledFor(logging.DEBUG):
+            self.logger.debug("<-- %s", str(msg))
+        return msg
 
 
 class VM:
@@ -100,7 +122,7 @@ class VM:
             monitor.close()
             raise
         assert monitor.client is not None
-        client = QMPClient(self.log.case)
+        client = _Client(self.log.case)
         client.register_listener(_RecordingListener(self))
         # The target inherited its end of the pair: the greeting comes once it is ready, with
         # nothing to poll for.  The wait is bounded, and gives up early if the target dies.
@@ -280,7 +302,8 @@ class VM:
             # The client keeps reading while the target exits: QEMU cancels its jobs on the way
             # out (qemu_cleanup) and their events come before the monitor closes.
             if self.instance is not None:
-                exited = await asyncio.to_thread(self.instance.wait, wait_for)
+                exited = await asyncio.get_running_loop().run_in_executor(
+                    _WAITERS, self.instance.wait, wait_for)
                 if not exited:
                     raise VMError(f"{self.target.name} did not exit within {wait_for}s after quit")
             if client is not None:

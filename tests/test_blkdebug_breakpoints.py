@@ -111,6 +111,33 @@ def test_pause_requested_at_a_breakpoint_stops_the_copy(tmp_path: Path) -> None:
     asyncio.run(asyncio.wait_for(scenario(), 20))
 
 
+def test_pause_during_the_call_pauses_even_when_everything_is_copied(tmp_path: Path) -> None:
+    """iotest 055 on a mostly empty image: every other copy task ends while one read waits at the
+    breakpoint, then the pause comes.  QEMU's backup_pause cancels the running block-copy call,
+    and backup_loop checks for a cancelled call before a successful one: the job pauses (and a
+    new call after the resume finds nothing left), it does not complete while paused."""
+    async def scenario() -> None:
+        machine = make(tmp_path)
+        machine.jobs.loop = asyncio.get_running_loop()
+        hmp(machine, 'qemu-io drive0 "break read_aio bp_drive0"')
+        cmd(machine, "drive-backup", device="drive0", target=str(tmp_path / "t3.qcow2"),
+            format="qcow2", sync="full")
+        await asyncio.sleep(0.3)  # every task but the stopped one is done by now
+        cmd(machine, "block-job-pause", device="drive0")
+        hmp(machine, 'qemu-io drive0 "remove_break bp_drive0"')
+        await machine.jobs.wait_until(
+            lambda: any(info["paused"] and not info["busy"]
+                        for info in cmd(machine, "query-block-jobs")) or not len(machine.jobs),
+            timeout=5)
+        (info,) = cmd(machine, "query-block-jobs")
+        assert info["paused"] and not info["busy"]
+        cmd(machine, "block-job-resume", device="drive0")
+        await machine.jobs.wait_until(lambda: len(machine.jobs) == 0, timeout=10)
+        machine.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 20))
+
+
 def test_suspend_and_resume_lines_unless_qtest(tmp_path: Path) -> None:
     """blkdebug prints "Suspended request" when a request stops and "Resuming request" when
     resume (or remove_break) lets it go, on stdout, only `if (!qtest_enabled())`."""

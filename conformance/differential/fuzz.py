@@ -78,6 +78,9 @@ class FuzzConfig:
     raise_reference_failures: bool = True
     scenarios: int = 0
     steps: int = 0
+    #: Seconds each side took for its own part of the scenarios (DifferentialRun's Side.seconds).
+    reference_seconds: float = 0.0
+    candidate_seconds: float = 0.0
     skipped: int = 0
     abandoned: int = 0
     diverging_scenarios: int = 0
@@ -220,6 +223,8 @@ def run_scenario(plan: Sequence[Step]) -> None:
         if CONFIG.raise_reference_failures:
             raise
     finally:
+        CONFIG.reference_seconds += run.reference.seconds
+        CONFIG.candidate_seconds += run.candidate.seconds
         loop.run_until_complete(run.aclose())
         loop.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -396,6 +401,22 @@ class Progress:
         self._thread.join(timeout=5)
 
 
+def side_rates(config: FuzzConfig) -> tuple[float, float]:
+    """Scenarios per minute of each side's own time: (reference, candidate)."""
+    def rate(seconds: float) -> float:
+        return config.scenarios / seconds * 60 if seconds > 0 else 0.0
+
+    return rate(config.reference_seconds), rate(config.candidate_seconds)
+
+
+def side_rates_line(config: FuzzConfig) -> str:
+    """What each side's own part cost, as scenarios per minute of its time."""
+    reference, candidate = side_rates(config)
+    return (f"blocktxn fuzz: per side, in scenarios per minute of its own time: {config.candidate} "
+            f"{candidate:.0f}/min ({config.candidate_seconds:.1f} s), real QEMU {reference:.0f}/min "
+            f"({config.reference_seconds:.1f} s)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="blocktxn fuzz", description=(
         "Differential testing of the emulator against real QEMU: hypothesis draws whole scenarios "
@@ -514,6 +535,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{config.abandoned} scenarios cut short by the deadline, {elapsed / 60:.1f} min")
     for signature, directory in signatures.items():
         print(f"  {directory}: {signature}")
+    print(side_rates_line(config))
     print(summary_line(config.scenarios, len(signatures), len(config.reference_failures)), flush=True)
     return 1 if signatures else 0
 

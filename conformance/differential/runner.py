@@ -25,6 +25,7 @@ import contextlib
 import difflib
 import shutil
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,18 @@ class Side:
     vm: VM
     sockdir: Path
     held: dict[str, bool] = field(default_factory=dict)
+    #: Seconds this side's own part of the scenario took: from the start to the end of each of
+    #: its coroutines in the lockstep (set-up, steps, settling, quit).  The two sides overlap, so
+    #: each side's rate can be told apart from the pair's (the images' comparison is neither's).
+    seconds: float = 0.0
+
+    async def timed(self, coroutine: Any) -> Any:
+        """Await `coroutine`, adding its duration to `seconds`."""
+        start = time.perf_counter()
+        try:
+            return await coroutine
+        finally:
+            self.seconds += time.perf_counter() - start
 
     @classmethod
     def create(cls, label: str, target: Target, workdir: Path) -> Side:
@@ -189,7 +202,9 @@ class DifferentialRun:
 
     async def _both(self, what: str, reference: Any, candidate: Any) -> tuple[Any, Any]:
         """Await both coroutines; a reference failure wins over a candidate failure."""
-        results: list[Any] = list(await asyncio.gather(reference, candidate, return_exceptions=True))
+        results: list[Any] = list(await asyncio.gather(self.reference.timed(reference),
+                                                       self.candidate.timed(candidate),
+                                                       return_exceptions=True))
         ref_result, cand_result = results
         if isinstance(ref_result, BaseException):
             if not isinstance(ref_result, Exception) or isinstance(ref_result, Divergence):

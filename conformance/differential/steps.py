@@ -54,10 +54,16 @@ def blkdebug_drive1(image: str) -> dict[str, Any]:
     }
 
 
-async def launch_scenario(vm: VM) -> None:
-    """Build both drives' images, start the target with drive0, add drive1 over blkdebug."""
+def _build_images(vm: VM) -> None:
     DRIVE0_RECIPE.build(vm.tools, vm.path("drive0.qcow2"))
     DRIVE1_RECIPE.build(vm.tools, vm.path("drive1.qcow2"))
+
+
+async def launch_scenario(vm: VM) -> None:
+    """Build both drives' images, start the target with drive0, add drive1 over blkdebug.  The
+    images are built in a worker thread: the tools run synchronously, and the other target of a
+    differential pair (sharing this event loop) goes on meanwhile instead of waiting for them."""
+    await asyncio.to_thread(_build_images, vm)
     vm.add_drive(vm.path("drive0.qcow2"), fmt=IMAGE_FORMAT, drive_id="drive0", node_name="node0")
     await vm.launch()
     reply = await vm.qmp("blockdev-add", blkdebug_drive1(str(vm.path("drive1.qcow2"))))
@@ -141,7 +147,10 @@ async def run_primitive(vm: VM, primitive: Primitive) -> Any:
         return await vm.qmp(primitive.command, arguments)
     if isinstance(primitive, HmpIo):
         return await vm.hmp_qemu_io(primitive.device, primitive.command)
-    return vm.tools.create(vm.path(primitive.image.name), IMAGE_FORMAT, primitive.size).check().returncode
+    # In a worker thread, as launch_scenario's images: the pair's other target goes on meanwhile.
+    result = await asyncio.to_thread(vm.tools.create, vm.path(primitive.image.name), IMAGE_FORMAT,
+                                     primitive.size)
+    return result.check().returncode
 
 
 async def run_step(vm: VM, step: Step) -> list[Any]:

@@ -27,7 +27,7 @@ from emulator.error import QemuError
 
 from .dirty_bitmap import DirtyBitmap
 from .filename import node_filename
-from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode, NodeOpener, block_driver
+from .node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode, NodeOpener, block_driver, buffer_is_zero
 from .permissions import (
     PERM_ALL,
     PERM_CONSISTENT_READ,
@@ -187,7 +187,7 @@ class CopyBeforeWriteNode(BlockNode):
                     self.target.pwrite_zeroes(start, n, may_unmap=True)
                 else:
                     data = self.source.pread(start, n)
-                    if not flags & BLOCK_ALLOCATED and data.count(0) == n:
+                    if not flags & BLOCK_ALLOCATED and buffer_is_zero(data):
                         self.target.pwrite_zeroes(start, n, may_unmap=True)
                     else:
                         self.target.pwrite(start, data)

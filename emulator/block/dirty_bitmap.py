@@ -183,7 +183,10 @@ class DirtyBitmap:
         granule = offset >> self._shift
         if granule not in self._bits:
             return offset
-        found = self._run_end(granule, self.granules) << self._shift
+        # Only a clean granule before `end` matters: the run is measured up to there, not to the
+        # end of the bitmap (a 1 MiB copy task asked about the whole rest of a 64 GiB run).
+        limit = min(((end - 1) >> self._shift) + 1, self.granules)
+        found = self._run_end(granule, limit) << self._shift
         return found if found < end else -1
 
     def next_dirty_area(self, offset: int, end: int | None = None,

@@ -1,7 +1,7 @@
 """FileStorage: a host file as the bottom of a block graph (QEMU's file-posix protocol driver).
 
 Format drivers (raw, qcow2) read and write it through the Storage protocol.  Reads past the end
-of the file return zeros, writes grow it, `flush` is fsync.  `set_perm` takes QEMU-compatible
+of the file return zeros, writes grow it, `flush` is fdatasync (as QEMU's).  `set_perm` takes QEMU-compatible
 image locks (OFD byte-range locks on bytes 100+perm / 200+perm as file-posix does) so that a real
 qemu-img refuses an image the emulator holds open, exactly as it refuses one a running QEMU holds.
 """
@@ -58,7 +58,7 @@ class ImageLockError(QemuError):
 
 
 class FileStorage:
-    """A host file implementing the Storage protocol with pread/pwrite/fsync."""
+    """A host file implementing the Storage protocol with pread/pwrite/fdatasync."""
 
     def __init__(self, filename: str, *, read_only: bool = False, create: bool = False,
                  no_flush: bool = False) -> None:
@@ -120,8 +120,10 @@ class FileStorage:
             offset += n
 
     def flush(self) -> None:
+        """raw_co_flush_to_disk: qemu_fdatasync (data, and the metadata needed to read it back;
+        fsync also wrote the timestamps, for nothing QEMU promises)."""
         if not self.no_flush:
-            os.fsync(self.fd)
+            os.fdatasync(self.fd)
 
     def length(self) -> int:
         return os.fstat(self.fd).st_size

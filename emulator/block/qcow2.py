@@ -103,6 +103,46 @@ _OFF_REFTABLE = 48  # refcount_table_offset (u64) + refcount_table_clusters (u32
 _OFF_AUTOCLEAR = 88
 
 
+_ZERO_CHUNK = bytes(4096)
+
+
+def _used_length(data: bytes) -> int:
+    """len(data.rstrip(b"\0")) without testing a 64 KiB table byte by byte (opening an image
+    does it twice): whole zero chunks from the end are skipped with memcmp first."""
+    end = len(data)
+    chunk = len(_ZERO_CHUNK)
+    while end >= chunk and data[end - chunk:end] == _ZERO_CHUNK:
+        end -= chunk
+    return len(data[max(end - chunk, 0):end].rstrip(b"\0")) + max(end - chunk, 0)
+
+
+def _same_entries_end(raw: bytes, i: int, limit: int, size: int) -> int:
+    """First index in (i, limit] whose entry differs from entry i (`limit` when none does), for
+    a table's bytes `raw` of `size`-byte entries: exponential, then binary, search with memcmp
+    (bytes compare faster than array slices)."""
+    entry = raw[i * size:(i + 1) * size]
+
+    def same(count: int) -> bool:
+        return raw[i * size:(i + count) * size] == entry * count
+
+    good, step = 1, 1
+    while True:
+        probe = min(good + step, limit - i)
+        if probe <= good:
+            return i + good
+        if not same(probe):
+            break
+        good, step = probe, step << 1
+    bad = probe
+    while bad - good > 1:
+        middle = (good + bad) // 2
+        if same(middle):
+            good = middle
+        else:
+            bad = middle
+    return i + good
+
+
 def _be_array(code: str, data: bytes) -> array:
     """Big-endian table bytes -> array of host integers."""
     a = array(code)
@@ -441,13 +481,13 @@ class Qcow2Image:
     def _initial_end_cluster(self, file_len: int) -> int:
         """First cluster index past every allocation: the file end or the last refcount > 0."""
         end = (file_len + self.cluster_size - 1) >> self.cluster_bits
-        used = len(self.reftable.tobytes().rstrip(b"\0"))
+        used = _used_length(self.reftable.tobytes())
         if not used:
             return end
         ri = (used - 1) // 8
         block = self._refblock(ri)
         if block is not None:
-            used = len(block.tobytes().rstrip(b"\0"))
+            used = _used_length(block.tobytes())
             if used:
                 end = max(end, ri * self._rb_entries + (used - 1) // block.itemsize + 1)
         return end
@@ -749,9 +789,21 @@ class Qcow2Image:
     def _table_items(self, table: array, base: int, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
         cs, bits = self.cluster_size, self.cluster_bits
         i = (pos - base) >> bits
+        last = ((end - 1 - base) >> bits) + 1  # one past the last entry in [pos, end)
+        raw: bytes | None = None
         while pos < end:
             entry = table[i]
             t = _l2_type(entry)
+            if t in (UNALLOCATED, ZERO_PLAIN) and i + 1 < last and table[i + 1] == entry:
+                # A run of one repeated entry (an unallocated or zeroed stretch) is one item:
+                # its end is found with memcmp instead of one entry at a time.
+                if raw is None:
+                    raw = table.tobytes()
+                j = _same_entries_end(raw, i, last, table.itemsize)
+                c_end = min(end, base + (j << bits))
+                yield pos, c_end - pos, t, 0
+                pos, i = c_end, j
+                continue
             c_end = min(end, base + ((i + 1) << bits))
             host = 0
             if t in (NORMAL, ZERO_ALLOC):
@@ -959,9 +1011,11 @@ class Qcow2Image:
         table, l2_off = self._l2_for_write(l1_index)
         first = (guest - base) >> bits
         last = (guest + len(buf) - 1 - base) >> bits
-        writes: list[tuple[int, bytes | memoryview]] = []  # (host offset, data)
+        # (host offset, data, offset of data in `buf`, or -1 when it is merged cluster content)
+        writes: list[tuple[int, bytes | memoryview, int]] = []
         new_entries: dict[int, int] = {}
-        to_alloc: list[tuple[int, bytes | memoryview]] = []  # (l2 index, full cluster content)
+        # (l2 index, full cluster content, its offset in `buf` or -1)
+        to_alloc: list[tuple[int, bytes | memoryview, int]] = []
         to_free: list[tuple[int, int]] = []  # (host offset, bytes) losing one reference
         for i in range(first, last + 1):
             c_guest = base + (i << bits)
@@ -973,7 +1027,7 @@ class Qcow2Image:
                 host = entry & L2E_OFFSET_MASK
                 if host & (cs - 1) or self._meta_overlap(host):
                     raise _corruption(f"data cluster at {host:#x} overlaps metadata or is unaligned")
-                writes.append((host + lo - c_guest, piece))
+                writes.append((host + lo - c_guest, piece, lo - guest))
                 continue
             if hi - lo == cs:
                 content: bytes | memoryview = piece
@@ -982,20 +1036,20 @@ class Qcow2Image:
                 content = b"".join((old[:lo - c_guest], piece, old[hi - c_guest:]))
             if t == ZERO_ALLOC and entry & QCOW_OFLAG_COPIED and not self._meta_overlap(entry & L2E_OFFSET_MASK):
                 host = entry & L2E_OFFSET_MASK
-                writes.append((host, content))
+                writes.append((host, content, lo - guest if content is piece else -1))
                 new_entries[i] = host | QCOW_OFLAG_COPIED
                 continue
-            to_alloc.append((i, content))
+            to_alloc.append((i, content, lo - guest if content is piece else -1))
             if t in (NORMAL, ZERO_ALLOC):
                 to_free.append((entry & L2E_OFFSET_MASK, cs))
             elif t == COMPRESSED:
                 to_free.append(self._compressed_range(entry))
         if to_alloc:
             host = self._alloc_clusters(len(to_alloc))
-            for j, (i, content) in enumerate(to_alloc):
-                writes.append((host + (j << bits), content))
+            for j, (i, content, at) in enumerate(to_alloc):
+                writes.append((host + (j << bits), content, at))
                 new_entries[i] = (host + (j << bits)) | QCOW_OFLAG_COPIED
-        self._write_data(writes)
+        self._write_data(writes, buf)
         if new_entries:
             for i, e in new_entries.items():
                 table[i] = e
@@ -1003,21 +1057,29 @@ class Qcow2Image:
         for host, nbytes in to_free:
             self.free_clusters(host, nbytes)
 
-    def _write_data(self, writes: list[tuple[int, bytes | memoryview]]) -> None:
-        """Write data pieces, coalescing host-contiguous ones into single pwrites."""
+    def _write_data(self, writes: list[tuple[int, bytes | memoryview, int]], buf: memoryview) -> None:
+        """Write data pieces, coalescing host-contiguous ones into single pwrites.  A group that is
+        the caller's whole buffer, in order (a write to contiguous clusters), is written as the
+        caller's own bytes object: no copy in user space."""
         writes.sort(key=lambda w: w[0])
+        whole = buf.obj if isinstance(buf.obj, bytes) and buf.nbytes == len(buf.obj) else None
         i = 0
         while i < len(writes):
-            start, data = writes[i]
+            start, data, at = writes[i]
             group = [data]
+            in_order = at == 0
             end = start + len(data)
             i += 1
             while i < len(writes) and writes[i][0] == end:
+                in_order = in_order and writes[i][2] == end - start
                 group.append(writes[i][1])
                 end += len(writes[i][1])
                 i += 1
             self.file.debug_event("write_aio")
-            self.file.pwrite(start, bytes(group[0]) if len(group) == 1 else b"".join(group))
+            if whole is not None and in_order and end - start == len(whole):
+                self.file.pwrite(start, whole)
+            else:
+                self.file.pwrite(start, bytes(group[0]) if len(group) == 1 else b"".join(group))
 
     def is_zero_fast(self, offset: int, length: int) -> bool:
         """True if [offset, offset+length) is known to read as zeros from metadata alone
@@ -1098,7 +1160,18 @@ class Qcow2Image:
             first, last = (pos - base) >> bits, ((t_end - 1 - base) >> bits)
             changed: list[int] = []
             to_free: list[tuple[int, int]] = []
-            for i in range(first, last + 1):
+            count = last - first + 1
+            old = table[first]
+            same = count > 1 and table[first:last + 1] == table[first:first + 1] * count
+            new, free = entry(old, _l2_type(old)) if same else (old, True)
+            if same and not free:
+                # Every entry is the same and none frees a cluster (zeroing an unallocated or
+                # zeroed stretch): one slice assignment instead of a call per entry.
+                if new != old:
+                    table[first:last + 1] = array(table.typecode, [new]) * count
+                    changed = [first, last]
+                count = 0
+            for i in range(first, last + 1 if count else first):
                 old = table[i]
                 t = _l2_type(old)
                 new, free = entry(old, t)

@@ -18,7 +18,7 @@ from typing import Any
 from emulator.block.blkdebug import RequestSuspended, SuspendedRequest, suspendable
 from emulator.block.copy_before_write import copy_cluster_size
 from emulator.block.dirty_bitmap import DirtyBitmap
-from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode
+from emulator.block.node import BLOCK_ALLOCATED, BLOCK_DATA, BLOCK_ZERO, BlockNode, buffer_is_zero
 
 from .blockjob import BlockJob
 from .job import JobList
@@ -139,7 +139,7 @@ class BackupJob(BlockJob):
         n = min(offset + length, self.len) - offset
         if not zeroes:
             data = self.source.pread(offset, n)
-            zeroes = data.count(0) == n  # the target is opened with detect-zeroes=unmap
+            zeroes = buffer_is_zero(data)  # the target is opened with detect-zeroes=unmap
         try:
             if zeroes:
                 self.target.pwrite_zeroes(offset, n, may_unmap=True)
@@ -278,6 +278,11 @@ class BackupJob(BlockJob):
             error = await self._block_copy_call()
             if self.is_cancelled():
                 return 0
+            if self.should_pause():
+                # backup_pause cancelled the call while it ran: block_copy_call_cancelled() is
+                # checked before success or failure, so the job pauses (job_sleep_ns) and a new
+                # call does what is left, even when this one had already copied everything.
+                continue
             if error is None:
                 if self.copy_bitmap.count() == 0:
                     return 0

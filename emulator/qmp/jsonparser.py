@@ -270,6 +270,11 @@ def _cvt4hex(text: bytes, pos: int) -> int:
 
 def _parse_string(text: bytes) -> str:
     quote = text[0]
+    body = text[1:-1]
+    if body.isascii() and b"\\" not in body and b"\0" not in body and quote not in body:
+        # Plain ASCII (what QMP commands are made of): each byte is its own code point, as the
+        # loop below would find one byte at a time.
+        return body.decode("ascii")
     out: list[str] = []
     pos = 1
     while text[pos] != quote:

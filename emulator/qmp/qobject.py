@@ -41,10 +41,16 @@ def qdict_bucket(key: str) -> int:
 
 def qdict_order(keys: Iterable[str]) -> list[str]:
     """The order in which a QDict filled with `keys` (in this insertion order) iterates them."""
+    return list(_qdict_order(tuple(keys)))
+
+
+@lru_cache(maxsize=4096)
+def _qdict_order(keys: tuple[str, ...]) -> tuple[str, ...]:
+    """qdict_order of a key sequence (replies and events repeat a few shapes: computed once)."""
     buckets: dict[int, list[str]] = {}
     for key in keys:
         buckets.setdefault(qdict_bucket(key), []).insert(0, key)
-    return [key for bucket in sorted(buckets) for key in buckets[bucket]]
+    return tuple(key for bucket in sorted(buckets) for key in buckets[bucket])
 
 
 # ---- modified UTF-8 (util/unicode.c) -----------------------------------------------------------
