@@ -28,6 +28,23 @@ def qemu_7_2_profile() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def nested_pytest_temp_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Some tests start pytest sessions of their own (blocktxn conform and bench, the report's
+    synthetic suites, repeat_runs).  At the end of each session pytest deletes all but the three
+    newest numbered folders under its temp root (TMPDIR/pytest-of-USER), and those include the
+    folders this session's tests are still using: a test then loses its files mid-run (seen as
+    iotests' check failing on a vanished '.last-elapsed-cache').  The sessions started from here
+    get a temp root of their own (pytest's PYTEST_DEBUG_TEMPROOT), one per test process, after
+    this session's own folder is fixed."""
+    tmp_path_factory.getbasetemp()
+    root = tempfile.mkdtemp(prefix="btxn")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PYTEST_DEBUG_TEMPROOT", root)
+        yield
+    shutil.rmtree(root, ignore_errors=True)
+
+
 @pytest.fixture
 def sockdir() -> Iterator[Path]:
     """A fresh folder for UNIX sockets, under the system's temporary folder: pytest's tmp_path is
