@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conformance.compare.normalize import normalize, normalize_job_events
+from conformance.compare.normalize import drains_vary, normalize, normalize_job_events
 from conformance.differential.model import ENDED, Model
 from conformance.differential.steps import (
     WAIT_TIMEOUT,
@@ -321,7 +321,8 @@ class DifferentialRun:
     def _job_lines(self, side: Side, job_id: str) -> list[str]:
         # J3 too: a randomly timed cancel stops the copy wherever it got
         return normalize_job_events(job_events(side.vm).get(job_id, []), side.vm.paths,
-                                    mask_failed_offsets=True)
+                                    mask_failed_offsets=True,
+                                    drop_drain_pairs=drains_vary(side.vm.target.version))
 
     def _compare_jobs(self, index: int) -> None:
         ref_status, cand_status = self.reference.statuses(), self.candidate.statuses()
