@@ -68,7 +68,27 @@ def _quote(arg: str) -> str:
     return f"'{arg}'" if (not arg or any(c in arg for c in " \"'$")) else arg
 
 
-class QemuIoSession:
+class _IoSessionContext:
+    """`with` a qemu-io session: closed cleanly after the block, killed if it raised."""
+
+    def close(self) -> int:
+        """End the session cleanly; its exit status."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+        else:
+            self.kill()
+
+
+class QemuIoSession(_IoSessionContext):
     """An interactive qemu-io (``qemu-io> `` prompt) driven over pipes by pexpect."""
 
     def __init__(self, argv: Sequence[str], *, cwd: Path | None = None,
@@ -107,17 +127,9 @@ class QemuIoSession:
             self._spawn.kill(9)
             self._spawn.wait()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-        else:
-            self.kill()
 
 
-class InProcessIoSession:
+class InProcessIoSession(_IoSessionContext):
     """The emulator's qemu-io work-alike (`main(argv, stdin=, out=, err=)`) run interactively in a
     thread of this process, over pipes: what QemuIoSession does with a child process, without a
     Python interpreter's start-up (about 150 ms) per session.  Standard output and error share
@@ -216,14 +228,6 @@ class InProcessIoSession:
         with contextlib.suppress(Exception):
             self._finish()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            self.close()
-        else:
-            self.kill()
 
 
 class ImageTools(ABC):

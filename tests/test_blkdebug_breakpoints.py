@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 from pathlib import Path
+from typing import Any
 
 from helpers import qmp_cmd as cmd
 
@@ -21,6 +22,19 @@ def hmp(machine: Machine, line: str) -> str:
     out = machine.stdout.getvalue()  # type: ignore[attr-defined]
     machine.stdout = io.StringIO()
     return str(out)
+
+
+async def pause_then_release(machine: Machine) -> dict[str, Any]:
+    """block-job-pause while drive0's request is stopped at the breakpoint, then let the request
+    go; returns the job's query-block-jobs entry once it is parked (paused and not busy)."""
+    cmd(machine, "block-job-pause", device="drive0")
+    hmp(machine, 'qemu-io drive0 "remove_break bp_drive0"')
+    await machine.jobs.wait_until(
+        lambda: any(info["paused"] and not info["busy"]
+                    for info in cmd(machine, "query-block-jobs")) or not len(machine.jobs),
+        timeout=5)
+    (info,) = cmd(machine, "query-block-jobs")
+    return dict(info)
 
 
 def make(tmp_path: Path) -> Machine:
@@ -94,13 +108,7 @@ def test_pause_requested_at_a_breakpoint_stops_the_copy(tmp_path: Path) -> None:
         hmp(machine, 'qemu-io drive0 "break read_aio bp_drive0"')
         cmd(machine, "drive-backup", device="drive0", target=str(tmp_path / "t2.qcow2"),
             format="qcow2", sync="full")
-        cmd(machine, "block-job-pause", device="drive0")
-        hmp(machine, 'qemu-io drive0 "remove_break bp_drive0"')
-        await machine.jobs.wait_until(
-            lambda: any(info["paused"] and not info["busy"]
-                        for info in cmd(machine, "query-block-jobs")) or not len(machine.jobs),
-            timeout=5)
-        (info,) = cmd(machine, "query-block-jobs")
+        info = await pause_then_release(machine)
         assert info["paused"] and not info["busy"] and info["offset"] < info["len"]
         await asyncio.sleep(0.3)
         assert cmd(machine, "query-block-jobs")[0]["offset"] == info["offset"]  # stays paused
@@ -123,13 +131,7 @@ def test_pause_during_the_call_pauses_even_when_everything_is_copied(tmp_path: P
         cmd(machine, "drive-backup", device="drive0", target=str(tmp_path / "t3.qcow2"),
             format="qcow2", sync="full")
         await asyncio.sleep(0.3)  # every task but the stopped one is done by now
-        cmd(machine, "block-job-pause", device="drive0")
-        hmp(machine, 'qemu-io drive0 "remove_break bp_drive0"')
-        await machine.jobs.wait_until(
-            lambda: any(info["paused"] and not info["busy"]
-                        for info in cmd(machine, "query-block-jobs")) or not len(machine.jobs),
-            timeout=5)
-        (info,) = cmd(machine, "query-block-jobs")
+        info = await pause_then_release(machine)
         assert info["paused"] and not info["busy"]
         cmd(machine, "block-job-resume", device="drive0")
         await machine.jobs.wait_until(lambda: len(machine.jobs) == 0, timeout=10)
