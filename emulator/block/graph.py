@@ -485,10 +485,7 @@ class BlockGraph:
         child = node.children.get("file")
         if child is not None:
             self.replace_node(node, child)
-        node.close()
-        if node in self.nodes:
-            self.nodes.remove(node)
-        self.graph_wrlock()  # 10.0: the filter's bdrv_unref -> bdrv_delete
+        self._delete(node)  # the filter's bdrv_unref
 
     def replace_node(self, old: BlockNode, new: BlockNode) -> None:
         """bdrv_replace_node: every user of `old` uses `new` instead, except jobs (whose nodes
@@ -544,11 +541,17 @@ class BlockGraph:
         """Close nodes the emulator opened for itself (e.g. a drive-backup target), newest first."""
         for node in reversed(nodes):
             if node in self.nodes:
-                try:
-                    node.close()
-                finally:
-                    self.nodes.remove(node)
-                    self.graph_wrlock()  # 10.0: bdrv_delete, one write-lock section per node
+                self._delete(node)
+
+    def _delete(self, node: BlockNode) -> None:
+        """bdrv_delete: close the node and forget it; 10.0 takes one graph write-lock section
+        per node deleted."""
+        try:
+            node.close()
+        finally:
+            if node in self.nodes:
+                self.nodes.remove(node)
+                self.graph_wrlock()
 
     def blockdev_del(self, node_name: str) -> None:
         """qmp_blockdev_del, with QEMU 7.2's checks in its order."""
@@ -566,10 +569,7 @@ class BlockGraph:
 
     def _close_tree(self, node: BlockNode) -> None:
         children = list(node.children.values())
-        node.close()
-        if node in self.nodes:
-            self.nodes.remove(node)
-            self.graph_wrlock()  # 10.0: bdrv_delete, one write-lock section per node
+        self._delete(node)
         for child in children:
             if not child.parents and not child.monitor_owned:
                 self._close_tree(child)
